@@ -1,0 +1,278 @@
+"""The ASGI application: lifespan, dispatch, and the end of every request.
+
+Request order: read and bound the body → validate (routes) → take a stream slot
+(limits) → relay (upstream → channel → client) → record the outcome exactly once
+→ hand the record to detached work (service nursery).
+
+Resource handling: the lifespan task owns the two long-lived resources of a
+worker: the upstream ``httpx.AsyncClient`` and the service nursery. On shutdown
+(after Hypercorn has let in-flight requests finish within ``graceful_timeout``),
+pending detached work is drained before the client closes.
+
+Error handling: every error a client can cause or meet is rendered in the
+route's dialect (:mod:`trioproxy.errors`); an unexpected exception in a
+handler is logged, answered with a 500 if nothing was sent yet, and never
+reaches Hypercorn's worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import trio
+
+from .config import Config
+from .detached import DetachedStatistics, DetachedWork, open_detached_work
+from .errors import (
+    BadRequest,
+    Dialect,
+    GatewayError,
+    GatewayShutdown,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UpstreamUnreachable,
+    render_sse,
+)
+from .limits import LimiterStatistics, StreamLimiter
+from .records import CompletionRecord, Exchange
+from .relay import Receive, Send, UpstreamRequest, relay, send_error
+from .routes import ROUTES, Route, dialect_for_path, forward_headers, validate
+from .upstream import UpstreamPool, open_upstream_client
+
+__all__ = ["CompletionHook", "Gateway", "GatewayStatistics"]
+
+log = logging.getLogger("trioproxy")
+access_log = logging.getLogger("trioproxy.access")
+
+CompletionHook = Callable[[CompletionRecord], Awaitable[None]]
+_SHUTDOWN_SEND_TIMEOUT = 1.0  # s: bound on the shielded error event at shutdown
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatistics:
+    ready: bool
+    active_requests: int
+    requests_total: int
+    outcomes: dict[str, int]
+    limiter: LimiterStatistics
+    detached: DetachedStatistics | None
+
+
+class Gateway:
+    """The trioproxy ASGI app. ``hooks`` run as detached work after each request."""
+
+    def __init__(self, config: Config, hooks: Sequence[CompletionHook] = ()) -> None:
+        self.config = config
+        self.hooks = tuple(hooks)
+        self.limiter = StreamLimiter(config.max_streams, config.queue_timeout)
+        self.pools = {
+            "openai": UpstreamPool("openai", config.openai_upstreams),
+            "anthropic": UpstreamPool("anthropic", config.anthropic_upstreams),
+        }
+        self.client: httpx.AsyncClient | None = None
+        self.detached: DetachedWork | None = None
+        self.ready = False
+        self._active = 0
+        self._total = 0
+        self._outcomes: dict[str, int] = {}
+
+    def statistics(self) -> GatewayStatistics:
+        return GatewayStatistics(
+            ready=self.ready,
+            active_requests=self._active,
+            requests_total=self._total,
+            outcomes=dict(self._outcomes),
+            limiter=self.limiter.statistics(),
+            detached=self.detached.statistics() if self.detached else None,
+        )
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websocket: not served
+            await send({"type": "websocket.close", "code": 1003})
+
+    # -- lifespan -------------------------------------------------------------
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        cfg = self.config
+        async with (
+            open_upstream_client(cfg) as client,
+            open_detached_work(
+                cfg.max_pending_detached, cfg.detached_concurrency, cfg.drain_timeout
+            ) as detached,
+        ):
+            self.client, self.detached, self.ready = client, detached, True
+            await send({"type": "lifespan.startup.complete"})
+            message = await receive()
+            self.ready = False
+        self.client = None
+        await send({"type": "lifespan.shutdown.complete"})
+
+    # -- requests -------------------------------------------------------------
+    async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path == "/healthz":
+            return await _send_json(send, 200, {"status": "ok"})
+        if path == "/readyz":
+            ok = self.ready and self.client is not None
+            return await _send_json(send, 200 if ok else 503, {"ready": ok})
+        if path == "/debug/state" and self.config.debug_endpoints:
+            return await _send_json(send, 200, _plain(self.statistics()))
+        route = ROUTES.get(path)
+        dialect = route.dialect if route else dialect_for_path(path)
+        ex = Exchange(
+            request_id=_request_id(scope),
+            route=route.name if route else "unknown",
+            method=scope["method"],
+            started=trio.current_time(),
+        )
+        extra = [(b"x-trioproxy-request-id", ex.request_id.encode())]
+        self._active += 1
+        try:
+            try:
+                if route is None:
+                    raise NotFound(f"unknown route {scope['method']} {path}")
+                if scope["method"] != route.method:
+                    raise MethodNotAllowed(f"{path} accepts {route.method} only")
+                body = await _read_body(scope, receive, self.config.max_body_bytes, ex)
+                if body is None:
+                    return  # the client left before sending its whole body
+                parsed = validate(route, body)
+                ex.model, ex.stream = parsed.model, parsed.stream
+                upstream = self._upstream_request(route, scope, body, parsed.stream)
+                ex.upstream = upstream.url
+                assert self.client is not None
+                await self.limiter.acquire(ex)
+            except GatewayError as err:
+                ex.error, ex.outcome, ex.status = err, err.outcome, err.status
+                await send_error(send, err, dialect, extra)
+                return
+            await relay(self.client, self.limiter, self.config, upstream, ex, send, receive, extra)
+        except BaseException as exc:
+            await self._abort(exc, ex, dialect, send, extra)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.limiter.release(ex)  # no-op unless the relay never started
+            self._active -= 1
+            self._finish(ex, dialect)
+
+    def _upstream_request(
+        self, route: Route, scope: dict[str, Any], body: bytes, stream: bool
+    ) -> UpstreamRequest:
+        kind = route.upstream_kind
+        if kind == "any":
+            kind = "openai" if self.pools["openai"] else "anthropic"
+        pool = self.pools[kind]
+        if not pool:
+            raise NotFound(f"no {kind} upstream is configured for {route.name}")
+        path = route.upstream_path
+        if route.upstream_kind == "any" and kind == "anthropic":
+            path = "/v1" + path  # Anthropic base URLs stop before /v1
+        return UpstreamRequest(
+            method=route.method,
+            url=pool.pick() + path,
+            headers=forward_headers(scope["headers"], stream),
+            body=body,
+            dialect=route.dialect,
+            parse_body=route.parse_response,
+        )
+
+    async def _abort(
+        self,
+        exc: BaseException,
+        ex: Exchange,
+        dialect: Dialect,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+    ) -> None:
+        """The handler was cancelled (graceful shutdown) or hit a bug: tell the
+        client in its dialect if anyone is listening, within a bounded shield."""
+        if ex.outcome is not None:
+            return
+        shutdown = not isinstance(exc, Exception)
+        if not shutdown:
+            log.exception("unexpected error in request %s", ex.request_id, exc_info=exc)
+        err: GatewayError = (
+            GatewayShutdown("gateway is shutting down")
+            if shutdown
+            else UpstreamUnreachable("internal gateway error")
+        )
+        ex.error, ex.outcome = err, err.outcome
+        with trio.move_on_after(_SHUTDOWN_SEND_TIMEOUT, shield=True):
+            if ex.status and ex.stream:  # response started: end it with an error event
+                await send({"type": "http.response.body", "body": render_sse(err, dialect)})
+            elif not ex.status:
+                ex.status = err.status
+                await send_error(send, err, dialect, extra)
+
+    def _finish(self, ex: Exchange, dialect: Dialect) -> None:
+        """Record the outcome exactly once, log one access line, hand off."""
+        ex.ended = trio.current_time()
+        if ex.outcome is None:  # cannot happen; recorded rather than lost
+            ex.outcome = ex.upstream_outcome or "unknown"
+        record = CompletionRecord.from_exchange(ex, dialect is Dialect.ANTHROPIC)
+        self._total += 1
+        self._outcomes[record.outcome] = self._outcomes.get(record.outcome, 0) + 1
+        if self.config.access_log:
+            access_log.info("%s", record.to_json().decode())
+        if self.detached is not None:
+            for hook in self.hooks:
+                self.detached.submit(hook, record, name="completion-hook")
+
+
+def _request_id(scope: dict[str, Any]) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and 0 < len(value) <= 128:
+            return str(value.decode("latin-1"))
+    return "tp-" + secrets.token_hex(12)
+
+
+async def _read_body(
+    scope: dict[str, Any], receive: Receive, limit: int, ex: Exchange
+) -> bytes | None:
+    """The whole request body, at most ``limit`` bytes (413 beyond)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise BadRequest("invalid Content-Length")
+            if int(value) > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            ex.outcome = "client_disconnect"
+            ex.disconnected_at = trio.current_time()
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _send_json(send: Send, status: int, obj: Any) -> None:
+    body = orjson.dumps(obj)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _plain(stats: GatewayStatistics) -> Any:
+    return orjson.loads(orjson.dumps(stats))

@@ -1,0 +1,92 @@
+"""Command line: ``trioproxy serve`` and ``trioproxy mock-upstream``.
+
+All user-facing output of the package goes through here (and logging).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from .config import ConfigError, load_config, parse_bind
+from .mock_scripts import Fault
+from .mock_upstream import serve_mock
+from .server import run_gateway
+
+__all__ = ["main"]
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trioproxy", description="LLM streaming gateway on trio + Hypercorn."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="TOML config file (see examples/trioproxy.toml)")
+    serve.add_argument("--bind", help="HOST:PORT (default 127.0.0.1:8080)")
+    serve.add_argument("--upstream", action="append", default=[], metavar="URL",
+                       help="OpenAI-compatible base URL ending in /v1 (repeatable)")  # fmt: skip
+    serve.add_argument("--anthropic-upstream", action="append", default=[], metavar="URL",
+                       help="Anthropic base URL; /v1/messages is appended (repeatable)")  # fmt: skip
+    serve.add_argument("--max-streams", type=int)
+    serve.add_argument("--idle-timeout", type=float, metavar="S")
+    serve.add_argument("--ttft-timeout", type=float, metavar="S")
+    serve.add_argument("--workers", type=int)
+    mock = sub.add_parser("mock-upstream", help="run the built-in mock LLM server")
+    mock.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default 127.0.0.1:8000)")
+    mock.add_argument("--tokens", type=int, default=16)
+    mock.add_argument("--itl-ms", type=float, default=20.0)
+    mock.add_argument("--ttft-ms", type=float, default=0.0)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is ours
+
+
+async def _run_mock(host: str, port: int, fault: Fault) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            mock = await nursery.start(serve_mock, host, port, fault)
+            print(f"trioproxy mock upstream on {mock.base_url} "
+                  f"(OpenAI base {mock.base_url}/v1)", flush=True)  # fmt: skip
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "mock-upstream":
+            host, port = parse_bind(args.bind)
+            _setup_logging("info")
+            fault = Fault(tokens=args.tokens, itl_ms=args.itl_ms, ttft_ms=args.ttft_ms)
+            trio.run(_run_mock, host, port, fault)
+            return 0
+        config = load_config(
+            args.config,
+            bind=args.bind,
+            openai_upstreams=tuple(args.upstream),
+            anthropic_upstreams=tuple(args.anthropic_upstream),
+            max_streams=args.max_streams,
+            idle_timeout=args.idle_timeout,
+            ttft_timeout=args.ttft_timeout,
+            workers=args.workers,
+        )
+    except ConfigError as exc:
+        print(f"trioproxy: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config.log_level)
+    run_gateway(config)
+    return 0

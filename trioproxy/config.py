@@ -1,0 +1,155 @@
+"""Gateway configuration: one frozen record, read from TOML, overridden by flags.
+
+Every buffer and timeout of the gateway is a field here, with its unit in its
+name or docstring; ``examples/trioproxy.toml`` documents each one. Unknown keys
+are an error (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_bind"]
+
+
+class ConfigError(ValueError):
+    """The configuration file or a flag holds a value the gateway cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # --- listening ---------------------------------------------------------
+    bind: str = "127.0.0.1:8080"
+    workers: int = 1
+    backlog: int = 2048
+    graceful_timeout: float = 30.0  # s: in-flight streams get this long on shutdown
+    # --- upstreams (round-robin pools) --------------------------------------
+    openai_upstreams: tuple[str, ...] = ()  # base URLs ending in /v1
+    anthropic_upstreams: tuple[str, ...] = ()  # base URLs; /v1/messages is appended
+    # --- concurrency --------------------------------------------------------
+    max_streams: int = 512  # concurrent upstream requests (global limiter)
+    queue_timeout: float = 0.0  # s to wait for a slot before 429
+    # --- buffers ------------------------------------------------------------
+    channel_size: int = 8  # chunks between upstream reader and client writer
+    max_event_bytes: int = 1 << 20  # one SSE event; larger is an upstream error
+    max_body_bytes: int = 4 << 20  # request body; larger is 413
+    max_response_bytes: int = 64 << 20  # non-streaming upstream body; larger is 502
+    # --- timeouts (seconds) -------------------------------------------------
+    connect_timeout: float = 10.0
+    ttft_timeout: float = 60.0  # request sent -> first upstream event
+    idle_timeout: float = 30.0  # between upstream events
+    heartbeat_resets_idle: bool = False
+    max_stream_duration: float = 0.0  # 0 = off: long generations are not killed
+    request_timeout: float = 600.0  # whole non-streaming exchange
+    client_stall_timeout: float = 30.0  # channel full this long -> slow_client
+    # --- detached work (service nursery) --------------------------------------
+    max_pending_detached: int = 1024  # hand-offs waiting or running; more are dropped
+    detached_concurrency: int = 16
+    drain_timeout: float = 30.0  # s to drain detached work on shutdown
+    # --- misc ---------------------------------------------------------------
+    debug_endpoints: bool = False
+    access_log: bool = True
+    log_level: str = "info"
+    mock_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parse_bind(self.bind)
+        positive = ("workers", "backlog", "max_streams", "channel_size")
+        for name in (*positive, "max_event_bytes", "max_body_bytes", "max_response_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        for name in (
+            "graceful_timeout",
+            "queue_timeout",
+            "connect_timeout",
+            "ttft_timeout",
+            "idle_timeout",
+            "max_stream_duration",
+            "request_timeout",
+            "client_stall_timeout",
+            "drain_timeout",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
+                raise ConfigError(f"{name} must be a number of seconds >= 0")
+        for url in self.openai_upstreams + self.anthropic_upstreams:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"upstream URL must start with http:// or https://: {url!r}")
+
+    @property
+    def has_upstreams(self) -> bool:
+        return bool(self.openai_upstreams or self.anthropic_upstreams)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"bind must be HOST:PORT, got {bind!r}")
+    return host.strip("[]"), int(port)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _FIELD_TYPES[name]
+    if kind == "tuple[str, ...]":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of URLs")
+        return tuple(v.rstrip("/") for v in value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number")
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string")
+        return value
+    if name == "mock_options":
+        if not isinstance(value, dict):
+            raise ConfigError("mock_options must be a table")
+        return dict(value)
+    raise ConfigError(f"unsupported option {name}")  # pragma: no cover
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
+    """Read ``path`` (TOML) if given, then apply ``overrides`` (flags; ``None`` = unset)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        unknown = sorted(set(raw) - set(_FIELD_TYPES))
+        if unknown:
+            raise ConfigError(f"{path}: unknown option(s): {', '.join(unknown)}")
+        values.update({k: _coerce(k, v) for k, v in raw.items()})
+    for key, value in overrides.items():
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            continue
+        if key not in _FIELD_TYPES:
+            raise ConfigError(f"unknown option {key}")
+        values[key] = _coerce(key, list(value) if isinstance(value, tuple) else value)
+    return Config(**values)

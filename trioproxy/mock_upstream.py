@@ -1,0 +1,344 @@
+"""The built-in mock LLM server: OpenAI and Anthropic compatible, with faults.
+
+A raw trio TCP server speaking just enough HTTP/1.1 (keep-alive, Content-Length
+request bodies, chunked responses), so that it can do what an ASGI app cannot:
+drop a TCP connection mid-body, and notice the moment a peer closes its end
+while a stream is paused. Each streaming response runs with a watcher blocked on
+``receive_some``: an EOF there is the peer hanging up, recorded with its time.
+
+Routes: POST /v1/chat/completions, /v1/completions, /v1/responses,
+/v1/embeddings, /v1/messages; GET /v1/models; GET /mock/stats (counters as JSON).
+Faults are chosen per request by the model name (see :mod:`mock_scripts`).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import itertools
+import socket
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+import trio
+
+from .mock_scripts import Fault, FaultSpecError, Script, parse_fault, script_for
+
+__all__ = ["MockStatistics", "MockUpstream", "serve_mock"]
+
+MAX_HEAD = 64 * 1024
+MAX_BODY = 16 << 20
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 411: b"Length Required",
+            413: b"Payload Too Large", 429: b"Too Many Requests", 500: b"Internal Server Error",
+            503: b"Service Unavailable"}  # fmt: skip
+_ROUTES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
+    "/v1/embeddings": "embeddings",
+}
+_SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\n\r\n"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MockStatistics:
+    open_connections: int
+    connections_total: int
+    requests_total: int
+    streams_active: int
+    peer_closed_mid_stream: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerClose:
+    at: float  # trio clock when the mock saw the peer's EOF/reset
+    model: str
+
+
+class _PeerGone(Exception):
+    pass
+
+
+class MockUpstream:
+    def __init__(self, defaults: Fault) -> None:
+        self.defaults = defaults
+        self.port = 0
+        self.host = "127.0.0.1"
+        self._open = 0
+        self._conns = 0
+        self._requests = 0
+        self._streams = 0
+        self._seq = itertools.count()
+        self.peer_closes: collections.deque[PeerClose] = collections.deque(maxlen=10_000)
+        self._peer_close_event = trio.Event()
+        self.record = False  # keep what each stream sent (tests, fidelity checks)
+        self.transcripts: dict[str, bytes] = {}  # response id -> SSE bytes sent
+        self.first_sent: dict[str, float] = {}  # response id -> first event sent at
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def statistics(self) -> MockStatistics:
+        return MockStatistics(
+            open_connections=self._open,
+            connections_total=self._conns,
+            requests_total=self._requests,
+            streams_active=self._streams,
+            peer_closed_mid_stream=len(self.peer_closes),
+        )
+
+    async def wait_peer_close(self, count: int = 1) -> PeerClose:
+        """Wait until at least ``count`` mid-stream peer closes were seen."""
+        while len(self.peer_closes) < count:
+            await self._peer_close_event.wait()
+        return self.peer_closes[count - 1]
+
+    # -- connection -----------------------------------------------------------
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self._open += 1
+        self._conns += 1
+        buf = bytearray()
+        try:
+            async with stream:
+                while True:
+                    request = await _read_request(stream, buf)
+                    if request is None:
+                        return
+                    self._requests += 1
+                    if not await self._respond(stream, buf, *request):
+                        return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, _PeerGone):
+            pass
+        finally:
+            self._open -= 1
+
+    async def _respond(
+        self, stream: trio.SocketStream, buf: bytearray, method: str, path: str,
+        headers: dict[bytes, bytes], body: bytes,
+    ) -> bool:  # fmt: skip
+        keep = headers.get(b"connection", b"").lower() != b"close"
+        if path == "/mock/stats":
+            await _send_json(stream, 200, asdict(self.statistics()), keep)
+            return keep
+        if path == "/v1/models" and method == "GET":
+            models = [{"id": "mock", "object": "model", "owned_by": "trioproxy"}]
+            await _send_json(stream, 200, {"object": "list", "data": models}, keep)
+            return keep
+        route = _ROUTES.get(path)
+        if route is None or method != "POST":
+            await _send_json(stream, 404, _err(route, f"no route {method} {path}"), keep)
+            return keep
+        try:
+            obj: Any = orjson.loads(body)
+            model = obj["model"]
+            fault = parse_fault(model, self.defaults)
+        except (orjson.JSONDecodeError, KeyError, TypeError, FaultSpecError) as exc:
+            await _send_json(stream, 400, _err(route, f"bad request: {exc}"), keep)
+            return keep
+        if fault.error_status is not None:
+            extra = b"retry-after: 1\r\n" if fault.error_status == 429 else b""
+            msg = _err(route, f"mock error {fault.error_status}")
+            await _send_json(stream, fault.error_status, msg, keep, extra)
+            return keep
+        if route == "embeddings":
+            inputs = obj.get("input")
+            n = len(inputs) if isinstance(inputs, list) else 1
+            data: list[dict[str, Any]] = [
+                {"object": "embedding", "index": i, "embedding": [0.0] * 8} for i in range(n)
+            ]
+            usage = {"prompt_tokens": n, "total_tokens": n}
+            out = {"object": "list", "data": data, "model": model, "usage": usage}
+            await _send_json(stream, 200, out, keep)
+            return keep
+        opts = obj.get("stream_options")
+        usage_on = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        script = script_for(route, model, fault.tokens, usage_on, next(self._seq))
+        if obj.get("stream") is not True:
+            if fault.ttft_ms:
+                await trio.sleep(fault.ttft_ms / 1000)
+            await _send_bytes(stream, 200, b"application/json", script.whole, keep)
+            return keep
+        self._streams += 1
+        ok = False
+        emit = _Emitter(stream, self.record)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_peer, stream, buf, model, nursery.cancel_scope)
+                try:
+                    ok = await _stream(emit, script, fault)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._peer_gone(model)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._streams -= 1
+            if emit.first_sent is not None:
+                _put(self.first_sent, script.id, emit.first_sent)
+            if emit.transcript is not None:
+                _put(self.transcripts, script.id, b"".join(emit.transcript))
+        return ok and keep
+
+    def _peer_gone(self, model: str) -> None:
+        self.peer_closes.append(PeerClose(trio.current_time(), model))
+        self._peer_close_event.set()
+        self._peer_close_event = trio.Event()
+
+    async def _watch_peer(
+        self, stream: trio.SocketStream, buf: bytearray, model: str, scope: trio.CancelScope
+    ) -> None:
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self._peer_gone(model)
+                scope.cancel()
+                return
+            buf += data  # a pipelined request: keep it for later
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class _Emitter:
+    """Sends events as HTTP chunks; notes when the first went out and, when the
+    mock records, every event's bytes (for byte-fidelity checks)."""
+
+    __slots__ = ("first_sent", "stream", "transcript")
+
+    def __init__(self, stream: trio.SocketStream, record: bool) -> None:
+        self.stream = stream
+        self.first_sent: float | None = None
+        self.transcript: list[bytes] | None = [] if record else None
+
+    async def __call__(self, *events: bytes) -> None:
+        if self.first_sent is None:
+            self.first_sent = trio.current_time()
+        if self.transcript is not None:
+            self.transcript.extend(events)
+        if len(events) == 1:
+            await self.stream.send_all(_chunk(events[0]))
+        else:
+            await self.stream.send_all(b"".join(_chunk(e) for e in events))
+
+
+async def _stream(emit: _Emitter, script: Script, fault: Fault) -> bool:
+    """Send one SSE response; False when the connection must not be reused."""
+    stream = emit.stream
+    await stream.send_all(_SSE_HEAD)
+    if fault.ttft_ms:
+        await trio.sleep(fault.ttft_ms / 1000)
+    itl = fault.itl_ms / 1000
+    for i in range(fault.tokens + 1):
+        if i == fault.stall_after:
+            await trio.sleep_forever()
+        if i == fault.drop_after:
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            return False
+        if i == fault.heartbeat_after:
+            while True:
+                await trio.sleep(fault.ping_ms / 1000)
+                await stream.send_all(_chunk(b": ping\n\n"))
+        if i == 0 and script.head:  # after the checks: "stall0" sends no data at all
+            await emit(*script.head)
+        if i == fault.tokens:
+            break
+        if i == fault.bad_after:
+            await emit(script.bad)
+        if itl and i:
+            await trio.sleep(itl)
+        await emit(script.token(i))
+    await emit(*script.tail)
+    await stream.send_all(b"0\r\n\r\n")
+    return True
+
+
+_KEEP = 1000  # bounded memory for the per-response logs
+
+
+def _put(log: dict[str, Any], key: str, value: Any) -> None:
+    if len(log) >= _KEEP:
+        del log[next(iter(log))]
+    log[key] = value
+
+
+def _err(route: str | None, message: str) -> dict[str, Any]:
+    if route == "messages":
+        return {"type": "error", "error": {"type": "api_error", "message": message}}
+    return {"error": {"message": message, "type": "mock_error", "code": None}}
+
+
+async def _send_json(
+    stream: trio.SocketStream, status: int, obj: Any, keep: bool, extra: bytes = b""
+) -> None:
+    await _send_bytes(stream, status, b"application/json", orjson.dumps(obj), keep, extra)
+
+
+async def _send_bytes(
+    stream: trio.SocketStream, status: int, ctype: bytes, body: bytes, keep: bool,
+    extra: bytes = b"",
+) -> None:  # fmt: skip
+    head = b"HTTP/1.1 %d %b\r\ncontent-type: %b\r\ncontent-length: %d\r\n%b%b\r\n" % (
+        status, _REASONS.get(status, b"Status"), ctype, len(body), extra,
+        b"" if keep else b"connection: close\r\n",
+    )  # fmt: skip
+    await stream.send_all(head + body)
+
+
+async def _read_request(
+    stream: trio.SocketStream, buf: bytearray
+) -> tuple[str, str, dict[bytes, bytes], bytes] | None:
+    """One request from ``buf`` + the socket; None at EOF between requests."""
+    while (end := buf.find(b"\r\n\r\n")) < 0:
+        if len(buf) > MAX_HEAD:
+            raise _PeerGone("request head too large")
+        data = await stream.receive_some(65536)
+        if not data:
+            return None
+        buf += data
+    lines = bytes(buf[:end]).split(b"\r\n")
+    del buf[: end + 4]
+    try:
+        method, target, _ = lines[0].split(b" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get(b"content-length", b"0"))
+    except ValueError:
+        raise _PeerGone("malformed request") from None
+    if length > MAX_BODY or b"transfer-encoding" in headers:
+        raise _PeerGone("unsupported request body")
+    while len(buf) < length:
+        data = await stream.receive_some(65536)
+        if not data:
+            return None
+        buf += data
+    body = bytes(buf[:length])
+    del buf[:length]
+    path = target.decode("latin-1").split("?", 1)[0]
+    return method.decode("latin-1"), path, headers, body
+
+
+async def serve_mock(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    defaults: Fault | None = None,
+    *,
+    task_status: trio.TaskStatus[MockUpstream] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the mock until cancelled; ``nursery.start`` returns the server object."""
+    mock = MockUpstream(defaults or Fault())
+    listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
+    sock = listeners[0].socket
+    mock.host, mock.port = sock.getsockname()[:2]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(trio.serve_listeners, mock.handle, listeners))
+        task_status.started(mock)

@@ -1,0 +1,174 @@
+"""What the gateway remembers about one exchange, and the record it hands off.
+
+:class:`Exchange` is the mutable per-request state the relay's tasks write
+(each field has one writer). When the request ends, the handler freezes it into
+a :class:`CompletionRecord` exactly once: that record is logged as the access
+line and handed to detached work (receipts, metrics sinks).
+
+Only two events of a stream are JSON-parsed: the first (completion id, and
+Anthropic's input token count) and the last one that mentions ``"usage"``,
+parsed once after the stream ended.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from .errors import GatewayError
+from .sse import parse_event
+
+__all__ = ["CompletionRecord", "Exchange", "extract_first", "extract_usage"]
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    request_id: str
+    route: str
+    method: str
+    started: float  # trio clock
+    started_wall: float = field(default_factory=time.time)
+    model: str | None = None
+    stream: bool = False
+    upstream: str | None = None
+    status: int = 0
+    first_event_at: float | None = None
+    first_byte_at: float | None = None  # first body bytes handed to the client
+    disconnected_at: float | None = None
+    upstream_closed_at: float | None = None
+    ended: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    chunks: int = 0
+    events: int = 0
+    final_event: bool = False
+    partial_event: bool = False
+    completion_id: str | None = None
+    first_block: bytes | None = None
+    usage_block: bytes | None = None
+    body_json: Any = None  # non-streaming response, parsed once
+    upstream_outcome: str | None = None  # how the upstream side ended
+    outcome: str | None = None  # how the exchange ended (final)
+    error: GatewayError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRecord:
+    request_id: str
+    route: str
+    model: str | None
+    upstream: str | None
+    stream: bool
+    status: int
+    outcome: str
+    error: str | None
+    completion_id: str | None
+    usage: dict[str, Any] | None
+    created: float  # wall clock, request start
+    ttft_ms: float | None  # request start -> first upstream event
+    duration_ms: float
+    bytes_in: int
+    bytes_out: int
+    chunks: int
+    events: int
+    final_event: bool
+    cancel_latency_ms: float | None  # client disconnect -> upstream connection closed
+
+    @classmethod
+    def from_exchange(cls, ex: Exchange, dialect_anthropic: bool) -> CompletionRecord:
+        assert ex.outcome is not None and ex.ended is not None
+        first = extract_first(ex.first_block) if ex.first_block else None
+        completion_id = ex.completion_id
+        usage: dict[str, Any] | None = None
+        if ex.body_json is not None and isinstance(ex.body_json, dict):
+            completion_id = completion_id or _str(ex.body_json.get("id"))
+            usage = _dict(ex.body_json.get("usage"))
+        if first is not None:
+            completion_id = completion_id or _first_id(first)
+            usage = extract_usage(first, ex.usage_block, dialect_anthropic)
+        cancel = None
+        if ex.disconnected_at is not None and ex.upstream_closed_at is not None:
+            cancel = round(max(0.0, ex.upstream_closed_at - ex.disconnected_at) * 1000, 3)
+        return cls(
+            request_id=ex.request_id,
+            route=ex.route,
+            model=ex.model,
+            upstream=ex.upstream,
+            stream=ex.stream,
+            status=ex.status,
+            outcome=ex.outcome,
+            error=ex.error.message if ex.error is not None else None,
+            completion_id=completion_id,
+            usage=usage,
+            created=ex.started_wall,
+            ttft_ms=_ms(ex.first_event_at, ex.started),
+            duration_ms=round((ex.ended - ex.started) * 1000, 3),
+            bytes_in=ex.bytes_in,
+            bytes_out=ex.bytes_out,
+            chunks=ex.chunks,
+            events=ex.events,
+            final_event=ex.final_event,
+            cancel_latency_ms=cancel,
+        )
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+
+def _ms(t: float | None, start: float) -> float | None:
+    return None if t is None else round((t - start) * 1000, 3)
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _dict(v: Any) -> dict[str, Any] | None:
+    return v if isinstance(v, dict) else None
+
+
+def _load_data(block: bytes) -> Any:
+    data = parse_event(block).data
+    if data is None:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def extract_first(block: bytes) -> dict[str, Any] | None:
+    return _dict(_load_data(block))
+
+
+def _first_id(first: dict[str, Any]) -> str | None:
+    # OpenAI chat/completions: {"id"}; Anthropic: {"message": {"id"}};
+    # Responses: {"response": {"id"}}.
+    for holder in (first, _dict(first.get("message")), _dict(first.get("response"))):
+        if holder is not None and isinstance(holder.get("id"), str):
+            return str(holder["id"])
+    return None
+
+
+def extract_usage(
+    first: dict[str, Any], usage_block: bytes | None, anthropic: bool
+) -> dict[str, Any] | None:
+    usage: dict[str, Any] = {}
+    if anthropic:
+        message = _dict(first.get("message"))
+        start_usage = _dict(message.get("usage")) if message else None
+        if start_usage:
+            usage.update(start_usage)
+    if usage_block is not None:
+        last = _dict(_load_data(usage_block))
+        if last is not None:
+            found = _dict(last.get("usage"))
+            if found is None:  # Responses API: {"response": {"usage": ...}}
+                response = _dict(last.get("response"))
+                found = _dict(response.get("usage")) if response else None
+            if found:
+                usage.update(found)
+    return usage or None

@@ -1,0 +1,429 @@
+"""The per-request relay: one nursery, three tasks, one bounded channel.
+
+::
+
+    request nursery (one per request, cancelled by whichever task ends it)
+    ├── upstream reader ── httpx stream, aiter_raw ──► memory channel (channel_size)
+    │     TTFT / idle timers wrap only the upstream read        │
+    │     holds the stream-limiter slot; releases it the        ▼
+    │     moment the upstream side ends, fails or is cancelled
+    ├── client writer ◄── drains greedily, one ASGI send per drain
+    └── disconnect watcher ── blocked on ASGI receive(); http.disconnect cancels
+                              the nursery, which closes the upstream connection
+
+Rules:
+- Bytes are passed through: the client gets exactly the upstream's bytes. The
+  sans-IO framer only finds event boundaries (first event, usage, final event).
+- Before the first byte is handed to the client, a failure is an HTTP error
+  response; after it, one SSE error event in the route's dialect ends the stream.
+- The idle timer never covers the channel send: a slow client is not a stalled
+  upstream. A channel full for ``client_stall_timeout`` is a slow client: the
+  upstream is cancelled and the slot released.
+- Outcomes: the reader decides how the upstream side ended; the writer turns it
+  into the exchange's outcome just before its last send; the watcher records
+  ``client_disconnect`` only if nothing was decided yet. Each field has one writer.
+
+Resource handling: the upstream connection is closed (httpcore closes it under a
+shield) whenever the reader is cancelled, and the limiter slot is released in
+the reader's ``finally``. Memory per stream is bounded by ``channel_size`` chunks
+plus one partial event of at most ``max_event_bytes``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import trio
+
+from .config import Config
+from .errors import (
+    Dialect,
+    GatewayError,
+    SlowClient,
+    StreamTooLong,
+    UpstreamBroken,
+    UpstreamIdleTimeout,
+    UpstreamTTFTTimeout,
+    from_upstream_exception,
+    render_json,
+    render_sse,
+)
+from .limits import StreamLimiter
+from .records import Exchange
+from .sse import SSEFramer, SSEFramingError, is_heartbeat
+
+__all__ = ["Start", "UpstreamRequest", "relay"]
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+_UPSTREAM_IO_ERRORS = (httpx.HTTPError, OSError, trio.BrokenResourceError, SSEFramingError)
+_STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_PASSED_RESPONSE_HEADERS = frozenset({"retry-after", "x-request-id", "openai-processing-ms"})
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+    dialect: Dialect
+    parse_body: bool  # parse a non-streaming JSON body once for id/usage
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The response head, sent by the reader just before the first body bytes."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+
+async def relay(
+    client: httpx.AsyncClient,
+    limiter: StreamLimiter,
+    config: Config,
+    request: UpstreamRequest,
+    ex: Exchange,
+    send: Send,
+    receive: Receive,
+    extra_headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Run one exchange to its end. The caller has already taken the slot for ``ex``.
+
+    Error handling: nothing escapes but ``Cancelled`` from an enclosing scope
+    (graceful shutdown); every other ending is recorded in ``ex``.
+    """
+    send_ch, recv_ch = trio.open_memory_channel[bytes | Start](config.channel_size)
+    async with trio.open_nursery() as nursery:
+        scope = nursery.cancel_scope
+        nursery.start_soon(_watch_disconnect, receive, ex, scope, name="disconnect-watcher")
+        nursery.start_soon(
+            _read_upstream, client, limiter, config, request, ex, send_ch, scope,
+            name="upstream-reader",
+        )  # fmt: skip
+        nursery.start_soon(
+            _write_client, send, recv_ch, ex, request.dialect, extra_headers, scope,
+            name="client-writer",
+        )  # fmt: skip
+
+
+async def _watch_disconnect(receive: Receive, ex: Exchange, scope: trio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if ex.outcome is None:
+                ex.outcome = "client_disconnect"
+                ex.disconnected_at = trio.current_time()
+            scope.cancel()
+            return
+
+
+async def _read_upstream(
+    client: httpx.AsyncClient,
+    limiter: StreamLimiter,
+    config: Config,
+    request: UpstreamRequest,
+    ex: Exchange,
+    send_ch: trio.MemorySendChannel[bytes | Start],
+    scope: trio.CancelScope,
+) -> None:
+    async with send_ch:
+        try:
+            ex.upstream_outcome = await _exchange(client, config, request, ex, send_ch)
+        except GatewayError as err:
+            ex.error = err
+            ex.upstream_outcome = err.outcome
+        except _UPSTREAM_IO_ERRORS as exc:
+            ex.error = from_upstream_exception(exc)
+            ex.upstream_outcome = ex.error.outcome
+        finally:
+            ex.upstream_closed_at = trio.current_time()
+            limiter.release(ex)
+        if isinstance(ex.error, SlowClient):
+            # The writer is stuck in a send to a client that does not read
+            # (Hypercorn shields socket writes): end the exchange without it.
+            ex.outcome = ex.upstream_outcome
+            scope.cancel()
+
+
+async def _exchange(
+    client: httpx.AsyncClient,
+    config: Config,
+    request: UpstreamRequest,
+    ex: Exchange,
+    send_ch: trio.MemorySendChannel[bytes | Start],
+) -> str:
+    """Returns how the upstream side ended: ``done`` or ``upstream_error``
+    (an upstream HTTP error relayed as is); raises for everything else."""
+    if ex.stream:
+        first_deadline = ex.started + (config.ttft_timeout or math.inf)
+    else:
+        first_deadline = ex.started + (config.request_timeout or math.inf)
+    async with AsyncExitStack() as stack:
+        with trio.CancelScope(deadline=first_deadline) as head_scope:
+            response = await stack.enter_async_context(
+                client.stream(
+                    request.method, request.url, headers=request.headers, content=request.body
+                )
+            )
+        if head_scope.cancelled_caught:
+            raise _first_timeout(ex)
+        ex.status = response.status_code
+        content_type = response.headers.get("content-type", "")
+        if response.status_code == 200 and content_type.startswith("text/event-stream"):
+            await _relay_events(response, config, ex, send_ch)
+            return "done"
+        await _relay_whole(response, config, request, ex, send_ch, first_deadline)
+        return "done" if response.status_code < 400 else "upstream_error"  # 4xx relayed
+
+
+def _first_timeout(ex: Exchange) -> GatewayError:
+    if ex.stream:
+        return UpstreamTTFTTimeout("upstream sent no event within ttft_timeout")
+    return UpstreamTTFTTimeout("upstream did not answer within request_timeout")
+
+
+async def _deliver(
+    send_ch: trio.MemorySendChannel[bytes | Start], item: bytes | Start, stall: float
+) -> None:
+    try:
+        send_ch.send_nowait(item)
+    except trio.WouldBlock:
+        await _deliver_when_room(send_ch, item, stall)
+
+
+async def _deliver_when_room(
+    send_ch: trio.MemorySendChannel[bytes | Start], item: bytes | Start, stall: float
+) -> None:
+    """The channel is full: the client is slower than the upstream. Wait for
+    room at most ``stall`` seconds (this wait is not upstream idle time)."""
+    with trio.move_on_after(stall or math.inf) as cs:
+        await send_ch.send(item)
+    if cs.cancelled_caught:
+        raise SlowClient(f"client read nothing for {stall} s")
+
+
+async def _relay_events(
+    response: httpx.Response,
+    config: Config,
+    ex: Exchange,
+    send_ch: trio.MemorySendChannel[bytes | Start],
+) -> None:
+    framer = SSEFramer(config.max_event_bytes)
+    chunks = response.aiter_raw()
+    stall = config.client_stall_timeout
+    idle = config.idle_timeout or math.inf
+    hb_progress = config.heartbeat_resets_idle
+    end_by = ex.started + config.max_stream_duration if config.max_stream_duration else math.inf
+    deadline = min(ex.started + (config.ttft_timeout or math.inf), end_by)
+    started = False
+    try:
+        while True:
+            with trio.CancelScope(deadline=deadline) as read_scope:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+            if read_scope.cancelled_caught:
+                if trio.current_time() >= end_by:
+                    raise StreamTooLong("stream exceeded max_stream_duration")
+                if ex.first_event_at is None:
+                    raise UpstreamTTFTTimeout("upstream sent no event within ttft_timeout")
+                raise UpstreamIdleTimeout(f"upstream sent no event for {config.idle_timeout} s")
+            ex.bytes_in += len(chunk)
+            ex.chunks += 1
+            blocks = framer.feed(chunk)
+            if blocks:
+                progress = False
+                for block in blocks:
+                    if is_heartbeat(block):
+                        progress = progress or hb_progress
+                        continue
+                    progress = True
+                    ex.events += 1
+                    if ex.first_block is None:
+                        ex.first_block = block
+                        ex.first_event_at = trio.current_time()
+                    if b'"usage"' in block:
+                        ex.usage_block = block
+                    if _is_final(block):
+                        ex.final_event = True
+                if progress and ex.first_event_at is not None:
+                    deadline = min(trio.current_time() + idle, end_by)
+            if not started:
+                started = True
+                headers = [*_STREAM_HEADERS, *_passed_headers(response)]
+                await _deliver(send_ch, Start(200, headers), stall)
+            try:  # inline fast path of _deliver: no coroutine per chunk
+                send_ch.send_nowait(chunk)
+            except trio.WouldBlock:
+                await _deliver_when_room(send_ch, chunk, stall)
+    finally:
+        ex.partial_event = framer.buffered > 0
+    if not started:
+        raise UpstreamBroken("upstream ended the event stream without sending anything")
+
+
+def _is_final(block: bytes) -> bool:
+    # OpenAI chat/completions end with [DONE]; Anthropic with message_stop;
+    # the Responses API with a terminal response.* event.
+    return (
+        block == b"data: [DONE]\n\n"
+        or block.startswith(b"event: message_stop\n")
+        or block.startswith(
+            (
+                b"event: response.completed\n",
+                b"event: response.failed\n",
+                b"event: response.incomplete\n",
+            )
+        )
+    )
+
+
+def _passed_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
+    return [
+        (name.lower(), value)
+        for name, value in response.headers.raw
+        if name.lower().decode("latin-1") in _PASSED_RESPONSE_HEADERS
+    ]
+
+
+async def _relay_whole(
+    response: httpx.Response,
+    config: Config,
+    request: UpstreamRequest,
+    ex: Exchange,
+    send_ch: trio.MemorySendChannel[bytes | Start],
+    deadline: float,
+) -> None:
+    """A non-SSE response (non-streaming call, or an upstream error): read it
+    whole (bounded), then relay status, content type and body at once."""
+    parts: list[bytes] = []
+    size = 0
+    with trio.CancelScope(deadline=deadline) as scope:
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > config.max_response_bytes:
+                raise UpstreamBroken(f"upstream response exceeds {config.max_response_bytes} bytes")
+            parts.append(chunk)
+    if scope.cancelled_caught:
+        raise _first_timeout(ex)
+    body = b"".join(parts)
+    ex.bytes_in = size
+    if response.status_code >= 500:
+        # The upstream failed: the client gets a 502 in its dialect that quotes it.
+        detail = body[:500].decode("utf-8", "replace")
+        raise UpstreamBroken(f"upstream returned HTTP {response.status_code}: {detail}")
+    content_type = response.headers.get("content-type", "application/json")
+    if (
+        response.status_code < 400
+        and request.parse_body
+        and content_type.startswith("application/json")
+    ):
+        with suppress(orjson.JSONDecodeError):
+            ex.body_json = orjson.loads(body)
+    headers = [
+        (b"content-type", content_type.encode("latin-1")),
+        (b"content-length", str(len(body)).encode()),
+        *_passed_headers(response),
+    ]
+    await _deliver(send_ch, Start(response.status_code, headers), config.client_stall_timeout)
+    await _deliver(send_ch, body, config.client_stall_timeout)
+
+
+async def _write_client(
+    send: Send,
+    recv_ch: trio.MemoryReceiveChannel[bytes | Start],
+    ex: Exchange,
+    dialect: Dialect,
+    extra_headers: list[tuple[bytes, bytes]],
+    scope: trio.CancelScope,
+) -> None:
+    async with recv_ch:
+        try:
+            head = await recv_ch.receive()
+        except trio.EndOfChannel:
+            # The upstream side failed before any byte: an HTTP error response.
+            err = ex.error or UpstreamBroken("upstream ended without a response")
+            ex.status = err.status
+            ex.outcome = ex.upstream_outcome
+            await send_error(send, err, dialect, extra_headers)
+            scope.cancel()
+            return
+        assert isinstance(head, Start)
+        ex.status = head.status
+        await send(
+            {
+                "type": "http.response.start",
+                "status": head.status,
+                "headers": head.headers + extra_headers,
+            }
+        )
+        closed = False
+        while not closed:
+            try:
+                body = await recv_ch.receive()
+            except trio.EndOfChannel:
+                break
+            assert isinstance(body, bytes)
+            if ex.first_byte_at is None:
+                ex.first_byte_at = trio.current_time()
+            more: list[bytes] = []
+            try:  # drain greedily: what has already arrived goes out in one send
+                while True:
+                    more.append(recv_ch.receive_nowait())  # type: ignore[arg-type]
+            except trio.WouldBlock:
+                pass
+            except trio.EndOfChannel:
+                closed = True
+            if more:
+                body = b"".join([body, *more])
+            ex.bytes_out += len(body)
+            if closed:
+                await _finish(send, ex, dialect, body)
+                scope.cancel()
+                return
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await _finish(send, ex, dialect, b"")
+    scope.cancel()
+
+
+async def _finish(send: Send, ex: Exchange, dialect: Dialect, body: bytes) -> None:
+    """The last send of a started response; appends the error event if any."""
+    if ex.error is not None:
+        tail = render_sse(ex.error, dialect)
+        if ex.partial_event:
+            tail = b"\n\n" + tail  # end the upstream's unfinished event first
+        body += tail
+        ex.bytes_out += len(tail)
+    ex.outcome = ex.upstream_outcome
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(
+    send: Send, err: GatewayError, dialect: Dialect, extra_headers: list[tuple[bytes, bytes]]
+) -> None:
+    """An HTTP error response in the route's dialect."""
+    body = render_json(err, dialect)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra_headers,
+    ]
+    retry_after = getattr(err, "retry_after", None)
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

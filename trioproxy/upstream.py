@@ -1,0 +1,66 @@
+"""Upstream side: the process's one httpx client and the round-robin pools.
+
+Rules:
+- One ``httpx.AsyncClient`` per worker process, opened inside ``trio.run`` by the
+  lifespan (:func:`open_upstream_client`).
+- HTTP/1.1 only: a cancelled HTTP/2 stream never sends RST_STREAM (httpcore #943),
+  so the model server would keep generating after a client hung up. Closing an
+  HTTP/1.1 connection is a signal every server understands.
+- ``Limits(max_connections)`` >= the stream limit: requests never queue for a pool
+  slot, so httpcore #1093 (a slot leaked by cancelling a queued request) cannot
+  bite. Every upstream request holds a stream-limiter slot first.
+- No read timeout in httpx: the relay owns the TTFT and idle timers, so it can
+  tell them apart and ignore heartbeats.
+- ``Accept-Encoding: identity``: ``aiter_raw`` must yield the bytes the client
+  gets, not a compressed stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+
+from .config import Config
+
+__all__ = ["UpstreamPool", "open_upstream_client"]
+
+
+class UpstreamPool:
+    """Base URLs of one API kind, picked round-robin."""
+
+    def __init__(self, kind: str, base_urls: tuple[str, ...]) -> None:
+        self.kind = kind
+        self.base_urls = base_urls
+        self._next = itertools.cycle(base_urls) if base_urls else None
+
+    def __bool__(self) -> bool:
+        return bool(self.base_urls)
+
+    def pick(self) -> str:
+        assert self._next is not None, "empty pool"
+        return next(self._next)
+
+
+@asynccontextmanager
+async def open_upstream_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(
+        max_connections=config.max_streams,
+        max_keepalive_connections=config.max_streams,
+        keepalive_expiry=30.0,
+    )
+    timeout = httpx.Timeout(
+        connect=config.connect_timeout, read=None, write=config.connect_timeout, pool=None
+    )
+    async with httpx.AsyncClient(
+        http1=True,
+        http2=False,
+        limits=limits,
+        timeout=timeout,
+        trust_env=False,
+        follow_redirects=False,
+        headers={"accept-encoding": "identity", "user-agent": "trioproxy"},
+    ) as client:
+        yield client
