@@ -29,6 +29,7 @@ import trio
 
 from .config import Config
 from .detached import DetachedStatistics, DetachedWork, open_detached_work
+from .downstream import Receive, Send, send_error
 from .errors import (
     BadRequest,
     Dialect,
@@ -37,12 +38,11 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    UpstreamUnreachable,
     render_sse,
 )
 from .limits import LimiterStatistics, StreamLimiter
 from .records import CompletionRecord, Exchange
-from .relay import Receive, Send, UpstreamRequest, relay, send_error
+from .relay import UpstreamRequest, relay
 from .routes import ROUTES, Route, dialect_for_path, forward_headers, validate
 from .upstream import UpstreamPool, open_upstream_client
 
@@ -205,10 +205,10 @@ class Gateway:
         shutdown = not isinstance(exc, Exception)
         if not shutdown:
             log.exception("unexpected error in request %s", ex.request_id, exc_info=exc)
-        err: GatewayError = (
+        err = (
             GatewayShutdown("gateway is shutting down")
             if shutdown
-            else UpstreamUnreachable("internal gateway error")
+            else GatewayError("internal gateway error")
         )
         ex.error, ex.outcome = err, err.outcome
         with trio.move_on_after(_SHUTDOWN_SEND_TIMEOUT, shield=True):

@@ -56,10 +56,15 @@ class DetachedWork:
             self._dropped += 1
             log.error("detached work queue full (%d): dropped %s", self._max_pending, name)
             return False
+        try:
+            self._nursery.start_soon(self._run, fn, args, name=f"detached:{name}")
+        except RuntimeError:  # the service nursery has closed (shutdown finished)
+            self._dropped += 1
+            log.error("detached work submitted after shutdown: dropped %s", name)
+            return False
         self._pending += 1
         if self._idle.is_set():
             self._idle = trio.Event()
-        self._nursery.start_soon(self._run, fn, args, name=f"detached:{name}")
         return True
 
     async def _run(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:

@@ -34,7 +34,8 @@ class Exchange:
     model: str | None = None
     stream: bool = False
     upstream: str | None = None
-    status: int = 0
+    status: int = 0  # the status the client got (writer)
+    upstream_status: int = 0  # the status the upstream answered (reader)
     first_event_at: float | None = None
     first_byte_at: float | None = None  # first body bytes handed to the client
     disconnected_at: float | None = None
@@ -63,6 +64,7 @@ class CompletionRecord:
     upstream: str | None
     stream: bool
     status: int
+    upstream_status: int
     outcome: str
     error: str | None
     completion_id: str | None
@@ -99,6 +101,7 @@ class CompletionRecord:
             upstream=ex.upstream,
             stream=ex.stream,
             status=ex.status,
+            upstream_status=ex.upstream_status,
             outcome=ex.outcome,
             error=ex.error.message if ex.error is not None else None,
             completion_id=completion_id,

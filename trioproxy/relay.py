@@ -32,16 +32,16 @@ plus one partial event of at most ``max_event_bytes``.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import orjson
 import trio
 
 from .config import Config
+from .downstream import Receive, Send, Start, write_client
 from .errors import (
     Dialect,
     GatewayError,
@@ -51,17 +51,13 @@ from .errors import (
     UpstreamIdleTimeout,
     UpstreamTTFTTimeout,
     from_upstream_exception,
-    render_json,
-    render_sse,
 )
 from .limits import StreamLimiter
 from .records import Exchange
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
 
-__all__ = ["Start", "UpstreamRequest", "relay"]
+__all__ = ["UpstreamRequest", "relay"]
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 _UPSTREAM_IO_ERRORS = (httpx.HTTPError, OSError, trio.BrokenResourceError, SSEFramingError)
 _STREAM_HEADERS = [
@@ -80,14 +76,6 @@ class UpstreamRequest:
     body: bytes
     dialect: Dialect
     parse_body: bool  # parse a non-streaming JSON body once for id/usage
-
-
-@dataclass(frozen=True, slots=True)
-class Start:
-    """The response head, sent by the reader just before the first body bytes."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
 
 
 async def relay(
@@ -114,7 +102,7 @@ async def relay(
             name="upstream-reader",
         )  # fmt: skip
         nursery.start_soon(
-            _write_client, send, recv_ch, ex, request.dialect, extra_headers, scope,
+            write_client, send, recv_ch, ex, request.dialect, extra_headers, scope,
             name="client-writer",
         )  # fmt: skip
 
@@ -180,7 +168,7 @@ async def _exchange(
             )
         if head_scope.cancelled_caught:
             raise _first_timeout(ex)
-        ex.status = response.status_code
+        ex.upstream_status = response.status_code
         content_type = response.headers.get("content-type", "")
         if response.status_code == 200 and content_type.startswith("text/event-stream"):
             await _relay_events(response, config, ex, send_ch)
@@ -341,89 +329,3 @@ async def _relay_whole(
     ]
     await _deliver(send_ch, Start(response.status_code, headers), config.client_stall_timeout)
     await _deliver(send_ch, body, config.client_stall_timeout)
-
-
-async def _write_client(
-    send: Send,
-    recv_ch: trio.MemoryReceiveChannel[bytes | Start],
-    ex: Exchange,
-    dialect: Dialect,
-    extra_headers: list[tuple[bytes, bytes]],
-    scope: trio.CancelScope,
-) -> None:
-    async with recv_ch:
-        try:
-            head = await recv_ch.receive()
-        except trio.EndOfChannel:
-            # The upstream side failed before any byte: an HTTP error response.
-            err = ex.error or UpstreamBroken("upstream ended without a response")
-            ex.status = err.status
-            ex.outcome = ex.upstream_outcome
-            await send_error(send, err, dialect, extra_headers)
-            scope.cancel()
-            return
-        assert isinstance(head, Start)
-        ex.status = head.status
-        await send(
-            {
-                "type": "http.response.start",
-                "status": head.status,
-                "headers": head.headers + extra_headers,
-            }
-        )
-        closed = False
-        while not closed:
-            try:
-                body = await recv_ch.receive()
-            except trio.EndOfChannel:
-                break
-            assert isinstance(body, bytes)
-            if ex.first_byte_at is None:
-                ex.first_byte_at = trio.current_time()
-            more: list[bytes] = []
-            try:  # drain greedily: what has already arrived goes out in one send
-                while True:
-                    more.append(recv_ch.receive_nowait())  # type: ignore[arg-type]
-            except trio.WouldBlock:
-                pass
-            except trio.EndOfChannel:
-                closed = True
-            if more:
-                body = b"".join([body, *more])
-            ex.bytes_out += len(body)
-            if closed:
-                await _finish(send, ex, dialect, body)
-                scope.cancel()
-                return
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-        await _finish(send, ex, dialect, b"")
-    scope.cancel()
-
-
-async def _finish(send: Send, ex: Exchange, dialect: Dialect, body: bytes) -> None:
-    """The last send of a started response; appends the error event if any."""
-    if ex.error is not None:
-        tail = render_sse(ex.error, dialect)
-        if ex.partial_event:
-            tail = b"\n\n" + tail  # end the upstream's unfinished event first
-        body += tail
-        ex.bytes_out += len(tail)
-    ex.outcome = ex.upstream_outcome
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def send_error(
-    send: Send, err: GatewayError, dialect: Dialect, extra_headers: list[tuple[bytes, bytes]]
-) -> None:
-    """An HTTP error response in the route's dialect."""
-    body = render_json(err, dialect)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *extra_headers,
-    ]
-    retry_after = getattr(err, "retry_after", None)
-    if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,120 @@
+"""Serving: graceful shutdown with live streams, and the ``trioproxy serve`` process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from contextlib import aclosing
+
+import orjson
+import trio
+
+from tests.conftest import RawClient, chat, events_of, request, running
+from trioproxy.records import CompletionRecord
+
+
+async def test_graceful_shutdown_lets_streams_finish_and_drains_detached_work() -> None:
+    """Guarantee 12: in-flight streams finish within graceful_timeout; hand-offs drained."""
+    stored: list[CompletionRecord] = []
+
+    async def slow_store(record: CompletionRecord) -> None:
+        await trio.sleep(0.3)
+        stored.append(record)
+
+    bodies: list[bytes] = []
+    async with running(graceful_timeout=10.0) as (gw, _):
+        gw.app.hooks = (slow_store,)
+        clients = []
+        for _ in range(3):
+            client = await RawClient.connect(gw.url)
+            await client.send_request("POST", "/v1/chat/completions", chat("mock-t20-i50"))
+            assert (await client.response_head())[0] == 200
+            clients.append(client)
+        gw.shutdown.set()  # SIGTERM does the same in `trioproxy serve`
+
+        async def read_rest(client: RawClient) -> None:
+            bodies.append(b"".join([c async for _, c in client.body_chunks()]))
+            await client.close()
+
+        async with trio.open_nursery() as nursery:
+            for client in clients:
+                nursery.start_soon(read_rest, client)
+    # The gateway has exited: every stream completed and every record was stored.
+    assert [b.endswith(b"data: [DONE]\n\n") for b in bodies] == [True] * 3
+    assert sorted(r.outcome for r in stored) == ["done"] * 3
+
+
+async def test_streams_past_graceful_timeout_end_with_an_error_event() -> None:
+    async with running(graceful_timeout=0.5) as (gw, recorder):
+        client = await RawClient.connect(gw.url)
+        await client.send_request("POST", "/v1/messages", _messages("mock-t1000-i20"))
+        assert (await client.response_head())[0] == 200
+        gw.shutdown.set()
+        with trio.fail_after(5):
+            async with aclosing(client.body_chunks()) as chunks:
+                body = b"".join([c async for _, c in chunks])
+        await client.close()
+        last = events_of(body)[-1]
+        assert last.startswith(b"event: error\ndata: ")
+        error = orjson.loads(last.split(b"data: ", 1)[1])
+        assert error["error"]["type"] == "overloaded_error"
+        records = await recorder.wait_for(1)
+    assert records[0].outcome == "gateway_shutdown"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_ready(url: str) -> None:
+    with trio.fail_after(20):
+        while True:
+            try:
+                if (await request(url, "GET", "/readyz")).status == 200:
+                    return
+            except OSError:
+                pass
+            await trio.sleep(0.1)
+
+
+async def _serve_and_sigterm(*args: str) -> tuple[int, str]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "trioproxy", "serve", "--bind", f"127.0.0.1:{port}", *args]
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env={**os.environ}, text=True
+    )
+    try:
+        await _wait_ready(url)
+        ok = await request(url, "POST", "/v1/chat/completions", chat("mock-t3-i0"))
+        assert ok.status == 200 and ok.body.endswith(b"data: [DONE]\n\n")
+        proc.send_signal(signal.SIGTERM)
+        code = await trio.to_thread.run_sync(proc.wait, 30)
+        assert proc.stderr is not None
+        return code, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+async def test_serve_with_no_upstream_uses_the_mock_and_exits_0_on_sigterm() -> None:
+    code, log = await _serve_and_sigterm()
+    assert code == 0, log
+    assert "no upstream configured: serving the built-in mock upstream" in log
+
+
+async def test_serve_with_workers() -> None:
+    code, log = await _serve_and_sigterm("--workers", "2")
+    assert code == 0, log
+
+
+def _messages(model: str) -> dict[str, object]:
+    return {"model": model, "max_tokens": 8, "messages": [], "stream": True}
