@@ -8,7 +8,8 @@ import contextlib
 import pytest
 import trio
 
-from tests.conftest import chat, request, running
+from tests.conftest import chat, running
+from trioproxy.rawclient import request
 
 BAD_BODIES = [
     (b"{not json", "not valid JSON"),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from tests.conftest import RawClient, chat, running
+from tests.conftest import chat, running
 from trioproxy.detached import open_detached_work
+from trioproxy.rawclient import RawClient
 from trioproxy.records import CompletionRecord
 
 

@@ -11,9 +11,9 @@ def test_fault_spec() -> None:
     defaults = Fault(tokens=16, itl_ms=20)
     assert parse_fault("gpt-4o", defaults) is defaults
     fault = parse_fault("mock-t50-i2.5-f100-stall10-e429-bad3-hb7-p20-drop9", defaults)
-    assert fault == Fault(50, 2.5, 100.0, 10, 9, 429, 3, 7, 20.0)
+    assert fault == Fault(50, 2.5, 100.0, 10, 9, 429, 3, 7, 20.0, None)
     with pytest.raises(FaultSpecError, match="unknown mock option"):
-        parse_fault("mock-x1", defaults)
+        parse_fault("mock-q1", defaults)
     with pytest.raises(FaultSpecError):
         parse_fault("mock-e200", defaults)
 

@@ -13,7 +13,8 @@ from contextlib import aclosing
 import orjson
 import trio
 
-from tests.conftest import RawClient, chat, events_of, request, running
+from tests.conftest import chat, events_of, running
+from trioproxy.rawclient import RawClient, request
 
 
 async def test_tokens_arrive_unbuffered_as_the_upstream_sends_them() -> None:

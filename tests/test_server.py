@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -10,9 +11,11 @@ import sys
 from contextlib import aclosing
 
 import orjson
+import pytest
 import trio
 
-from tests.conftest import RawClient, chat, events_of, request, running
+from tests.conftest import chat, events_of, running
+from trioproxy.rawclient import RawClient, request
 from trioproxy.records import CompletionRecord
 
 
@@ -118,3 +121,93 @@ async def test_serve_with_workers() -> None:
 
 def _messages(model: str) -> dict[str, object]:
     return {"model": model, "max_tokens": 8, "messages": [], "stream": True}
+
+
+async def test_an_internal_hypercorn_error_ends_one_connection_not_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression for the fuzz finding behind Hypercorn #225: the error response to a
+    malformed body raced Hypercorn's own send_eof (BusyResourceError) and stopped the
+    whole server. Simulated here deterministically."""
+    from hypercorn.protocol.h11 import H11Protocol
+
+    async def racing_error_response(self: object, status_code: int) -> None:
+        raise trio.BusyResourceError("another task is currently sending data on this SocketStream")
+
+    async with running() as (gw, _):
+        with monkeypatch.context() as patch:
+            patch.setattr(H11Protocol, "_send_error_response", racing_error_response)
+            host, port = gw.url.removeprefix("http://").split(":")
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(b"GARBAGE\r\n\r\n")
+                with trio.fail_after(5):
+                    assert await stream.receive_some(100) == b""  # that connection ends
+        ok = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t2-i0"))
+        assert ok.status == 200 and ok.body.endswith(b"data: [DONE]\n\n")
+
+
+async def test_closed_keep_alive_connections_do_not_linger() -> None:
+    """Regression for a Hypercorn trio linger found by chaos (no_orphan_tasks): a
+    keep-alive connection closed by its client kept its task and socket for
+    keep_alive_timeout (75 s here)."""
+    from trioproxy.debug import task_names
+
+    async with running() as (gw, _):
+        client = await RawClient.connect(gw.url)
+        await client.send_request("GET", "/healthz")
+        assert (await client.read_response()).status == 200
+        await trio.sleep(0.05)
+        assert task_names().get("_idle_timeout", 0) == 1  # idle keep-alive connection
+        await client.close()
+        with trio.fail_after(2):
+            while task_names().get("_idle_timeout", 0):
+                await trio.sleep(0.01)
+
+
+async def test_sigterm_with_50_live_streams(tmp_path: pathlib.Path) -> None:
+    """SIGTERM under load: no new connections, short streams finish, long ones get an
+    error event when graceful_timeout expires, the process exits 0."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = tmp_path / "trioproxy.toml"
+    config.write_text("graceful_timeout = 1.5\naccess_log = false\n")
+    cmd = [sys.executable, "-m", "trioproxy", "serve", "--config", str(config)]
+    proc = await trio.lowlevel.open_process(
+        [*cmd, "--bind", f"127.0.0.1:{port}"], stderr=subprocess.DEVNULL
+    )
+    try:
+        await _wait_ready(url)
+        clients = []
+        for i in range(50):
+            client = await RawClient.connect(url)
+            model = "mock-t10-i20" if i % 2 else "mock-t1000-i20"  # 0.2 s or 20 s
+            await client.send_request("POST", "/v1/chat/completions", chat(model))
+            assert (await client.response_head())[0] == 200
+            clients.append(client)
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(5):  # the listener closes: new connections are refused
+            while True:
+                try:
+                    (await RawClient.connect(url)).stream.socket.close()
+                    await trio.sleep(0.02)
+                except OSError:
+                    break
+        bodies: list[bytes] = []
+
+        async def finish(client: RawClient) -> None:
+            bodies.append(b"".join([c async for _, c in client.body_chunks()]))
+            await client.close()
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for client in clients:
+                    nursery.start_soon(finish, client)
+            assert await proc.wait() == 0
+        done = [b for b in bodies if b.endswith(b"data: [DONE]\n\n")]
+        cut = [b for b in bodies if b"gateway_shutdown" in events_of(b)[-1]]
+        assert (len(done), len(cut)) == (25, 25)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -17,6 +17,7 @@ reaches Hypercorn's worker.
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,6 +29,7 @@ import orjson
 import trio
 
 from .config import Config
+from .debug import debug_state
 from .detached import DetachedStatistics, DetachedWork, open_detached_work
 from .downstream import Receive, Send, send_error
 from .errors import (
@@ -52,6 +54,7 @@ log = logging.getLogger("trioproxy")
 access_log = logging.getLogger("trioproxy.access")
 
 CompletionHook = Callable[[CompletionRecord], Awaitable[None]]
+_RECENT_RECORDS = 20_000
 _SHUTDOWN_SEND_TIMEOUT = 1.0  # s: bound on the shielded error event at shutdown
 
 
@@ -79,14 +82,18 @@ class Gateway:
         self.client: httpx.AsyncClient | None = None
         self.detached: DetachedWork | None = None
         self.ready = False
-        self._active = 0
+        self.active: set[Exchange] = set()
+        # Recent records for /debug/records (chaos reads outcomes from it); bounded.
+        self.recent: collections.deque[CompletionRecord] | None = (
+            collections.deque(maxlen=_RECENT_RECORDS) if config.debug_endpoints else None
+        )
         self._total = 0
         self._outcomes: dict[str, int] = {}
 
     def statistics(self) -> GatewayStatistics:
         return GatewayStatistics(
             ready=self.ready,
-            active_requests=self._active,
+            active_requests=len(self.active),
             requests_total=self._total,
             outcomes=dict(self._outcomes),
             limiter=self.limiter.statistics(),
@@ -128,8 +135,11 @@ class Gateway:
         if path == "/readyz":
             ok = self.ready and self.client is not None
             return await _send_json(send, 200 if ok else 503, {"ready": ok})
-        if path == "/debug/state" and self.config.debug_endpoints:
-            return await _send_json(send, 200, _plain(self.statistics()))
+        if path.startswith("/debug/") and self.config.debug_endpoints:
+            if path == "/debug/state":
+                return await _send_json(send, 200, debug_state(self))
+            if path == "/debug/records" and self.recent is not None:
+                return await _send_json(send, 200, list(self.recent))
         route = ROUTES.get(path)
         dialect = route.dialect if route else dialect_for_path(path)
         ex = Exchange(
@@ -139,7 +149,7 @@ class Gateway:
             started=trio.current_time(),
         )
         extra = [(b"x-trioproxy-request-id", ex.request_id.encode())]
-        self._active += 1
+        self.active.add(ex)
         try:
             try:
                 if route is None:
@@ -166,7 +176,7 @@ class Gateway:
                 raise
         finally:
             self.limiter.release(ex)  # no-op unless the relay never started
-            self._active -= 1
+            self.active.discard(ex)
             self._finish(ex, dialect)
 
     def _upstream_request(
@@ -226,6 +236,8 @@ class Gateway:
         record = CompletionRecord.from_exchange(ex, dialect is Dialect.ANTHROPIC)
         self._total += 1
         self._outcomes[record.outcome] = self._outcomes.get(record.outcome, 0) + 1
+        if self.recent is not None:
+            self.recent.append(record)
         if self.config.access_log:
             access_log.info("%s", record.to_json().decode())
         if self.detached is not None:
@@ -272,7 +284,3 @@ async def _send_json(send: Send, status: int, obj: Any) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def _plain(stats: GatewayStatistics) -> Any:
-    return orjson.loads(orjson.dumps(stats))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import signal
 import sys
 from collections.abc import Sequence
@@ -37,6 +38,16 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--idle-timeout", type=float, metavar="S")
     serve.add_argument("--ttft-timeout", type=float, metavar="S")
     serve.add_argument("--workers", type=int)
+    chaos = sub.add_parser(
+        "chaos", help="run a seeded fault x behaviour campaign, check invariants"
+    )
+    chaos.add_argument("--gateway", metavar="URL",
+                       help="a running gateway (debug_endpoints on, upstream a mock-upstream); "
+                       "default: start both here")  # fmt: skip
+    chaos.add_argument("--runs", type=int, default=300)
+    chaos.add_argument("--concurrency", type=int, default=16)
+    chaos.add_argument("--seed", type=int, help="default: random (printed)")
+    chaos.add_argument("--report", metavar="FILE", help="also write the report as JSON")
     mock = sub.add_parser("mock-upstream", help="run the built-in mock LLM server")
     mock.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default 127.0.0.1:8000)")
     mock.add_argument("--tokens", type=int, default=16)
@@ -65,9 +76,30 @@ async def _run_mock(host: str, port: int, fault: Fault) -> None:
                 break
 
 
+def _chaos(args: argparse.Namespace) -> int:
+    from .chaos_campaign import run_campaign, write_report
+    from .chaos_report import format_report
+
+    seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    print(f"chaos: seed {seed} (replay with --seed {seed})", file=sys.stderr, flush=True)
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty() and (done % 25 == 0 or done == total):
+            print(f"\r{done}/{total} runs", end="", file=sys.stderr, flush=True)
+
+    report = trio.run(run_campaign, args.gateway, args.runs, args.concurrency, seed, progress)
+    print(file=sys.stderr)
+    print(format_report(report))
+    if args.report:
+        write_report(report, args.report)
+    return 0 if report["passed"] else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
+        if args.command == "chaos":
+            return _chaos(args)
         if args.command == "mock-upstream":
             host, port = parse_bind(args.bind)
             _setup_logging("info")

@@ -16,6 +16,7 @@ e<CODE>   answer HTTP CODE (e.g. 500, 429) before any byte of the stream
 bad<K>    send one malformed event (invalid JSON) after K tokens, then go on
 hb<K>     after K tokens send only ``: ping`` comments, forever (K=0: no data event)
 p<MS>     interval of those pings, milliseconds (default 100)
+x<N>      a tag, otherwise ignored: lets a test or ``chaos`` match its requests
 ========  =====================================================================
 
 Events are built from templates per stream (one bytes concatenation per token),
@@ -74,9 +75,10 @@ class Fault:
     bad_after: int | None = None
     heartbeat_after: int | None = None
     ping_ms: float = 100.0
+    tag: int | None = None
 
 
-_OPTION = re.compile(r"(stall|drop|bad|hb|t|i|f|e|p)(\d+(?:\.\d+)?)")
+_OPTION = re.compile(r"(stall|drop|bad|hb|t|i|f|e|p|x)(\d+(?:\.\d+)?)")
 _FIELDS = {
     "t": "tokens",
     "i": "itl_ms",
@@ -87,6 +89,7 @@ _FIELDS = {
     "bad": "bad_after",
     "hb": "heartbeat_after",
     "p": "ping_ms",
+    "x": "tag",
 }
 _FLOATS = {"itl_ms", "ttft_ms", "ping_ms"}
 

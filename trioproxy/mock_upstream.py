@@ -17,6 +17,7 @@ import collections
 import functools
 import itertools
 import socket
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,6 +58,7 @@ class MockStatistics:
 @dataclass(frozen=True, slots=True)
 class PeerClose:
     at: float  # trio clock when the mock saw the peer's EOF/reset
+    mono: float  # time.monotonic() then: comparable across processes
     model: str
 
 
@@ -126,6 +128,16 @@ class MockUpstream:
         if path == "/mock/stats":
             await _send_json(stream, 200, asdict(self.statistics()), keep)
             return keep
+        if path.startswith("/mock/peer-closes"):
+            _, _, tag = path.partition("?tag=")
+            suffix = f"-x{tag}" if tag else ""
+            closes = [
+                {"mono": c.mono, "model": c.model}
+                for c in self.peer_closes
+                if c.model.endswith(suffix)
+            ]
+            await _send_json(stream, 200, closes, keep)
+            return keep
         if path == "/v1/models" and method == "GET":
             models = [{"id": "mock", "object": "model", "owned_by": "trioproxy"}]
             await _send_json(stream, 200, {"object": "list", "data": models}, keep)
@@ -184,7 +196,7 @@ class MockUpstream:
         return ok and keep
 
     def _peer_gone(self, model: str) -> None:
-        self.peer_closes.append(PeerClose(trio.current_time(), model))
+        self.peer_closes.append(PeerClose(trio.current_time(), time.monotonic(), model))
         self._peer_close_event.set()
         self._peer_close_event = trio.Event()
 
@@ -323,7 +335,9 @@ async def _read_request(
         buf += data
     body = bytes(buf[:length])
     del buf[:length]
-    path = target.decode("latin-1").split("?", 1)[0]
+    path = target.decode("latin-1")
+    if not path.startswith("/mock/"):
+        path = path.split("?", 1)[0]
     return method.decode("latin-1"), path, headers, body
 
 

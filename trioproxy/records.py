@@ -54,6 +54,7 @@ class Exchange:
     upstream_outcome: str | None = None  # how the upstream side ended
     outcome: str | None = None  # how the exchange ended (final)
     error: GatewayError | None = None
+    channel: Any = None  # the relay's memory channel, for /debug/state
 
 
 @dataclass(frozen=True, slots=True)

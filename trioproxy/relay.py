@@ -94,6 +94,7 @@ async def relay(
     (graceful shutdown); every other ending is recorded in ``ex``.
     """
     send_ch, recv_ch = trio.open_memory_channel[bytes | Start](config.channel_size)
+    ex.channel = send_ch
     async with trio.open_nursery() as nursery:
         scope = nursery.cancel_scope
         nursery.start_soon(_watch_disconnect, receive, ex, scope, name="disconnect-watcher")

@@ -1,0 +1,87 @@
+"""Chaos: the plan, each invariant's checker, and a bounded campaign."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from trioproxy.chaos import BEHAVIOURS, FAULTS, Limits, plan
+from trioproxy.chaos_campaign import run_campaign
+from trioproxy.chaos_report import RSS_SLACK, Observed, check_invariants, format_report
+
+LIMITS = Limits(ttft_timeout=1.0, idle_timeout=0.3, client_stall_timeout=0.5)
+
+
+def test_plan_is_replayable_from_its_seed_and_covers_every_pair() -> None:
+    assert plan(500, 42, LIMITS) == plan(500, 42, LIMITS)
+    assert plan(50, 42, LIMITS) != plan(50, 43, LIMITS)
+    runs = plan(2000, 1, LIMITS)
+    pairs = {(r.fault, r.behaviour) for r in runs}
+    assert {(f, b) for f in FAULTS for b in BEHAVIOURS if (f, b) != ("none", "never_read")} <= pairs
+    assert ("flood", "never_read") in pairs  # never_read on a healthy stream: a slow client
+    for run in runs:
+        assert run.expected and run.model.endswith(f"-x{run.index}")
+
+
+def _healthy(runs: list[Any]) -> Observed:
+    state = {
+        "ready": True,
+        "active_requests": 0,
+        "limiter": {"borrowed_tokens": 0},
+        "detached": {"pending": 0, "failed": 0},
+        "tasks": 11,
+        "task_names": {"_run_handler": 1},
+        "rss_bytes": 40 << 20,
+        "config": {"max_streams": 64},
+    }
+    return Observed(
+        baseline=state,
+        final=copy.deepcopy(state),
+        records=[{"request_id": r.request_id, "outcome": min(r.expected)} for r in runs],
+        mock_stats={"streams_active": 0, "open_connections": 2},
+        peer_closes=[],
+    )
+
+
+def _violations() -> dict[str, Any]:
+    def final(**changes: Any) -> Any:
+        def apply(obs: Observed) -> None:
+            for key, value in changes.items():
+                obs.final[key] = value
+
+        return apply
+
+    return {
+        "streams_released": final(limiter={"borrowed_tokens": 1}),
+        "upstream_streams_closed": lambda obs: obs.mock_stats.update(streams_active=1),
+        "one_outcome_per_request": lambda obs: obs.records.append(dict(obs.records[0])),
+        "outcomes_match": lambda obs: obs.records[0].update(outcome="done_not_expected"),
+        "no_orphan_tasks": final(tasks=12, task_names={"_run_handler": 2}),
+        "detached_drained": final(detached={"pending": 1, "failed": 0}),
+        "rss_bounded": final(rss_bytes=(40 << 20) + RSS_SLACK + 1),
+    }
+
+
+def test_healthy_observation_passes_every_invariant() -> None:
+    runs = plan(40, 3, LIMITS)
+    assert all(inv.ok for inv in check_invariants(runs, _healthy(runs)))
+
+
+@pytest.mark.parametrize("name", sorted(_violations()))
+def test_each_invariant_catches_its_violation(name: str) -> None:
+    runs = plan(40, 3, LIMITS)
+    observed = _healthy(runs)
+    _violations()[name](observed)
+    failed = [inv.name for inv in check_invariants(runs, observed) if not inv.ok]
+    assert failed == [name]
+
+
+async def test_bounded_campaign_holds_every_invariant() -> None:
+    """>= 300 runs against a gateway and a mock started as processes."""
+    report = await run_campaign(None, runs=300, concurrency=16, seed=20261123)
+    text = format_report(report)
+    assert report["passed"], text
+    assert report["cancel_latency_ms"]["n"] > 10
+    assert report["duration_s"] < 60, text
