@@ -32,7 +32,7 @@ plus one partial event of at most ``max_event_bytes``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 
@@ -212,57 +212,73 @@ async def _relay_events(
 ) -> None:
     framer = SSEFramer(config.max_event_bytes)
     chunks = response.aiter_raw()
+    end_by = ex.started + config.max_stream_duration if config.max_stream_duration else math.inf
+    deadline = min(ex.started + (config.ttft_timeout or math.inf), end_by)
+    # One scope for the whole read loop; its deadline moves with each event.
+    # While waiting for room in the channel (a slow client) it is lifted.
+    read_scope = trio.CancelScope(deadline=deadline)
+    try:
+        with read_scope:
+            await _read_events(chunks, read_scope, framer, config, ex, send_ch, response)
+    finally:
+        ex.partial_event = framer.buffered > 0
+    if read_scope.cancelled_caught:
+        if trio.current_time() >= end_by:
+            raise StreamTooLong("stream exceeded max_stream_duration")
+        if ex.first_event_at is None:
+            raise UpstreamTTFTTimeout("upstream sent no event within ttft_timeout")
+        raise UpstreamIdleTimeout(f"upstream sent no event for {config.idle_timeout} s")
+    if not ex.chunks:
+        raise UpstreamBroken("upstream ended the event stream without sending anything")
+
+
+async def _read_events(
+    chunks: AsyncIterator[bytes],
+    read_scope: trio.CancelScope,
+    framer: SSEFramer,
+    config: Config,
+    ex: Exchange,
+    send_ch: trio.MemorySendChannel[bytes | Start],
+    response: httpx.Response,
+) -> None:
     stall = config.client_stall_timeout
     idle = config.idle_timeout or math.inf
     hb_progress = config.heartbeat_resets_idle
     end_by = ex.started + config.max_stream_duration if config.max_stream_duration else math.inf
-    deadline = min(ex.started + (config.ttft_timeout or math.inf), end_by)
     started = False
-    try:
-        while True:
-            with trio.CancelScope(deadline=deadline) as read_scope:
-                try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-            if read_scope.cancelled_caught:
-                if trio.current_time() >= end_by:
-                    raise StreamTooLong("stream exceeded max_stream_duration")
-                if ex.first_event_at is None:
-                    raise UpstreamTTFTTimeout("upstream sent no event within ttft_timeout")
-                raise UpstreamIdleTimeout(f"upstream sent no event for {config.idle_timeout} s")
-            ex.bytes_in += len(chunk)
-            ex.chunks += 1
-            blocks = framer.feed(chunk)
-            if blocks:
-                progress = False
-                for block in blocks:
-                    if is_heartbeat(block):
-                        progress = progress or hb_progress
-                        continue
-                    progress = True
-                    ex.events += 1
-                    if ex.first_block is None:
-                        ex.first_block = block
-                        ex.first_event_at = trio.current_time()
-                    if b'"usage"' in block:
-                        ex.usage_block = block
-                    if _is_final(block):
-                        ex.final_event = True
-                if progress and ex.first_event_at is not None:
-                    deadline = min(trio.current_time() + idle, end_by)
-            if not started:
-                started = True
-                headers = [*_STREAM_HEADERS, *_passed_headers(response)]
-                await _deliver(send_ch, Start(200, headers), stall)
-            try:  # inline fast path of _deliver: no coroutine per chunk
-                send_ch.send_nowait(chunk)
-            except trio.WouldBlock:
-                await _deliver_when_room(send_ch, chunk, stall)
-    finally:
-        ex.partial_event = framer.buffered > 0
-    if not started:
-        raise UpstreamBroken("upstream ended the event stream without sending anything")
+    async for chunk in chunks:
+        ex.bytes_in += len(chunk)
+        ex.chunks += 1
+        blocks = framer.feed(chunk)
+        if blocks:
+            progress = False
+            for block in blocks:
+                if is_heartbeat(block):
+                    progress = progress or hb_progress
+                    continue
+                progress = True
+                ex.events += 1
+                if ex.first_block is None:
+                    ex.first_block = block
+                    ex.first_event_at = trio.current_time()
+                if b'"usage"' in block:
+                    ex.usage_block = block
+                if _is_final(block):
+                    ex.final_event = True
+            if progress and ex.first_event_at is not None:
+                read_scope.deadline = min(trio.current_time() + idle, end_by)
+        if not started:
+            started = True
+            headers = [*_STREAM_HEADERS, *_passed_headers(response)]
+            send_ch.send_nowait(Start(200, headers))  # the channel is empty
+        try:  # no coroutine and no checkpoint per chunk while there is room
+            send_ch.send_nowait(chunk)
+        except trio.WouldBlock:
+            # Waiting for the client is not upstream idle time: lift the
+            # deadline, then give the upstream at least a full idle window.
+            deadline, read_scope.deadline = read_scope.deadline, math.inf
+            await _deliver_when_room(send_ch, chunk, stall)
+            read_scope.deadline = max(deadline, min(trio.current_time() + idle, end_by))
 
 
 def _is_final(block: bytes) -> bool:

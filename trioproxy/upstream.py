@@ -3,12 +3,12 @@
 Rules:
 - One ``httpx.AsyncClient`` per worker process, opened inside ``trio.run`` by the
   lifespan (:func:`open_upstream_client`).
-- HTTP/1.1 only: a cancelled HTTP/2 stream never sends RST_STREAM (httpcore #943),
-  so the model server would keep generating after a client hung up. Closing an
-  HTTP/1.1 connection is a signal every server understands.
-- ``Limits(max_connections)`` >= the stream limit: requests never queue for a pool
-  slot, so httpcore #1093 (a slot leaked by cancelling a queued request) cannot
-  bite. Every upstream request holds a stream-limiter slot first.
+- The transport is ours (:mod:`trioproxy.transport`): HTTP/1.1 only (a cancelled
+  HTTP/2 stream never sends RST_STREAM, httpcore #943, so the model server would
+  keep generating; closing an HTTP/1.1 connection is understood by every
+  server), an O(1) keep-alive pool, and no pool queue at all: every upstream
+  request holds a stream-limiter slot first, so httpcore #1093 (a pool slot
+  leaked by cancelling a queued request) has nothing to bite.
 - No read timeout in httpx: the relay owns the TTFT and idle timers, so it can
   tell them apart and ignore heartbeats.
 - ``Accept-Encoding: identity``: ``aiter_raw`` must yield the bytes the client
@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 import httpx
 
 from .config import Config
+from .transport import UpstreamTransport
 
 __all__ = ["UpstreamPool", "open_upstream_client"]
 
@@ -46,19 +47,14 @@ class UpstreamPool:
 
 @asynccontextmanager
 async def open_upstream_client(config: Config) -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(
-        max_connections=config.max_streams,
-        max_keepalive_connections=config.max_streams,
+    transport = UpstreamTransport(
+        connect_timeout=config.connect_timeout,
         keepalive_expiry=30.0,
-    )
-    timeout = httpx.Timeout(
-        connect=config.connect_timeout, read=None, write=config.connect_timeout, pool=None
+        max_idle_per_origin=config.max_streams,
     )
     async with httpx.AsyncClient(
-        http1=True,
-        http2=False,
-        limits=limits,
-        timeout=timeout,
+        transport=transport,
+        timeout=None,
         trust_env=False,
         follow_redirects=False,
         headers={"accept-encoding": "identity", "user-agent": "trioproxy"},

@@ -1,0 +1,1 @@
+"""trioproxy benchmark harness: ``python -m bench`` (see bench/README.md)."""

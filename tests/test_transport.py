@@ -1,0 +1,102 @@
+"""The upstream transport against the mock upstream and small scripted servers."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+import trio
+
+from trioproxy.mock_scripts import Fault
+from trioproxy.mock_upstream import serve_mock
+from trioproxy.transport import UpstreamTransport
+
+CHAT = {"model": "mock-t5-i0", "messages": [], "stream": True}
+
+
+async def test_keep_alive_connections_are_reused() -> None:
+    async with trio.open_nursery() as nursery:
+        mock = await nursery.start(serve_mock, "127.0.0.1", 0, Fault())
+        transport = UpstreamTransport()
+        async with httpx.AsyncClient(transport=transport, base_url=mock.base_url) as client:
+            for _ in range(3):
+                response = await client.post("/v1/chat/completions", json=CHAT)
+                assert response.text.endswith("data: [DONE]\n\n")
+            models = await client.get("/v1/models")
+            assert models.json()["object"] == "list"  # content-length body
+            stats = transport.statistics()
+            assert (stats.opened, stats.reused, stats.idle, stats.active) == (1, 3, 1, 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_cancelling_mid_body_closes_the_connection_at_once() -> None:
+    async with trio.open_nursery() as nursery:
+        mock = await nursery.start(serve_mock, "127.0.0.1", 0, Fault())
+        transport = UpstreamTransport()
+        async with httpx.AsyncClient(transport=transport, base_url=mock.base_url) as client:
+            body = {**CHAT, "model": "mock-t1000-i20"}
+            with trio.move_on_after(0.1):
+                async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                    async for _ in r.aiter_raw():
+                        pass
+            cancelled_at = trio.current_time()
+            with trio.fail_after(1):
+                peer = await mock.wait_peer_close()
+            assert peer.at - cancelled_at < 0.05
+            assert transport.statistics().idle == 0 and transport.statistics().active == 0
+        nursery.cancel_scope.cancel()
+
+
+async def _scripted_server(
+    handler: Callable[[trio.SocketStream], Awaitable[None]], nursery: trio.Nursery
+) -> str:
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+
+async def _read_request(stream: trio.SocketStream) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some(65536)
+
+
+async def test_stale_keep_alive_connection_is_replaced() -> None:
+    async def one_request_then_close(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await stream.aclose()  # keep-alive advertised, but the server closes
+
+    async with trio.open_nursery() as nursery:
+        url = await _scripted_server(one_request_then_close, nursery)
+        transport = UpstreamTransport()
+        async with httpx.AsyncClient(transport=transport) as client:
+            assert (await client.get(url)).text == "ok"
+            await trio.sleep(0.05)
+            assert (await client.get(url)).text == "ok"
+            assert transport.statistics().opened == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_close_delimited_body_and_errors() -> None:
+    async def until_close(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
+        await stream.aclose()
+
+    async def garbage(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        await stream.send_all(b"NOT HTTP\r\n\r\n")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        eof_url = await _scripted_server(until_close, nursery)
+        bad_url = await _scripted_server(garbage, nursery)
+        async with httpx.AsyncClient(transport=UpstreamTransport()) as client:
+            assert (await client.get(eof_url)).text == "all of it"
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get(bad_url)
+            with pytest.raises(httpx.ConnectError):
+                await client.get("http://127.0.0.1:1/")
+        nursery.cancel_scope.cancel()
