@@ -267,7 +267,7 @@ async def _read_body(
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            ex.outcome = "client_disconnect"
+            ex.settle("client_disconnect")
             ex.disconnected_at = trio.current_time()
             return None
         chunk = message.get("body", b"")

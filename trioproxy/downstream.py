@@ -53,7 +53,7 @@ async def write_client(
             # The upstream side failed before any byte: an HTTP error response.
             err = ex.error or UpstreamBroken("upstream ended without a response")
             ex.status = err.status
-            ex.outcome = ex.upstream_outcome
+            ex.settle(ex.upstream_outcome)
             await send_error(send, err, dialect, extra_headers)
             scope.cancel()
             return
@@ -97,13 +97,18 @@ async def write_client(
 
 async def _finish(send: Send, ex: Exchange, dialect: Dialect, body: bytes) -> None:
     """The last send of a started response; appends the error event if any."""
+    if ex.upstream_outcome is None:
+        # The reader was cancelled (a hang-up or shutdown) and closed the channel:
+        # never end such a response as if it were complete. Let Cancelled out.
+        await trio.lowlevel.checkpoint()
+        return
     if ex.error is not None:
         tail = render_sse(ex.error, dialect)
         if ex.partial_event:
             tail = b"\n\n" + tail  # end the upstream's unfinished event first
         body += tail
         ex.bytes_out += len(tail)
-    ex.outcome = ex.upstream_outcome
+    ex.settle(ex.upstream_outcome)
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

@@ -56,6 +56,12 @@ class Exchange:
     error: GatewayError | None = None
     channel: Any = None  # the relay's memory channel, for /debug/state
 
+    def settle(self, outcome: str | None) -> None:
+        """Decide the outcome; the first decision stands (a hang-up noticed by
+        the watcher must not be overwritten by a writer that ran on)."""
+        if self.outcome is None:
+            self.outcome = outcome
+
 
 @dataclass(frozen=True, slots=True)
 class CompletionRecord:

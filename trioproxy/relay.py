@@ -113,7 +113,7 @@ async def _watch_disconnect(receive: Receive, ex: Exchange, scope: trio.CancelSc
         message = await receive()
         if message["type"] == "http.disconnect":
             if ex.outcome is None:
-                ex.outcome = "client_disconnect"
+                ex.settle("client_disconnect")
                 ex.disconnected_at = trio.current_time()
             scope.cancel()
             return
@@ -143,7 +143,7 @@ async def _read_upstream(
         if isinstance(ex.error, SlowClient):
             # The writer is stuck in a send to a client that does not read
             # (Hypercorn shields socket writes): end the exchange without it.
-            ex.outcome = ex.upstream_outcome
+            ex.settle(ex.upstream_outcome)
             scope.cancel()
 
 
