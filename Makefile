@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,8 @@ run: $(VENV)/.installed
 	$(BIN)/trioproxy serve $(ARGS)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check trioproxy tests
-	$(BIN)/ruff format --check trioproxy tests
+	$(BIN)/ruff check trioproxy tests bench
+	$(BIN)/ruff format --check trioproxy tests bench
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --strict trioproxy
@@ -33,6 +33,14 @@ unit: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(VENV)/.installed $(VENV)/.installed-dev $@
+
+# All scenarios against direct, trioproxy and nginx (if installed: apt-get install nginx-light).
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

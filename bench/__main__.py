@@ -1,0 +1,128 @@
+"""``python -m bench``: trioproxy side by side with direct access and nginx.
+
+Flags mean what they mean in LiteLLM's streaming benchmark: a closed loop of
+exactly ``--concurrency`` requests in flight, ``--warmup`` unmeasured requests
+before each repeat, and with ``--repeats`` the repeat with the median TTFT p50
+is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .idle import run_idle
+from .procs import CORES, PINNED, Proc, start_mock, start_nginx, start_trioproxy
+from .scenarios import SCENARIOS, SWEEP, Scenario, measure, median_repeat
+
+
+def _progress(text: str) -> None:
+    print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--scenario", action="append", choices=[*SCENARIOS, "sweep"],
+                        help="repeatable; default: all")  # fmt: skip
+    parser.add_argument("--target", action="append", default=[], metavar="NAME=URL",
+                        help="measure this proxy (its upstream must be a trioproxy mock-upstream); "
+                        "default: start trioproxy (and nginx if installed)")  # fmt: skip
+    parser.add_argument("--requests", type=int, help="override the scenario's request count")
+    parser.add_argument("--concurrency", type=int, help="override the scenario's concurrency")
+    parser.add_argument("--warmup", type=int, help="override the scenario's warm-up count")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--tokens", type=int, help="override tokens per response")
+    parser.add_argument("--itl-ms", type=float, help="override the inter-token latency")
+    parser.add_argument("--mock", metavar="URL", help="the mock upstream the --targets use")
+    parser.add_argument("--no-nginx", action="store_true")
+    parser.add_argument("--out", default="bench/out", type=Path)
+    args = parser.parse_args(argv)
+    names = args.scenario or [*SCENARIOS, "sweep"]
+
+    procs: list[Proc] = []
+    try:
+        mock = Proc("mock", args.mock) if args.mock else start_mock()
+        if not args.mock:
+            procs.append(mock)
+        targets: dict[str, tuple[Proc | None, str]] = {"direct": (None, mock.url)}
+        if args.target:
+            for spec in args.target:
+                name, _, url = spec.partition("=")
+                targets[name] = (None, url.rstrip("/"))
+        else:
+            gateway = start_trioproxy(mock.url)
+            procs.append(gateway)
+            targets["trioproxy"] = (gateway, gateway.url)
+            nginx = None if args.no_nginx else start_nginx(mock.url)
+            if nginx is not None:
+                procs.append(nginx)
+                targets["nginx"] = (nginx, nginx.url)
+        machine = f"{platform.node()}: {CORES} cores, Python {platform.python_version()}; " + (
+            "proxy pinned to core 0, mock upstream and load client on the other core(s)"
+            if PINNED
+            else "one core: nothing pinned"
+        )
+        print(machine, file=sys.stderr)
+        results: dict[str, Any] = {"machine": machine, "scenarios": {}, "sweep": {}}
+
+        def shaped(sc: Scenario) -> Scenario:
+            changes: dict[str, Any] = {}
+            for flag, field in (("requests", "requests"), ("concurrency", "concurrency"),
+                                ("warmup", "warmup"), ("tokens", "tokens"), ("itl_ms", "itl_ms")):  # fmt: skip
+                if getattr(args, flag) is not None:
+                    changes[field] = getattr(args, flag)
+            return dataclasses.replace(sc, **changes)
+
+        for name in names:
+            if name == "sweep":
+                base = shaped(SCENARIOS["throughput"])
+                for target, (proc, url) in targets.items():
+                    points = {}
+                    for c in SWEEP:
+                        _progress(f"sweep: {target} C={c}")
+                        n = max(args.requests or 200, 4 * c)
+                        r = measure(proc, url, base, n, c, min(c, 100))
+                        r.pop("ttft_all_ms")
+                        points[str(c)] = r
+                    results["sweep"][target] = points
+                continue
+            sc = shaped(SCENARIOS[name])
+            results["scenarios"][name] = {}
+            for target, (proc, url) in targets.items():
+                if sc.stall:
+                    _progress(f"{name}: {target}")
+                    results["scenarios"][name][target] = run_idle(
+                        proc, url, sc.model(), sc.concurrency
+                    )
+                    continue
+                runs = []
+                for i in range(args.repeats):
+                    _progress(f"{name}: {target} repeat {i + 1}/{args.repeats}")
+                    runs.append(measure(proc, url, sc, sc.requests, sc.concurrency, sc.warmup))
+                results["scenarios"][name][target] = median_repeat(runs)
+        direct = results["scenarios"].get("throughput", {}).get("direct")
+        results["client_ceiling"] = (
+            f"{direct['tokens_per_s']:,.0f} tokens/s"
+            if direct
+            else "not measured (no throughput run)"
+        )
+        _progress("")
+        print(report.table(results))
+        print(
+            f"load client ceiling (client -> mock, throughput shape): {results['client_ceiling']}"
+        )
+        files = report.write(results, args.out)
+        print(f"wrote {', '.join(files)} to {args.out}/")
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

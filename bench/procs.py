@@ -1,0 +1,171 @@
+"""Processes of a benchmark run: mock upstream, gateway, nginx; pinning; probes.
+
+On a machine with >= 2 cores the proxy under test runs alone on core 0 and the
+mock upstream and the load client share the others, so the proxy's figures are
+one core's worth.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CORES = os.cpu_count() or 1
+PINNED = CORES >= 2
+PROXY_CORES = {0} if PINNED else set(range(CORES))
+OTHER_CORES = set(range(1, CORES)) if PINNED else set(range(CORES))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pin(cores: set[int]) -> None:
+    os.sched_setaffinity(0, cores)
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+@dataclass
+class Proc:
+    name: str
+    url: str
+    popen: subprocess.Popen[bytes] | None = None
+    workdir: Path | None = None
+    extra_pids: list[int] = field(default_factory=list)
+
+    @property
+    def pids(self) -> list[int]:
+        return ([self.popen.pid] if self.popen else []) + self.extra_pids
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for pid in self.pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, IndexError):
+                pass
+        return total
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for pid in self.pids:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            except OSError:
+                pass
+        return total
+
+    def stop(self) -> None:
+        if self.popen and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_mock() -> Proc:
+    port = free_port()
+    cmd = [sys.executable, "-m", "trioproxy", "mock-upstream", "--bind", f"127.0.0.1:{port}"]
+    popen = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: _pin(OTHER_CORES),
+    )  # fmt: skip
+    wait_port(port)
+    return Proc("mock", f"http://127.0.0.1:{port}", popen)
+
+
+def start_trioproxy(mock_url: str, metrics: bool = False) -> Proc:
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="trioproxy-bench-"))
+    config = workdir / "trioproxy.toml"
+    config.write_text(
+        f'openai_upstreams = ["{mock_url}/v1"]\nanthropic_upstreams = ["{mock_url}"]\n'
+        "access_log = false\nmax_streams = 4096\ndebug_endpoints = true\n"
+    )
+    cmd = [sys.executable, "-m", "trioproxy", "serve", "--config", str(config)]
+    popen = subprocess.Popen(
+        [*cmd, "--bind", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, preexec_fn=lambda: _pin(PROXY_CORES),
+    )  # fmt: skip
+    wait_port(port)
+    return Proc("trioproxy", f"http://127.0.0.1:{port}", popen, workdir)
+
+
+NGINX_CONF = """
+worker_processes 1;
+{affinity}
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    upstream mock {{ server 127.0.0.1:{mock_port}; keepalive 1024; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 3600s;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(mock_url: str) -> Proc | None:
+    binary = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if binary is None:
+        return None
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="nginx-bench-"))
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(
+            workdir=workdir, port=port, mock_port=mock_url.rsplit(":", 1)[1],
+            affinity="worker_cpu_affinity 01;" if PINNED else "",
+        )
+    )  # fmt: skip
+    popen = subprocess.Popen(
+        [binary, "-c", str(conf), "-p", str(workdir)], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(port)
+    time.sleep(0.2)
+    workers = subprocess.run(
+        ["pgrep", "-P", str(popen.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return Proc("nginx", f"http://127.0.0.1:{port}", popen, workdir, [int(p) for p in workers])

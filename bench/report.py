@@ -1,0 +1,145 @@
+"""Benchmark output: terminal table, results.json, results.md, PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def rows(results: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for scenario, targets in results["scenarios"].items():
+        direct = targets.get("direct", {})
+        for target, r in targets.items():
+            if scenario == "idle":
+                out.append([scenario, target, f"{r.get('streams_open')} open", "", "", "", "",
+                            _f(r.get("proxy_rss_mb")), _f(r.get("per_stream_kb")) + " KB/stream",
+                            _f(r.get("failures"))])  # fmt: skip
+                continue
+            ratio = (
+                r["tokens_per_s"] / direct["tokens_per_s"] if direct.get("tokens_per_s") else None
+            )
+            added = r["ttft_ms"]["p50"] - direct["ttft_ms"]["p50"] if direct else None
+            out.append(
+                [
+                    scenario,
+                    target,
+                    f"{_f(r['tokens_per_s'], 0)} ({_f(ratio, 2)}x)",
+                    f"{_f(r['ttft_ms']['p50'], 2)} / {_f(r['ttft_ms']['p99'], 2)}",
+                    f"{_f(added, 2)}" if target != "direct" else "",
+                    f"{_f(r['gap_ms']['p50'], 2)} / {_f(r['gap_ms']['p99'], 2)}",
+                    f"{r['same_read_share']:.0%}",
+                    _f(r.get("proxy_peak_rss_mb")),
+                    _f(r.get("proxy_cpu_s_per_1k_tokens"), 4),
+                    _f(r["failures"]),
+                ]
+            )
+    return out
+
+
+HEADER = ["scenario", "target", "tokens/s (x direct)", "TTFT p50/p99 ms", "TTFT added p50",
+          "gap p50/p99 ms", "same-read", "proxy RSS MB", "proxy CPU s/1k tok", "failures"]  # fmt: skip
+
+
+def table(results: dict[str, Any]) -> str:
+    body = rows(results)
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(HEADER)]
+    line = "  ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
+    return "\n".join(out)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"# Benchmark results\n\n{results['machine']}\n", "| " + " | ".join(HEADER) + " |"]
+    lines.append("|" + "---|" * len(HEADER))
+    lines += ["| " + " | ".join(r) + " |" for r in rows(results)]
+    if results.get("sweep"):
+        lines += ["", "## Sweep (throughput shape)", "", "| target | C | tokens/s | TTFT p99 ms | failures |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for target, points in results["sweep"].items():
+            for c, r in sorted(points.items(), key=lambda kv: int(kv[0])):
+                lines.append(
+                    f"| {target} | {c} | {r['tokens_per_s']:,.0f} | {r['ttft_ms']['p99']:.1f} | {r['failures']} |"
+                )
+    lines += [
+        "",
+        f"Load client ceiling (direct, throughput shape): {results.get('client_ceiling')}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict[str, Any], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    for scenario, targets in results["scenarios"].items():
+        if scenario == "idle":
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for target, r in targets.items():
+            xs = sorted(r.get("ttft_all_ms", []))
+            if xs:
+                ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=target)
+        ax.set_xlabel("TTFT (ms)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(f"TTFT CDF: {scenario}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        path = out / f"ttft_cdf_{scenario}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        made.append(path.name)
+    if results.get("sweep"):
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for target, points in results["sweep"].items():
+            cs = sorted(points, key=int)
+            a1.plot(
+                [int(c) for c in cs],
+                [points[c]["tokens_per_s"] for c in cs],
+                marker="o",
+                label=target,
+            )
+            a2.plot(
+                [int(c) for c in cs],
+                [points[c]["ttft_ms"]["p99"] for c in cs],
+                marker="o",
+                label=target,
+            )
+        for ax, label in ((a1, "tokens/s"), (a2, "TTFT p99 (ms)")):
+            ax.set_xscale("log")
+            ax.set_xlabel("concurrency")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        path = out / "sweep.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        made.append(path.name)
+    return made
+
+
+def write(results: dict[str, Any], out: Path) -> list[str]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    )
+    (out / "results.md").write_text(markdown(results))
+    return ["results.json", "results.md", *plots(results, out)]
