@@ -8,6 +8,7 @@ when it reads and when it hangs up.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,7 +23,13 @@ from trioproxy.server import RunningGateway, open_gateway
 
 
 def make_config(**overrides: Any) -> Config:
-    values: dict[str, Any] = {"bind": "127.0.0.1:0", "access_log": False, "graceful_timeout": 5.0}
+    values: dict[str, Any] = {
+        "bind": "127.0.0.1:0",
+        "access_log": False,
+        "graceful_timeout": 5.0,
+        "receipt_store": "memory",
+        "data_dir": tempfile.mkdtemp(prefix="trioproxy-test-"),
+    }
     values.update(overrides)
     return Config(**values)
 

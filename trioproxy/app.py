@@ -18,10 +18,13 @@ reaches Hypercorn's worker.
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import secrets
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,9 +43,12 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    render_json,
     render_sse,
 )
 from .limits import LimiterStatistics, StreamLimiter
+from .receipt_store import ReceiptStore, open_store
+from .receipts import KeyError_, ReceiptService, Signer
 from .records import CompletionRecord, Exchange
 from .relay import UpstreamRequest, relay
 from .routes import ROUTES, Route, dialect_for_path, forward_headers, validate
@@ -81,6 +87,7 @@ class Gateway:
         }
         self.client: httpx.AsyncClient | None = None
         self.detached: DetachedWork | None = None
+        self.receipts: ReceiptService | None = None
         self.ready = False
         self.active: set[Exchange] = set()
         # Recent records for /debug/records (chaos reads outcomes from it); bounded.
@@ -114,18 +121,49 @@ class Gateway:
         message = await receive()
         assert message["type"] == "lifespan.startup"
         cfg = self.config
-        async with (
-            open_upstream_client(cfg) as client,
-            open_detached_work(
-                cfg.max_pending_detached, cfg.detached_concurrency, cfg.drain_timeout
-            ) as detached,
-        ):
-            self.client, self.detached, self.ready = client, detached, True
-            await send({"type": "lifespan.startup.complete"})
-            message = await receive()
-            self.ready = False
-        self.client = None
+        store = None
+        try:
+            signer, store = await self._open_receipts()
+        except (KeyError_, OSError, sqlite3.Error) as exc:
+            log.error("cannot start: %s", exc)
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        try:
+            async with (
+                open_upstream_client(cfg) as client,
+                trio.open_nursery() as background,  # long-running chores, cancelled at the end
+            ):
+                async with open_detached_work(
+                    cfg.max_pending_detached, cfg.detached_concurrency, cfg.drain_timeout
+                ) as detached:
+                    if signer is not None and store is not None:
+                        self.receipts = ReceiptService(
+                            signer, store, detached, cfg.max_pending_receipts, cfg.sign_truncated
+                        )
+                        background.start_soon(
+                            self.receipts.prune_forever, cfg.receipt_ttl_days, name="receipt-pruner"
+                        )
+                    self.client, self.detached, self.ready = client, detached, True
+                    await send({"type": "lifespan.startup.complete"})
+                    message = await receive()
+                    self.ready = False
+                # Detached work (receipts included) is drained by now.
+                background.cancel_scope.cancel()
+        finally:
+            self.client = None
+            if store is not None:
+                with trio.CancelScope(shield=True):
+                    await store.aclose()
         await send({"type": "lifespan.shutdown.complete"})
+
+    async def _open_receipts(self) -> tuple[Signer | None, ReceiptStore | None]:
+        cfg = self.config
+        if not cfg.receipts:
+            return None, None
+        data_dir = Path(cfg.data_dir)
+        key_path = Path(cfg.signing_key_path) if cfg.signing_key_path else data_dir / "signing.key"
+        signer = await trio.to_thread.run_sync(Signer.load_or_create, key_path)
+        return signer, await open_store(cfg.receipt_store, data_dir)
 
     # -- requests -------------------------------------------------------------
     async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -135,6 +173,8 @@ class Gateway:
         if path == "/readyz":
             ok = self.ready and self.client is not None
             return await _send_json(send, 200 if ok else 503, {"ready": ok})
+        if path.startswith(("/v1/signature/", "/v1/attestation/")) and scope["method"] == "GET":
+            return await self._receipt_endpoint(path, send)
         if path.startswith("/debug/") and self.config.debug_endpoints:
             if path == "/debug/state":
                 return await _send_json(send, 200, debug_state(self))
@@ -160,6 +200,8 @@ class Gateway:
                 if body is None:
                     return  # the client left before sending its whole body
                 parsed = validate(route, body)
+                ex.request_sha256 = hashlib.sha256(body).hexdigest()
+                ex.response_hash = hashlib.sha256()
                 ex.model, ex.stream = parsed.model, parsed.stream
                 upstream = self._upstream_request(route, scope, body, parsed.stream)
                 ex.upstream = upstream.url
@@ -167,7 +209,7 @@ class Gateway:
                 await self.limiter.acquire(ex)
             except GatewayError as err:
                 ex.error, ex.outcome, ex.status = err, err.outcome, err.status
-                await send_error(send, err, dialect, extra)
+                await send_error(send, err, dialect, extra, ex)
                 return
             await relay(self.client, self.limiter, self.config, upstream, ex, send, receive, extra)
         except BaseException as exc:
@@ -178,6 +220,23 @@ class Gateway:
             self.limiter.release(ex)  # no-op unless the relay never started
             self.active.discard(ex)
             self._finish(ex, dialect)
+
+    async def _receipt_endpoint(self, path: str, send: Send) -> None:
+        receipts = self.receipts
+        if receipts is None:
+            err = NotFound("receipts are disabled on this gateway")
+            return await _send_json(send, 404, orjson.loads(render_json(err, Dialect.OPENAI)))
+        if path == "/v1/attestation/key":
+            return await _send_json(send, 200, receipts.signer.public_key_document())
+        key = path.removeprefix("/v1/signature/")
+        status, document = await receipts.lookup(key)
+        if status == 200 and document is not None:
+            return await _send_raw_json(send, 200, document)
+        if status == 202:
+            body = {"status": "pending", "message": f"receipt {key} is being signed"}
+            return await _send_json(send, 202, body, [(b"retry-after", b"1")])
+        err = NotFound(f"no receipt for {key}")
+        return await _send_json(send, 404, orjson.loads(render_json(err, Dialect.OPENAI)))
 
     def _upstream_request(
         self, route: Route, scope: dict[str, Any], body: bytes, stream: bool
@@ -223,10 +282,12 @@ class Gateway:
         ex.error, ex.outcome = err, err.outcome
         with trio.move_on_after(_SHUTDOWN_SEND_TIMEOUT, shield=True):
             if ex.status and ex.stream:  # response started: end it with an error event
-                await send({"type": "http.response.body", "body": render_sse(err, dialect)})
+                event = render_sse(err, dialect)
+                ex.sent(event)
+                await send({"type": "http.response.body", "body": event})
             elif not ex.status:
                 ex.status = err.status
-                await send_error(send, err, dialect, extra)
+                await send_error(send, err, dialect, extra, ex)
 
     def _finish(self, ex: Exchange, dialect: Dialect) -> None:
         """Record the outcome exactly once, log one access line, hand off."""
@@ -240,9 +301,17 @@ class Gateway:
             self.recent.append(record)
         if self.config.access_log:
             access_log.info("%s", record.to_json().decode())
+        if self.receipts is not None:
+            self.receipts.submit(record, _provider(ex.upstream))
         if self.detached is not None:
             for hook in self.hooks:
                 self.detached.submit(hook, record, name="completion-hook")
+
+
+def _provider(upstream_url: str | None) -> str:
+    if not upstream_url:
+        return "none"
+    return upstream_url.split("://", 1)[-1].split("/", 1)[0]
 
 
 def _request_id(scope: dict[str, Any]) -> str:
@@ -279,8 +348,16 @@ async def _read_body(
             return b"".join(parts)
 
 
-async def _send_json(send: Send, status: int, obj: Any) -> None:
-    body = orjson.dumps(obj)
+async def _send_json(
+    send: Send, status: int, obj: Any, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await _send_raw_json(send, status, orjson.dumps(obj), extra)
+
+
+async def _send_raw_json(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += extra or []
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

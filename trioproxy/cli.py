@@ -48,6 +48,13 @@ def _build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--concurrency", type=int, default=16)
     chaos.add_argument("--seed", type=int, help="default: random (printed)")
     chaos.add_argument("--report", metavar="FILE", help="also write the report as JSON")
+    verify = sub.add_parser("verify", help="check a receipt (from GET /v1/signature/ID)")
+    verify.add_argument("--receipt", required=True, metavar="FILE")
+    verify.add_argument("--request", metavar="FILE", help="the request body that was sent")
+    verify.add_argument("--response", metavar="FILE", help="the response bytes received")
+    keys = verify.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--key", metavar="FILE", help="public key: PEM, or /v1/attestation/key JSON")
+    keys.add_argument("--gateway", metavar="URL", help="fetch the key from this gateway")
     mock = sub.add_parser("mock-upstream", help="run the built-in mock LLM server")
     mock.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default 127.0.0.1:8000)")
     mock.add_argument("--tokens", type=int, default=16)
@@ -100,6 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "chaos":
             return _chaos(args)
+        if args.command == "verify":
+            from .verify import verify as verify_receipt_files
+
+            ok, line = verify_receipt_files(
+                args.receipt, args.request, args.response, args.key, args.gateway
+            )
+            print(line if ok else f"invalid: {line}")
+            return 0 if ok else 1
         if args.command == "mock-upstream":
             host, port = parse_bind(args.bind)
             _setup_logging("info")

@@ -52,6 +52,14 @@ class Config:
     max_pending_detached: int = 1024  # hand-offs waiting or running; more are dropped
     detached_concurrency: int = 16
     drain_timeout: float = 30.0  # s to drain detached work on shutdown
+    # --- receipts (signed after the stream, stored off the hot path) ---------
+    receipts: bool = True
+    data_dir: str = ".trioproxy"  # signing key and SQLite receipts live here
+    signing_key_path: str = ""  # default: <data_dir>/signing.key (mode 0600)
+    receipt_store: str = "sqlite"  # sqlite | memory
+    receipt_ttl_days: float = 30.0
+    max_pending_receipts: int = 1024  # more are dropped, counted and logged
+    sign_truncated: bool = True  # receipts for streams that ended early too
     # --- misc ---------------------------------------------------------------
     debug_endpoints: bool = False
     access_log: bool = True
@@ -78,6 +86,10 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
                 raise ConfigError(f"{name} must be a number of seconds >= 0")
+        if self.receipt_store not in ("sqlite", "memory"):
+            raise ConfigError("receipt_store must be sqlite or memory")
+        if self.max_pending_receipts < 1 or self.receipt_ttl_days <= 0:
+            raise ConfigError("max_pending_receipts and receipt_ttl_days must be positive")
         for url in self.openai_upstreams + self.anthropic_upstreams:
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"upstream URL must start with http:// or https://: {url!r}")

@@ -54,7 +54,7 @@ async def write_client(
             err = ex.error or UpstreamBroken("upstream ended without a response")
             ex.status = err.status
             ex.settle(ex.upstream_outcome)
-            await send_error(send, err, dialect, extra_headers)
+            await send_error(send, err, dialect, extra_headers, ex)
             scope.cancel()
             return
         assert isinstance(head, Start)
@@ -85,11 +85,11 @@ async def write_client(
                 closed = True
             if more:
                 body = b"".join([body, *more])
-            ex.bytes_out += len(body)
             if closed:
                 await _finish(send, ex, dialect, body)
                 scope.cancel()
                 return
+            ex.sent(body)
             await send({"type": "http.response.body", "body": body, "more_body": True})
         await _finish(send, ex, dialect, b"")
     scope.cancel()
@@ -107,16 +107,21 @@ async def _finish(send: Send, ex: Exchange, dialect: Dialect, body: bytes) -> No
         if ex.partial_event:
             tail = b"\n\n" + tail  # end the upstream's unfinished event first
         body += tail
-        ex.bytes_out += len(tail)
     ex.settle(ex.upstream_outcome)
+    ex.sent(body)
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def send_error(
-    send: Send, err: GatewayError, dialect: Dialect, extra_headers: list[tuple[bytes, bytes]]
+    send: Send,
+    err: GatewayError,
+    dialect: Dialect,
+    extra_headers: list[tuple[bytes, bytes]],
+    ex: Exchange,
 ) -> None:
     """An HTTP error response in the route's dialect."""
     body = render_json(err, dialect)
+    ex.sent(body)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

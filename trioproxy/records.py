@@ -55,6 +55,14 @@ class Exchange:
     outcome: str | None = None  # how the exchange ended (final)
     error: GatewayError | None = None
     channel: Any = None  # the relay's memory channel, for /debug/state
+    request_sha256: str | None = None
+    response_hash: Any = None  # hashlib.sha256 over every byte sent to the client
+
+    def sent(self, body: bytes) -> None:
+        """Account for bytes handed to the client (one call per ASGI send)."""
+        self.bytes_out += len(body)
+        if self.response_hash is not None:
+            self.response_hash.update(body)
 
     def settle(self, outcome: str | None) -> None:
         """Decide the outcome; the first decision stands (a hang-up noticed by
@@ -85,6 +93,8 @@ class CompletionRecord:
     events: int
     final_event: bool
     cancel_latency_ms: float | None  # client disconnect -> upstream connection closed
+    request_sha256: str | None = None
+    response_sha256: str | None = None
 
     @classmethod
     def from_exchange(cls, ex: Exchange, dialect_anthropic: bool) -> CompletionRecord:
@@ -122,6 +132,8 @@ class CompletionRecord:
             events=ex.events,
             final_event=ex.final_event,
             cancel_latency_ms=cancel,
+            request_sha256=ex.request_sha256,
+            response_sha256=ex.response_hash.hexdigest() if ex.response_hash is not None else None,
         )
 
     def to_json(self) -> bytes:

@@ -1,0 +1,212 @@
+"""Signed receipts: verified end to end, never on the hot path, drained on shutdown."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+from contextlib import aclosing
+from typing import Any
+
+import orjson
+import pytest
+import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tests.conftest import chat, running
+from trioproxy.cli import main as cli
+from trioproxy.rawclient import RawClient, request
+from trioproxy.receipt_store import MemoryStore, SQLiteStore
+from trioproxy.receipts import KeyError_, Signer
+
+BODIES: dict[str, dict[str, Any]] = {
+    "/v1/chat/completions": chat("mock-t12-i0", stream_options={"include_usage": True}),
+    "/v1/completions": {
+        "model": "mock-t12-i0",
+        "prompt": "hi",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    },
+    "/v1/responses": {"model": "mock-t12-i0", "input": "hi", "stream": True},
+    "/v1/messages": {"model": "mock-t12-i0", "max_tokens": 32, "messages": [], "stream": True},
+}
+
+
+async def _receipt(url: str, key: str, timeout: float = 10) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        while True:
+            response = await request(url, "GET", f"/v1/signature/{key}")
+            if response.status == 200:
+                return dict(response.json())
+            assert response.status == 202, response.body
+            assert response.headers[b"retry-after"] == b"1"
+            await trio.sleep(0.05)
+
+
+async def test_streamed_receipts_verify_against_the_bytes_received(tmp_path: pathlib.Path) -> None:
+    async with running() as (gw, _):
+        key_doc = (await request(gw.url, "GET", "/v1/attestation/key")).json()
+        key_file = tmp_path / "key.json"
+        key_file.write_bytes(orjson.dumps(key_doc))
+        for path, body in BODIES.items():
+            raw_request = orjson.dumps(body)
+            response = await request(gw.url, "POST", path, raw_request)
+            assert response.status == 200
+            request_id = response.headers[b"x-trioproxy-request-id"].decode()
+            document = await _receipt(gw.url, request_id)
+            receipt = document["receipt"]
+            assert receipt["id"] != request_id  # the upstream's completion id
+            assert receipt["route"] and receipt["usage"] and receipt["truncated"] is False
+            assert document["signing_algo"] == "ed25519"
+            assert document["key_id"] == key_doc["key_id"]
+            files = {"receipt": document, "request": raw_request, "response": response.body}
+            for name, content in files.items():
+                data = content if isinstance(content, bytes) else orjson.dumps(content)
+                (tmp_path / name).write_bytes(data)
+            args = ["verify", "--receipt", str(tmp_path / "receipt"), "--request",
+                    str(tmp_path / "request"), "--response", str(tmp_path / "response")]  # fmt: skip
+            assert cli([*args, "--key", str(key_file)]) == 0, path
+            # (a thread: the CLI blocks, and the gateway must serve it the key)
+            assert await trio.to_thread.run_sync(cli, [*args, "--gateway", gw.url]) == 0
+            # One flipped byte in what the client received: invalid.
+            flipped = bytearray(response.body)
+            flipped[len(flipped) // 2] ^= 1
+            (tmp_path / "response").write_bytes(bytes(flipped))
+            assert cli([*args, "--key", str(key_file)]) == 1
+        # A different key: invalid.
+        other = Ed25519PrivateKey.generate().public_key()
+        pem = other.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        (tmp_path / "other.pem").write_bytes(pem)
+        assert (
+            cli(
+                [
+                    "verify",
+                    "--receipt",
+                    str(tmp_path / "receipt"),
+                    "--key",
+                    str(tmp_path / "other.pem"),
+                ]
+            )
+            == 1
+        )
+
+
+class SlowStore(MemoryStore):
+    def __init__(self, delay: float, fail_for: str = "") -> None:
+        super().__init__()
+        self.delay = delay
+        self.fail_for = fail_for
+
+    async def put(self, receipt_id: str, request_id: str, created: float, body: bytes) -> None:
+        await trio.sleep(self.delay)
+        if self.fail_for and self.fail_for in body.decode():
+            raise OSError("disk full")
+        await super().put(receipt_id, request_id, created, body)
+
+
+async def test_a_slow_store_never_delays_the_stream() -> None:
+    async with running() as (gw, _):
+        assert gw.app.receipts is not None
+        gw.app.receipts.store = SlowStore(2.0)
+        started = trio.current_time()
+        response = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t10-i0"))
+        assert response.body.endswith(b"data: [DONE]\n\n")
+        assert trio.current_time() - started < 1.0  # well under the store's 2 s
+        request_id = response.headers[b"x-trioproxy-request-id"].decode()
+        pending = await request(gw.url, "GET", f"/v1/signature/{request_id}")
+        assert pending.status == 202 and pending.headers[b"retry-after"] == b"1"
+        assert (await _receipt(gw.url, request_id))["receipt"]["outcome"] == "done"
+        missing = await request(gw.url, "GET", "/v1/signature/nope")
+        assert missing.status == 404
+
+
+async def test_client_disconnect_gets_a_truncated_receipt_over_the_delivered_bytes() -> None:
+    async with running() as (gw, recorder):
+        assert gw.mock is not None
+        gw.mock.record = True
+        client = await RawClient.connect(gw.url)
+        await client.send_request("POST", "/v1/chat/completions", chat("mock-t500-i10"))
+        _status, headers = await client.response_head()
+        async with aclosing(client.body_chunks()) as chunks:
+            await chunks.__anext__()
+        await client.close()
+        record = (await recorder.wait_for(1))[0]
+        assert record.outcome == "client_disconnect"
+        document = await _receipt(gw.url, headers[b"x-trioproxy-request-id"].decode())
+        receipt = document["receipt"]
+        assert receipt["truncated"] is True and receipt["outcome"] == "client_disconnect"
+        with trio.fail_after(5):
+            while receipt["id"] not in gw.mock.transcripts:
+                await trio.sleep(0.01)
+        delivered = gw.mock.transcripts[receipt["id"]][: record.bytes_out]
+        assert receipt["response_sha256"] == hashlib.sha256(delivered).hexdigest()
+
+
+async def test_store_errors_are_counted_and_other_receipts_unaffected() -> None:
+    async with running() as (gw, _):
+        assert gw.app.receipts is not None
+        gw.app.receipts.store = SlowStore(0.0, fail_for="mock-t3-i0-x666")
+        bad = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t3-i0-x666"))
+        good = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t3-i0"))
+        assert (bad.status, good.status) == (200, 200)
+        document = await _receipt(gw.url, good.headers[b"x-trioproxy-request-id"].decode())
+        assert document["receipt"]["outcome"] == "done"
+        with trio.fail_after(5):
+            while gw.app.receipts.statistics().failed < 1:
+                await trio.sleep(0.01)
+        stats = gw.app.receipts.statistics()
+        assert (stats.failed, stats.stored, stats.pending) == (1, 1, 0)
+
+
+async def test_shutdown_drains_100_pending_receipts_into_sqlite(tmp_path: pathlib.Path) -> None:
+    ids: list[str] = []
+    async with running(receipt_store="sqlite", data_dir=str(tmp_path)) as (gw, _):
+        assert gw.app.receipts is not None
+        real_put = gw.app.receipts.store.put
+
+        async def slow_put(*args: Any) -> None:
+            await trio.sleep(0.05)
+            await real_put(*args)
+
+        gw.app.receipts.store.put = slow_put  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            for _ in range(100):
+
+                async def one() -> None:
+                    r = await request(gw.url, "POST", "/v1/messages", BODIES["/v1/messages"])
+                    ids.append(r.headers[b"x-trioproxy-request-id"].decode())
+
+                nursery.start_soon(one)
+        assert gw.app.receipts.statistics().pending > 50  # shutting down with work pending
+    store = await SQLiteStore.open(tmp_path / "receipts.sqlite3")
+    try:
+        assert all([await store.get(i) is not None for i in ids])
+    finally:
+        await store.aclose()
+    async with running(receipt_store="sqlite", data_dir=str(tmp_path)) as (gw, _):
+        assert (await _receipt(gw.url, ids[0]))["receipt"]["request_id"] == ids[0]
+
+
+async def test_signing_key_is_private_and_persists(tmp_path: pathlib.Path) -> None:
+    async with running(data_dir=str(tmp_path)) as (gw, _):
+        first = (await request(gw.url, "GET", "/v1/attestation/key")).json()
+    key = tmp_path / "signing.key"
+    assert os.stat(key).st_mode & 0o777 == 0o600
+    async with running(data_dir=str(tmp_path)) as (gw, _):
+        assert (await request(gw.url, "GET", "/v1/attestation/key")).json() == first
+    key.chmod(0o644)
+    with pytest.raises(KeyError_, match="readable by others"):
+        Signer.load_or_create(key)
+    with pytest.raises(BaseException) as refused:  # the gateway refuses to start
+        async with running(data_dir=str(tmp_path)):
+            pass
+    assert "readable by others" in _messages(refused.value)
+
+
+def _messages(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return " ".join(_messages(e) for e in exc.exceptions)
+    return str(exc)
