@@ -55,6 +55,7 @@ from .errors import (
 from .limits import StreamLimiter
 from .records import Exchange
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
+from .transport import raw_chunks
 
 __all__ = ["UpstreamRequest", "relay"]
 
@@ -211,7 +212,7 @@ async def _relay_events(
     send_ch: trio.MemorySendChannel[bytes | Start],
 ) -> None:
     framer = SSEFramer(config.max_event_bytes)
-    chunks = response.aiter_raw()
+    chunks = raw_chunks(response)
     end_by = ex.started + config.max_stream_duration if config.max_stream_duration else math.inf
     deadline = min(ex.started + (config.ttft_timeout or math.inf), end_by)
     # One scope for the whole read loop; its deadline moves with each event.

@@ -34,7 +34,7 @@ import trio
 
 from .http11 import MAX_HEAD, ChunkedDecoder, Head, ProtocolError, parse_head, request_head
 
-__all__ = ["PoolStatistics", "UpstreamTransport"]
+__all__ = ["PoolStatistics", "UpstreamTransport", "raw_chunks"]
 
 READ_SIZE = 65536
 Origin = tuple[bytes, bytes, int]
@@ -180,6 +180,16 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
                 request=request,
             )
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's pieces: straight from our byte stream when the response came
+    from this transport (two generator layers fewer per chunk than
+    ``aiter_raw``), else ``aiter_raw``."""
+    inner = getattr(response.stream, "_stream", None)
+    if isinstance(inner, _BodyStream):
+        return inner.__aiter__()
+    return response.aiter_raw()
 
 
 class _NothingReceived(Exception):

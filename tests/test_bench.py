@@ -1,0 +1,35 @@
+"""Smoke run of the benchmark harness (tiny N; no timing assertions here)."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import orjson
+
+
+def test_bench_harness_runs_end_to_end(tmp_path: pathlib.Path) -> None:
+    cmd = [sys.executable, "-m", "bench", "--scenario", "throughput", "--scenario", "idle",
+           "--requests", "20", "--warmup", "2", "--concurrency", "5", "--no-nginx",
+           "--out", str(tmp_path)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+    assert "load client ceiling" in out.stdout
+    results = orjson.loads((tmp_path / "results.json").read_bytes())
+    throughput = results["scenarios"]["throughput"]
+    assert set(throughput) == {"direct", "trioproxy"}
+    assert all(r["failures"] == 0 and r["tokens"] == 20 * 100 for r in throughput.values())
+    idle = results["scenarios"]["idle"]["trioproxy"]
+    assert idle["streams_open"] == 5 and idle["proxy_rss_mb"] > 0
+    assert (tmp_path / "results.md").exists()
+
+
+def test_microbenchmarks_run() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.micro"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "relay_loop_us_per_chunk" in out.stdout
