@@ -165,13 +165,13 @@ async def test_shutdown_drains_100_pending_receipts_into_sqlite(tmp_path: pathli
     ids: list[str] = []
     async with running(receipt_store="sqlite", data_dir=str(tmp_path)) as (gw, _):
         assert gw.app.receipts is not None
-        real_put = gw.app.receipts.store.put
+        real_put_many = gw.app.receipts.store.put_many
 
-        async def slow_put(*args: Any) -> None:
-            await trio.sleep(0.05)
-            await real_put(*args)
+        async def slow_put_many(rows: Any) -> None:
+            await trio.sleep(0.5)  # a slow disk: receipts pile up
+            await real_put_many(rows)
 
-        gw.app.receipts.store.put = slow_put  # type: ignore[method-assign]
+        gw.app.receipts.store.put_many = slow_put_many  # type: ignore[method-assign]
         async with trio.open_nursery() as nursery:
             for _ in range(100):
 

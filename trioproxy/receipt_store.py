@@ -17,11 +17,16 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["MemoryStore", "ReceiptStore", "SQLiteStore", "open_store"]
+__all__ = ["MemoryStore", "ReceiptStore", "Row", "SQLiteStore", "open_store"]
+
+
+Row = tuple[str, str, float, bytes]  # receipt id, request id, created, signed document
 
 
 class ReceiptStore(Protocol):
     async def put(self, receipt_id: str, request_id: str, created: float, body: bytes) -> None: ...
+
+    async def put_many(self, rows: list[Row]) -> None: ...
 
     async def get(self, key: str) -> bytes | None: ...
 
@@ -40,6 +45,10 @@ class MemoryStore:
     async def put(self, receipt_id: str, request_id: str, created: float, body: bytes) -> None:
         self.rows[receipt_id] = (request_id, created, body)
         self._by_request[request_id] = receipt_id
+
+    async def put_many(self, rows: list[Row]) -> None:
+        for row in rows:
+            await self.put(*row)
 
     async def get(self, key: str) -> bytes | None:
         row = self.rows.get(key) or self.rows.get(self._by_request.get(key, ""))
@@ -91,6 +100,21 @@ class SQLiteStore:
                 "INSERT OR REPLACE INTO receipts (id, request_id, created, body) VALUES (?,?,?,?)",
                 (receipt_id, request_id, created, body),
             )
+
+    async def put_many(self, rows: list[Row]) -> None:
+        """One transaction, one thread hop for the whole batch."""
+
+        def write() -> None:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO receipts (id, request_id, created, body) "
+                    "VALUES (?,?,?,?)",
+                    rows,
+                )
+
+        async with self._lock:
+            await trio.to_thread.run_sync(write)
 
     async def get(self, key: str) -> bytes | None:
         def query() -> bytes | None:

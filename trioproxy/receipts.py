@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .detached import DetachedWork
-from .receipt_store import ReceiptStore
+from .receipt_store import ReceiptStore, Row
 from .records import CompletionRecord
 
 __all__ = [
@@ -155,6 +155,14 @@ def verify_receipt(document: dict[str, Any], public: Ed25519PublicKey) -> str | 
     return None
 
 
+class _Slot:
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: Exception | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ReceiptStatistics:
     pending: int
@@ -179,7 +187,8 @@ class ReceiptService:
         self._detached = detached
         self._max_pending = max_pending
         self._sign_truncated = sign_truncated
-        self._limiter = trio.CapacityLimiter(4)
+        self._queue: list[tuple[Row, _Slot]] = []
+        self._flushing = False
         self.pending: set[str] = set()  # receipt ids and request ids, finished but not stored
         self._pending = 0
         self._stored = 0
@@ -211,16 +220,14 @@ class ReceiptService:
 
     async def _sign_and_store(self, receipt: dict[str, Any], keys: tuple[str, str]) -> None:
         try:
-            async with self._limiter:
-                document = {
-                    "receipt": receipt,
-                    "signature": self.signer.sign(canonical(receipt)),
-                    "signing_algo": "ed25519",
-                    "key_id": self.signer.key_id,
-                }
-                await self.store.put(
-                    receipt["id"], receipt["request_id"], receipt["created"], orjson.dumps(document)
-                )
+            document = {
+                "receipt": receipt,
+                "signature": self.signer.sign(canonical(receipt)),
+                "signing_algo": "ed25519",
+                "key_id": self.signer.key_id,
+            }
+            row = (receipt["id"], receipt["request_id"], receipt["created"], orjson.dumps(document))
+            await self._commit(row)
             self._stored += 1
         except Exception:
             self._failed += 1
@@ -228,6 +235,38 @@ class ReceiptService:
         finally:
             self.pending.difference_update(keys)
             self._pending -= 1
+
+    async def _commit(self, row: Row) -> None:
+        """Group commit: the first job to find no write in progress writes every
+        queued row in one batch (one thread hop, one transaction), again until
+        the queue is empty; the others wait for their row's batch. A failed
+        batch is retried row by row, so one bad row fails alone."""
+        slot = _Slot()
+        self._queue.append((row, slot))
+        if not self._flushing:
+            self._flushing = True
+            try:
+                while self._queue:
+                    batch, self._queue = self._queue, []
+                    await self._write(batch)
+            finally:
+                self._flushing = False
+        await slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+
+    async def _write(self, batch: list[tuple[Row, _Slot]]) -> None:
+        try:
+            await self.store.put_many([row for row, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0][1].error = exc
+            else:
+                for item in batch:
+                    await self._write([item])
+                return
+        for _, slot in batch:
+            slot.done.set()
 
     async def lookup(self, key: str) -> tuple[int, bytes | None]:
         """(200, document) | (202, None) while pending | (404, None)."""
