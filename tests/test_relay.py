@@ -222,3 +222,33 @@ def _messages(model: str, stream: bool = True) -> dict[str, object]:
         "messages": [{"role": "user", "content": "hi"}],
         "stream": stream,
     }
+
+
+async def test_heartbeats_can_count_and_max_stream_duration_ends_the_stream() -> None:
+    """heartbeat_resets_idle keeps a pinging stream alive past idle_timeout;
+    max_stream_duration (off by default) then ends it with an error event."""
+    async with running(idle_timeout=0.3, heartbeat_resets_idle=True, max_stream_duration=1.2) as (
+        gw,
+        recorder,
+    ):
+        started = trio.current_time()
+        response = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t10-hb3-p50"))
+        elapsed = trio.current_time() - started
+        assert 1.1 < elapsed < 3.0, elapsed  # well past idle_timeout, cut at the duration
+        last = orjson.loads(events_of(response.body)[-1][len(b"data: ") :])
+        assert last["error"]["code"] == "max_stream_duration"
+        assert (await recorder.wait_for(1))[0].outcome == "max_duration"
+
+
+async def test_a_hang_up_queued_before_the_upstream_request_is_seen_without_polling() -> None:
+    from trioproxy.app import _already_disconnected
+
+    send_ch, recv_ch = trio.open_memory_channel[dict[str, str]](4)
+    assert not _already_disconnected(recv_ch.receive)  # nothing queued: does not block
+    send_ch.send_nowait({"type": "http.disconnect"})
+    assert _already_disconnected(recv_ch.receive)
+
+    async def plain_receive() -> dict[str, str]:
+        raise AssertionError("must not be awaited")
+
+    assert not _already_disconnected(plain_receive)  # another server: skipped
