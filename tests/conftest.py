@@ -75,5 +75,26 @@ def chat(model: str, stream: bool = True, **extra: Any) -> dict[str, Any]:
     }
 
 
+def streaming_bodies(model: str) -> dict[str, dict[str, Any]]:
+    """One streaming request per relayed route, asking for usage where the API can."""
+    usage = {"include_usage": True}
+    return {
+        "/v1/chat/completions": chat(model, stream_options=usage),
+        "/v1/completions": {
+            "model": model,
+            "prompt": "hi",
+            "stream": True,
+            "stream_options": usage,
+        },
+        "/v1/responses": {"model": model, "input": "hi", "stream": True},
+        "/v1/messages": {
+            "model": model,
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+        },
+    }
+
+
 def events_of(body: bytes) -> list[bytes]:
     return [e for e in body.split(b"\n\n") if e]

@@ -14,23 +14,13 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.conftest import chat, running
+from tests.conftest import chat, running, streaming_bodies
 from trioproxy.cli import main as cli
 from trioproxy.rawclient import RawClient, request
 from trioproxy.receipt_store import MemoryStore, SQLiteStore
 from trioproxy.receipts import KeyError_, Signer
 
-BODIES: dict[str, dict[str, Any]] = {
-    "/v1/chat/completions": chat("mock-t12-i0", stream_options={"include_usage": True}),
-    "/v1/completions": {
-        "model": "mock-t12-i0",
-        "prompt": "hi",
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    },
-    "/v1/responses": {"model": "mock-t12-i0", "input": "hi", "stream": True},
-    "/v1/messages": {"model": "mock-t12-i0", "max_tokens": 32, "messages": [], "stream": True},
-}
+BODIES = streaming_bodies("mock-t12-i0")
 
 
 async def _receipt(url: str, key: str, timeout: float = 10) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from contextlib import aclosing
 import orjson
 import trio
 
-from tests.conftest import chat, events_of, running
+from tests.conftest import chat, events_of, running, streaming_bodies
 from trioproxy.rawclient import RawClient, request
 
 
@@ -45,22 +45,7 @@ async def test_tokens_arrive_unbuffered_as_the_upstream_sends_them() -> None:
 
 async def test_stream_bytes_are_identical_for_every_route() -> None:
     """Guarantee 2: byte fidelity for chat, completions, responses and messages."""
-    bodies = {
-        "/v1/chat/completions": chat("mock-t20", stream_options={"include_usage": True}),
-        "/v1/completions": {
-            "model": "mock-t20",
-            "prompt": "hi",
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        },
-        "/v1/responses": {"model": "mock-t20", "input": "hi", "stream": True},
-        "/v1/messages": {
-            "model": "mock-t20",
-            "max_tokens": 64,
-            "messages": [{"role": "user", "content": "hi"}],
-            "stream": True,
-        },
-    }
+    bodies = streaming_bodies("mock-t20")
     async with running() as (gw, recorder):
         assert gw.mock is not None
         gw.mock.record = True
