@@ -31,6 +31,7 @@ import httpx
 import orjson
 import trio
 
+from .auth import KeyRing, parse_keys
 from .config import Config
 from .debug import debug_state
 from .detached import DetachedStatistics, DetachedWork, open_detached_work
@@ -81,6 +82,7 @@ class Gateway:
         self.config = config
         self.hooks = tuple(hooks)
         self.limiter = StreamLimiter(config.max_streams, config.queue_timeout)
+        self.keyring = KeyRing(parse_keys(config.keys))
         self.pools = {
             "openai": UpstreamPool("openai", config.openai_upstreams),
             "anthropic": UpstreamPool("anthropic", config.anthropic_upstreams),
@@ -174,6 +176,12 @@ class Gateway:
             ok = self.ready and self.client is not None
             return await _send_json(send, 200 if ok else 503, {"ready": ok})
         if path.startswith(("/v1/signature/", "/v1/attestation/")) and scope["method"] == "GET":
+            if self.keyring and path.startswith("/v1/signature/"):
+                try:
+                    self.keyring.authenticate(scope["headers"])
+                except GatewayError as err:
+                    body = orjson.loads(render_json(err, Dialect.OPENAI))
+                    return await _send_json(send, err.status, body)
             return await self._receipt_endpoint(path, send)
         if path.startswith("/debug/") and self.config.debug_endpoints:
             if path == "/debug/state":
@@ -196,6 +204,8 @@ class Gateway:
                     raise NotFound(f"unknown route {scope['method']} {path}")
                 if scope["method"] != route.method:
                     raise MethodNotAllowed(f"{path} accepts {route.method} only")
+                key = self.keyring.authenticate(scope["headers"]) if self.keyring else None
+                ex.key = key.name if key else None
                 body = await _read_body(scope, receive, self.config.max_body_bytes, ex)
                 if body is None:
                     return  # the client left before sending its whole body
@@ -203,10 +213,18 @@ class Gateway:
                 ex.request_sha256 = hashlib.sha256(body).hexdigest()
                 ex.response_hash = hashlib.sha256()
                 ex.model, ex.stream = parsed.model, parsed.stream
+                if key is not None:
+                    self.keyring.authorize(key, parsed.model)
+                    self.keyring.admit(key)
+                    key_limiter = self.keyring.limiter(key)
+                    if key_limiter is not None:
+                        await key_limiter.acquire(ex)
+                        ex.held.append(key_limiter)
                 upstream = self._upstream_request(route, scope, body, parsed.stream)
                 ex.upstream = upstream.url
                 assert self.client is not None
                 await self.limiter.acquire(ex)
+                ex.held.append(self.limiter)
             except GatewayError as err:
                 ex.error, ex.outcome, ex.status = err, err.outcome, err.status
                 await send_error(send, err, dialect, extra, ex)
@@ -215,13 +233,13 @@ class Gateway:
                 ex.settle("client_disconnect")
                 ex.disconnected_at = trio.current_time()
                 return
-            await relay(self.client, self.limiter, self.config, upstream, ex, send, receive, extra)
+            await relay(self.client, self.config, upstream, ex, send, receive, extra)
         except BaseException as exc:
             await self._abort(exc, ex, dialect, send, extra)
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self.limiter.release(ex)  # no-op unless the relay never started
+            ex.release_slots()  # no-op unless the relay never started
             self.active.discard(ex)
             self._finish(ex, dialect)
 
@@ -257,7 +275,7 @@ class Gateway:
         return UpstreamRequest(
             method=route.method,
             url=pool.pick() + path,
-            headers=forward_headers(scope["headers"], stream),
+            headers=forward_headers(scope["headers"], stream, credentials=not self.keyring),
             body=body,
             dialect=route.dialect,
             parse_body=route.parse_response,

@@ -52,9 +52,15 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--receipt", required=True, metavar="FILE")
     verify.add_argument("--request", metavar="FILE", help="the request body that was sent")
     verify.add_argument("--response", metavar="FILE", help="the response bytes received")
-    keys = verify.add_mutually_exclusive_group(required=True)
-    keys.add_argument("--key", metavar="FILE", help="public key: PEM, or /v1/attestation/key JSON")
-    keys.add_argument("--gateway", metavar="URL", help="fetch the key from this gateway")
+    key_source = verify.add_mutually_exclusive_group(required=True)
+    key_source.add_argument(
+        "--key", metavar="FILE", help="public key: PEM, or /v1/attestation/key JSON"
+    )
+    key_source.add_argument("--gateway", metavar="URL", help="fetch the key from this gateway")
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_new = keys_sub.add_parser("new", help="print a new key once, and its [[keys]] block")
+    keys_new.add_argument("--name", required=True)
     mock = sub.add_parser("mock-upstream", help="run the built-in mock LLM server")
     mock.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default 127.0.0.1:8000)")
     mock.add_argument("--tokens", type=int, default=16)
@@ -107,6 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "chaos":
             return _chaos(args)
+        if args.command == "keys":
+            from .auth import new_key
+
+            key, block = new_key(args.name)
+            print(f"# the key (shown once; the gateway keeps only its hash):\n{key}\n")
+            print("# add to the gateway's config file:")
+            print(block, end="")
+            return 0
         if args.command == "verify":
             from .verify import verify as verify_receipt_files
 

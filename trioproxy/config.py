@@ -60,6 +60,9 @@ class Config:
     receipt_ttl_days: float = 30.0
     max_pending_receipts: int = 1024  # more are dropped, counted and logged
     sign_truncated: bool = True  # receipts for streams that ended early too
+    # --- API keys (see trioproxy.auth) ----------------------------------------
+    keys: tuple[Mapping[str, Any], ...] = ()  # [[keys]] tables: name, sha256, models, ...
+    allow_open_public: bool = False  # no keys on a non-loopback bind is refused unless true
     # --- misc ---------------------------------------------------------------
     debug_endpoints: bool = False
     access_log: bool = True
@@ -86,6 +89,13 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
                 raise ConfigError(f"{name} must be a number of seconds >= 0")
+        host, _ = parse_bind(self.bind)
+        loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+        if not self.keys and not loopback and not self.allow_open_public:
+            raise ConfigError(
+                f"refusing to serve {self.bind} without API keys: add [[keys]] "
+                "(trioproxy keys new --name NAME) or set allow_open_public = true"
+            )
         if self.receipt_store not in ("sqlite", "memory"):
             raise ConfigError("receipt_store must be sqlite or memory")
         if self.max_pending_receipts < 1 or self.receipt_ttl_days <= 0:
@@ -136,6 +146,10 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string")
         return value
+    if name == "keys":
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError("keys must be [[keys]] tables")
+        return tuple(value)
     if name == "mock_options":
         if not isinstance(value, dict):
             raise ConfigError("mock_options must be a table")

@@ -4,6 +4,8 @@ rendered in the route's API dialect in one place.
     GatewayError
     ├── BadRequest              400  bad_request
     │   └── PayloadTooLarge     413  bad_request
+    ├── Unauthorized            401  rejected_auth       (missing / unknown API key)
+    ├── Forbidden               403  rejected_auth       (model not allowed for the key)
     ├── NotFound                404  bad_request
     ├── MethodNotAllowed        405  bad_request
     ├── Overloaded              429  rejected_overload   (carries Retry-After)
@@ -34,6 +36,7 @@ from .sse import SSEFramingError
 __all__ = [
     "BadRequest",
     "Dialect",
+    "Forbidden",
     "GatewayError",
     "GatewayShutdown",
     "MethodNotAllowed",
@@ -42,6 +45,7 @@ __all__ = [
     "PayloadTooLarge",
     "SlowClient",
     "StreamTooLong",
+    "Unauthorized",
     "UpstreamBroken",
     "UpstreamError",
     "UpstreamIdleTimeout",
@@ -82,6 +86,22 @@ class PayloadTooLarge(BadRequest):
     status = 413
     anthropic_type = "request_too_large"
     code = "request_too_large"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    outcome = "rejected_auth"
+    openai_type = "invalid_request_error"
+    anthropic_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    outcome = "rejected_auth"
+    openai_type = "invalid_request_error"
+    anthropic_type = "permission_error"
+    code = "model_not_allowed"
 
 
 class NotFound(GatewayError):

@@ -78,6 +78,7 @@ class MockUpstream:
         self._seq = itertools.count()
         self.peer_closes: collections.deque[PeerClose] = collections.deque(maxlen=10_000)
         self._peer_close_event = trio.Event()
+        self.last_headers: dict[bytes, bytes] = {}
         self.record = False  # keep what each stream sent (tests, fidelity checks)
         self.transcripts: dict[str, bytes] = {}  # response id -> SSE bytes sent
         self.first_sent: dict[str, float] = {}  # response id -> first event sent at
@@ -125,6 +126,7 @@ class MockUpstream:
         headers: dict[bytes, bytes], body: bytes,
     ) -> bool:  # fmt: skip
         keep = headers.get(b"connection", b"").lower() != b"close"
+        self.last_headers = headers  # what the last request carried (header-hygiene checks)
         if path == "/mock/stats":
             await _send_json(stream, 200, asdict(self.statistics()), keep)
             return keep

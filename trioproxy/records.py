@@ -32,6 +32,7 @@ class Exchange:
     started: float  # trio clock
     started_wall: float = field(default_factory=time.time)
     model: str | None = None
+    key: str | None = None  # the API key's name (never the key)
     stream: bool = False
     upstream: str | None = None
     status: int = 0  # the status the client got (writer)
@@ -55,6 +56,7 @@ class Exchange:
     outcome: str | None = None  # how the exchange ended (final)
     error: GatewayError | None = None
     channel: Any = None  # the relay's memory channel, for /debug/state
+    held: list[Any] = field(default_factory=list)  # limiters holding a slot for this exchange
     request_sha256: str | None = None
     response_hash: Any = None  # hashlib.sha256 over every byte sent to the client
 
@@ -63,6 +65,12 @@ class Exchange:
         self.bytes_out += len(body)
         if self.response_hash is not None:
             self.response_hash.update(body)
+
+    def release_slots(self) -> None:
+        """Give back every concurrency slot taken for this exchange (idempotent)."""
+        held, self.held = self.held, []
+        for limiter in held:
+            limiter.release(self)
 
     def settle(self, outcome: str | None) -> None:
         """Decide the outcome; the first decision stands (a hang-up noticed by
@@ -76,6 +84,7 @@ class CompletionRecord:
     request_id: str
     route: str
     model: str | None
+    key: str | None
     upstream: str | None
     stream: bool
     status: int
@@ -115,6 +124,7 @@ class CompletionRecord:
             request_id=ex.request_id,
             route=ex.route,
             model=ex.model,
+            key=ex.key,
             upstream=ex.upstream,
             stream=ex.stream,
             status=ex.status,

@@ -52,7 +52,6 @@ from .errors import (
     UpstreamTTFTTimeout,
     from_upstream_exception,
 )
-from .limits import StreamLimiter
 from .records import Exchange
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
 from .transport import raw_chunks
@@ -81,7 +80,6 @@ class UpstreamRequest:
 
 async def relay(
     client: httpx.AsyncClient,
-    limiter: StreamLimiter,
     config: Config,
     request: UpstreamRequest,
     ex: Exchange,
@@ -100,7 +98,7 @@ async def relay(
         scope = nursery.cancel_scope
         nursery.start_soon(_watch_disconnect, receive, ex, scope, name="disconnect-watcher")
         nursery.start_soon(
-            _read_upstream, client, limiter, config, request, ex, send_ch, scope,
+            _read_upstream, client, config, request, ex, send_ch, scope,
             name="upstream-reader",
         )  # fmt: skip
         nursery.start_soon(
@@ -122,7 +120,6 @@ async def _watch_disconnect(receive: Receive, ex: Exchange, scope: trio.CancelSc
 
 async def _read_upstream(
     client: httpx.AsyncClient,
-    limiter: StreamLimiter,
     config: Config,
     request: UpstreamRequest,
     ex: Exchange,
@@ -140,7 +137,7 @@ async def _read_upstream(
             ex.upstream_outcome = ex.error.outcome
         finally:
             ex.upstream_closed_at = trio.current_time()
-            limiter.release(ex)
+            ex.release_slots()
         if isinstance(ex.error, SlowClient):
             # The writer is stuck in a send to a client that does not read
             # (Hypercorn shields socket writes): end the exchange without it.

@@ -119,13 +119,21 @@ _FORWARDED = (
     b"openai-project",
     b"x-request-id",
 )
+_FORWARDED_NO_CREDENTIALS = tuple(
+    h for h in _FORWARDED if h not in (b"authorization", b"x-api-key")
+)
 
 
-def forward_headers(scope_headers: list[tuple[bytes, bytes]], stream: bool) -> dict[str, str]:
+def forward_headers(
+    scope_headers: list[tuple[bytes, bytes]], stream: bool, credentials: bool = True
+) -> dict[str, str]:
+    """The allow-listed client headers for the upstream. ``credentials=False``
+    (a gateway with API keys) drops the client's Authorization / x-api-key."""
+    allowed = _FORWARDED if credentials else _FORWARDED_NO_CREDENTIALS
     headers = {
         name.decode("latin-1"): value.decode("latin-1")
         for name, value in scope_headers
-        if name in _FORWARDED
+        if name in allowed
     }
     headers["content-type"] = "application/json"
     headers["accept"] = "text/event-stream" if stream else "application/json"

@@ -170,6 +170,12 @@ async def _serve_until_signal(config: Config) -> None:
                     gw.mock.base_url,
                 )
             log.info("trioproxy listening on %s", gw.url)
+            if not config.keys:
+                log.warning(
+                    "OPEN MODE: no API keys configured, anyone who can reach %s may use it "
+                    "(add [[keys]]: trioproxy keys new --name NAME)",
+                    gw.url,
+                )
             async for signum in signals:
                 log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
                 break

@@ -1,0 +1,117 @@
+"""API keys: 401/403/429 in each dialect, per-key limits, header hygiene, the keys CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pathlib
+
+import pytest
+import trio
+
+from tests.conftest import chat, running
+from trioproxy.auth import KeyRing, new_key, parse_keys
+from trioproxy.cli import main as cli
+from trioproxy.config import ConfigError, load_config
+from trioproxy.rawclient import RawClient, request
+
+ALICE, ALICE_BLOCK = new_key("alice")
+BOB, BOB_BLOCK = new_key("bob")
+
+
+def _keys(tmp_path: pathlib.Path) -> tuple[dict[str, object], ...]:
+    text = ALICE_BLOCK + BOB_BLOCK.replace('models = ["*"]', 'models = ["mock-t*"]').replace(
+        "max_streams = 0", "max_streams = 1"
+    ).replace("rpm = 0", "rpm = 3")
+    (tmp_path / "keys.toml").write_text(text)
+    return load_config(tmp_path / "keys.toml").keys
+
+
+def _bearer(key: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {key}")]
+
+
+async def test_missing_unknown_and_valid_keys_in_both_dialects(tmp_path: pathlib.Path) -> None:
+    async with running(keys=_keys(tmp_path)) as (gw, recorder):
+        assert gw.mock is not None
+        missing = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t2-i0"))
+        assert missing.status == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+        unknown = await request(
+            gw.url, "POST", "/v1/messages", {"model": "m"}, [("x-api-key", "tp-nope")]
+        )
+        assert unknown.status == 401
+        assert unknown.json()["error"] == {
+            "type": "authentication_error",
+            "message": "invalid API key",
+        }
+        assert gw.mock.statistics().requests_total == 0  # nothing reached the upstream
+        ok = await request(
+            gw.url, "POST", "/v1/chat/completions", chat("mock-t2-i0"), _bearer(ALICE)
+        )
+        assert ok.status == 200 and ok.body.endswith(b"data: [DONE]\n\n")
+        # Header hygiene: the client's credential never reaches the upstream.
+        assert b"authorization" not in gw.mock.last_headers
+        anthropic = await request(
+            gw.url, "POST", "/v1/messages",
+            {"model": "mock-t2-i0", "max_tokens": 5, "messages": []}, [("x-api-key", ALICE)],
+        )  # fmt: skip
+        assert anthropic.status == 200 and b"x-api-key" not in gw.mock.last_headers
+        records = await recorder.wait_for(4)
+        assert [r.key for r in records] == [None, None, "alice", "alice"]
+        assert all(ALICE not in r.to_json().decode() for r in records)
+
+
+async def test_model_allow_list_concurrency_and_rpm_per_key(tmp_path: pathlib.Path) -> None:
+    async with running(keys=_keys(tmp_path)) as (gw, _):
+        denied = await request(
+            gw.url, "POST", "/v1/messages",
+            {"model": "claude-x", "max_tokens": 5, "messages": []}, [("x-api-key", BOB)],
+        )  # fmt: skip
+        assert denied.status == 403 and denied.json()["error"]["type"] == "permission_error"
+        # bob: max_streams = 1 -> a second concurrent stream is 429, alice is not affected.
+        client = await RawClient.connect(gw.url)
+        await client.send_request(
+            "POST", "/v1/chat/completions", chat("mock-t1000-i20"), _bearer(BOB)
+        )
+        assert (await client.response_head())[0] == 200
+        second = await request(
+            gw.url, "POST", "/v1/chat/completions", chat("mock-t2-i0"), _bearer(BOB)
+        )
+        assert second.status == 429 and second.json()["error"]["type"] == "rate_limit_error"
+        other = await request(
+            gw.url, "POST", "/v1/chat/completions", chat("mock-t2-i0"), _bearer(ALICE)
+        )
+        assert other.status == 200
+        await client.close()
+        with trio.fail_after(5):
+            while gw.app.limiter.statistics().borrowed_tokens:
+                await trio.sleep(0.01)
+        # bob: rpm = 3. Counted so far: the stream and the 429 (not the 403): one more
+        # passes, the next is over the limit.
+        chat_path = "/v1/chat/completions"
+        third = await request(gw.url, "POST", chat_path, chat("mock-t2-i0"), _bearer(BOB))
+        assert third.status == 200
+        fourth = await request(gw.url, "POST", chat_path, chat("mock-t2-i0"), _bearer(BOB))
+        assert fourth.status == 429 and int(fourth.headers[b"retry-after"]) >= 1
+        assert "requests per minute" in fourth.json()["error"]["message"]
+
+
+def test_keys_cli_round_trip(tmp_path: pathlib.Path) -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli(["keys", "new", "--name", "ci"]) == 0
+    lines = out.getvalue().splitlines()
+    key = lines[1]
+    block = out.getvalue().split("# add to the gateway's config file:\n", 1)[1]
+    (tmp_path / "c.toml").write_text(block)
+    ring = KeyRing(parse_keys(load_config(tmp_path / "c.toml").keys))
+    assert ring.authenticate([(b"authorization", f"Bearer {key}".encode())]).name == "ci"
+    assert key not in block  # only the hash is written down
+
+
+def test_open_mode_is_loopback_only(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match=r"refusing to serve 0\.0\.0\.0:8080 without API keys"):
+        load_config(None, bind="0.0.0.0:8080")
+    assert load_config(None, bind="0.0.0.0:8080", allow_open_public=True).allow_open_public
+    with pytest.raises(ConfigError, match="sha256 must be 64 hex digits"):
+        parse_keys([{"name": "x", "sha256": "abc"}])
