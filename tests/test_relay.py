@@ -226,14 +226,14 @@ async def test_heartbeats_can_count_and_max_stream_duration_ends_the_stream() ->
 
 
 async def test_a_hang_up_queued_before_the_upstream_request_is_seen_without_polling() -> None:
-    from trioproxy.app import _already_disconnected
+    from trioproxy.asgi import already_disconnected
 
     send_ch, recv_ch = trio.open_memory_channel[dict[str, str]](4)
-    assert not _already_disconnected(recv_ch.receive)  # nothing queued: does not block
+    assert not already_disconnected(recv_ch.receive)  # nothing queued: does not block
     send_ch.send_nowait({"type": "http.disconnect"})
-    assert _already_disconnected(recv_ch.receive)
+    assert already_disconnected(recv_ch.receive)
 
     async def plain_receive() -> dict[str, str]:
         raise AssertionError("must not be awaited")
 
-    assert not _already_disconnected(plain_receive)  # another server: skipped
+    assert not already_disconnected(plain_receive)  # another server: skipped

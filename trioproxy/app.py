@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -31,19 +30,18 @@ import httpx
 import orjson
 import trio
 
+from .asgi import already_disconnected, read_body, request_id, send_json, send_raw_json
 from .auth import KeyRing, parse_keys
 from .config import Config
 from .debug import debug_state
 from .detached import DetachedStatistics, DetachedWork, open_detached_work
 from .downstream import Receive, Send, send_error
 from .errors import (
-    BadRequest,
     Dialect,
     GatewayError,
     GatewayShutdown,
     MethodNotAllowed,
     NotFound,
-    PayloadTooLarge,
     render_json,
     render_sse,
 )
@@ -171,27 +169,27 @@ class Gateway:
     async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if path == "/healthz":
-            return await _send_json(send, 200, {"status": "ok"})
+            return await send_json(send, 200, {"status": "ok"})
         if path == "/readyz":
             ok = self.ready and self.client is not None
-            return await _send_json(send, 200 if ok else 503, {"ready": ok})
+            return await send_json(send, 200 if ok else 503, {"ready": ok})
         if path.startswith(("/v1/signature/", "/v1/attestation/")) and scope["method"] == "GET":
             if self.keyring and path.startswith("/v1/signature/"):
                 try:
                     self.keyring.authenticate(scope["headers"])
                 except GatewayError as err:
                     body = orjson.loads(render_json(err, Dialect.OPENAI))
-                    return await _send_json(send, err.status, body)
+                    return await send_json(send, err.status, body)
             return await self._receipt_endpoint(path, send)
         if path.startswith("/debug/") and self.config.debug_endpoints:
             if path == "/debug/state":
-                return await _send_json(send, 200, debug_state(self))
+                return await send_json(send, 200, debug_state(self))
             if path == "/debug/records" and self.recent is not None:
-                return await _send_json(send, 200, list(self.recent))
+                return await send_json(send, 200, list(self.recent))
         route = ROUTES.get(path)
         dialect = route.dialect if route else dialect_for_path(path)
         ex = Exchange(
-            request_id=_request_id(scope),
+            request_id=request_id(scope),
             route=route.name if route else "unknown",
             method=scope["method"],
             started=trio.current_time(),
@@ -206,7 +204,7 @@ class Gateway:
                     raise MethodNotAllowed(f"{path} accepts {route.method} only")
                 key = self.keyring.authenticate(scope["headers"]) if self.keyring else None
                 ex.key = key.name if key else None
-                body = await _read_body(scope, receive, self.config.max_body_bytes, ex)
+                body = await read_body(scope, receive, self.config.max_body_bytes, ex)
                 if body is None:
                     return  # the client left before sending its whole body
                 parsed = validate(route, body)
@@ -229,7 +227,7 @@ class Gateway:
                 ex.error, ex.outcome, ex.status = err, err.outcome, err.status
                 await send_error(send, err, dialect, extra, ex)
                 return
-            if _already_disconnected(receive):  # never start upstream work for a gone client
+            if already_disconnected(receive):  # never start upstream work for a gone client
                 ex.settle("client_disconnect")
                 ex.disconnected_at = trio.current_time()
                 return
@@ -247,18 +245,18 @@ class Gateway:
         receipts = self.receipts
         if receipts is None:
             err = NotFound("receipts are disabled on this gateway")
-            return await _send_json(send, 404, orjson.loads(render_json(err, Dialect.OPENAI)))
+            return await send_json(send, 404, orjson.loads(render_json(err, Dialect.OPENAI)))
         if path == "/v1/attestation/key":
-            return await _send_json(send, 200, receipts.signer.public_key_document())
+            return await send_json(send, 200, receipts.signer.public_key_document())
         key = path.removeprefix("/v1/signature/")
         status, document = await receipts.lookup(key)
         if status == 200 and document is not None:
-            return await _send_raw_json(send, 200, document)
+            return await send_raw_json(send, 200, document)
         if status == 202:
             body = {"status": "pending", "message": f"receipt {key} is being signed"}
-            return await _send_json(send, 202, body, [(b"retry-after", b"1")])
+            return await send_json(send, 202, body, [(b"retry-after", b"1")])
         err = NotFound(f"no receipt for {key}")
-        return await _send_json(send, 404, orjson.loads(render_json(err, Dialect.OPENAI)))
+        return await send_json(send, 404, orjson.loads(render_json(err, Dialect.OPENAI)))
 
     def _upstream_request(
         self, route: Route, scope: dict[str, Any], body: bytes, stream: bool
@@ -334,68 +332,3 @@ def _provider(upstream_url: str | None) -> str:
     if not upstream_url:
         return "none"
     return upstream_url.split("://", 1)[-1].split("/", 1)[0]
-
-
-def _request_id(scope: dict[str, Any]) -> str:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id" and 0 < len(value) <= 128:
-            return str(value.decode("latin-1"))
-    return "tp-" + secrets.token_hex(12)
-
-
-def _already_disconnected(receive: Receive) -> bool:
-    """Has the client's hang-up already been queued? Hypercorn's ``receive`` is a
-    memory channel's bound ``receive``: its ``receive_nowait`` peeks without
-    blocking and without a cancelled-scope poll (Hypercorn issue #210). Under
-    another server this check is skipped and the relay's watcher still sees it."""
-    receive_nowait = getattr(getattr(receive, "__self__", None), "receive_nowait", None)
-    if receive_nowait is None:
-        return False
-    try:
-        message = receive_nowait()
-    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-        return False
-    # After a complete body only http.disconnect can follow.
-    return bool(message.get("type") == "http.disconnect")
-
-
-async def _read_body(
-    scope: dict[str, Any], receive: Receive, limit: int, ex: Exchange
-) -> bytes | None:
-    """The whole request body, at most ``limit`` bytes (413 beyond)."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            if not value.isdigit():
-                raise BadRequest("invalid Content-Length")
-            if int(value) > limit:
-                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            ex.settle("client_disconnect")
-            ex.disconnected_at = trio.current_time()
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-async def _send_json(
-    send: Send, status: int, obj: Any, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await _send_raw_json(send, status, orjson.dumps(obj), extra)
-
-
-async def _send_raw_json(
-    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    headers += extra or []
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,81 @@
+"""ASGI plumbing for the app: reading a bounded body, JSON responses, request ids,
+and the non-blocking check for a hang-up that is already queued."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import orjson
+import trio
+
+from .downstream import Receive, Send
+from .errors import BadRequest, PayloadTooLarge
+from .records import Exchange
+
+__all__ = ["already_disconnected", "read_body", "request_id", "send_json", "send_raw_json"]
+
+
+def request_id(scope: dict[str, Any]) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and 0 < len(value) <= 128:
+            return str(value.decode("latin-1"))
+    return "tp-" + secrets.token_hex(12)
+
+
+def already_disconnected(receive: Receive) -> bool:
+    """Has the client's hang-up already been queued? Hypercorn's ``receive`` is a
+    memory channel's bound ``receive``: its ``receive_nowait`` peeks without
+    blocking and without a cancelled-scope poll (Hypercorn issue #210). Under
+    another server this check is skipped and the relay's watcher still sees it."""
+    receive_nowait = getattr(getattr(receive, "__self__", None), "receive_nowait", None)
+    if receive_nowait is None:
+        return False
+    try:
+        message = receive_nowait()
+    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+        return False
+    # After a complete body only http.disconnect can follow.
+    return bool(message.get("type") == "http.disconnect")
+
+
+async def read_body(
+    scope: dict[str, Any], receive: Receive, limit: int, ex: Exchange
+) -> bytes | None:
+    """The whole request body, at most ``limit`` bytes (413 beyond)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise BadRequest("invalid Content-Length")
+            if int(value) > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            ex.settle("client_disconnect")
+            ex.disconnected_at = trio.current_time()
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def send_json(
+    send: Send, status: int, obj: Any, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send_raw_json(send, status, orjson.dumps(obj), extra)
+
+
+async def send_raw_json(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += extra or []
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
