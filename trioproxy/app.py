@@ -46,6 +46,7 @@ from .errors import (
     render_sse,
 )
 from .limits import LimiterStatistics, StreamLimiter
+from .metrics import CONTENT_TYPE, Metrics
 from .receipt_store import ReceiptStore, open_store
 from .receipts import KeyError_, ReceiptService, Signer
 from .records import CompletionRecord, Exchange
@@ -96,6 +97,7 @@ class Gateway:
         )
         self._total = 0
         self._outcomes: dict[str, int] = {}
+        self.metrics = Metrics(self) if config.metrics else None  # last: it reads the rest
 
     def statistics(self) -> GatewayStatistics:
         return GatewayStatistics(
@@ -181,6 +183,11 @@ class Gateway:
                     body = orjson.loads(render_json(err, Dialect.OPENAI))
                     return await send_json(send, err.status, body)
             return await self._receipt_endpoint(path, send)
+        if path == "/metrics" and self.metrics is not None:
+            body = self.metrics.render()
+            headers = [(b"content-type", CONTENT_TYPE), (b"content-length", b"%d" % len(body))]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            return await send({"type": "http.response.body", "body": body})
         if path.startswith("/debug/") and self.config.debug_endpoints:
             if path == "/debug/state":
                 return await send_json(send, 200, debug_state(self))
@@ -321,8 +328,11 @@ class Gateway:
             self.recent.append(record)
         if self.config.access_log:
             access_log.info("%s", record.to_json().decode())
+        provider = _provider(ex.upstream)
+        if self.metrics is not None:
+            self.metrics.observe(record, provider)
         if self.receipts is not None:
-            self.receipts.submit(record, _provider(ex.upstream))
+            self.receipts.submit(record, provider)
         if self.detached is not None:
             for hook in self.hooks:
                 self.detached.submit(hook, record, name="completion-hook")

@@ -65,6 +65,7 @@ class Config:
     allow_open_public: bool = False  # no keys on a non-loopback bind is refused unless true
     # --- misc ---------------------------------------------------------------
     debug_endpoints: bool = False
+    metrics: bool = True  # GET /metrics (Prometheus text format)
     access_log: bool = True
     log_level: str = "info"
     mock_options: Mapping[str, Any] = field(default_factory=dict)

@@ -38,6 +38,8 @@ class Exchange:
     status: int = 0  # the status the client got (writer)
     upstream_status: int = 0  # the status the upstream answered (reader)
     first_event_at: float | None = None
+    last_event_at: float | None = None
+    max_gap: float = 0.0  # largest gap between upstream events (seconds)
     first_byte_at: float | None = None  # first body bytes handed to the client
     disconnected_at: float | None = None
     upstream_closed_at: float | None = None
@@ -101,6 +103,7 @@ class CompletionRecord:
     chunks: int
     events: int
     final_event: bool
+    max_gap_ms: float | None
     cancel_latency_ms: float | None  # client disconnect -> upstream connection closed
     request_sha256: str | None = None
     response_sha256: str | None = None
@@ -141,6 +144,7 @@ class CompletionRecord:
             chunks=ex.chunks,
             events=ex.events,
             final_event=ex.final_event,
+            max_gap_ms=round(ex.max_gap * 1000, 3) if ex.last_event_at is not None else None,
             cancel_latency_ms=cancel,
             request_sha256=ex.request_sha256,
             response_sha256=ex.response_hash.hexdigest() if ex.response_hash is not None else None,

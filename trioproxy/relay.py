@@ -264,7 +264,12 @@ async def _read_events(
                 if _is_final(block):
                     ex.final_event = True
             if progress and ex.first_event_at is not None:
-                read_scope.deadline = min(trio.current_time() + idle, end_by)
+                now = trio.current_time()
+                last = ex.last_event_at
+                if last is not None and now - last > ex.max_gap:
+                    ex.max_gap = now - last
+                ex.last_event_at = now
+                read_scope.deadline = min(now + idle, end_by)
         if not started:
             started = True
             headers = [*_STREAM_HEADERS, *_passed_headers(response)]

@@ -1,0 +1,63 @@
+"""/metrics parses with prometheus_client's parser and counts a scripted sequence."""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import chat, running
+from trioproxy.metrics import MAX_MODEL_LABELS
+from trioproxy.rawclient import RawClient, request
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_metrics_count_a_scripted_sequence() -> None:
+    async with running() as (gw, recorder):
+        for _ in range(2):
+            await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t3-i5"))
+        await request(gw.url, "POST", "/v1/chat/completions", b"{not json")
+        client = await RawClient.connect(gw.url)
+        await client.send_request("POST", "/v1/chat/completions", chat("mock-t1000-i10"))
+        await client.response_head()
+        async with aclosing(client.body_chunks()) as chunks:
+            await chunks.__anext__()
+        await client.close()
+        await recorder.wait_for(4)
+        response = await request(gw.url, "GET", "/metrics")
+        assert response.headers[b"content-type"].startswith(b"text/plain; version=0.0.4")
+        samples = _samples(response.body.decode())
+        provider = gw.mock.base_url.removeprefix("http://") if gw.mock else ""
+
+        def requests(model: str, outcome: str, prov: str = provider) -> float:
+            labels = (("model", model), ("outcome", outcome), ("provider", prov), ("route", "chat"))
+            return samples.get(("trioproxy_requests_total", labels), 0.0)
+
+        assert requests("mock-t3-i5", "done") == 2
+        assert requests("", "bad_request", "none") == 1
+        assert requests("mock-t1000-i10", "client_disconnect") == 1
+        assert samples[("trioproxy_upstream_cancellations_total", ())] == 1
+        assert samples[("trioproxy_cancel_latency_seconds_count", ())] == 1
+        assert samples[("trioproxy_ttft_seconds_count", (("route", "chat"),))] == 3
+        assert samples[("trioproxy_stream_max_gap_seconds_count", (("route", "chat"),))] == 3
+        assert samples[("trioproxy_active_requests", ())] == 0
+        assert samples[("trioproxy_limiter_in_use", ())] == 0
+
+
+async def test_model_label_is_bounded() -> None:
+    async with running() as (gw, _):
+        assert gw.app.metrics is not None
+        metrics = gw.app.metrics
+        for i in range(MAX_MODEL_LABELS + 5):
+            metrics._model(f"m{i}")
+        assert metrics._model("one-too-many") == "other"
+        assert metrics._model("m0") == "m0"
+        await trio.lowlevel.checkpoint()
