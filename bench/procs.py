@@ -106,6 +106,7 @@ def start_trioproxy(mock_url: str, metrics: bool = False) -> Proc:
     config.write_text(
         f'openai_upstreams = ["{mock_url}/v1"]\nanthropic_upstreams = ["{mock_url}"]\n'
         "access_log = false\nmax_streams = 4096\ndebug_endpoints = true\n"
+        f'data_dir = "{workdir}"\n'
     )
     cmd = [sys.executable, "-m", "trioproxy", "serve", "--config", str(config)]
     popen = subprocess.Popen(

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from contextlib import aclosing
 
 import orjson
@@ -90,8 +91,9 @@ async def _serve_and_sigterm(*args: str) -> tuple[int, str]:
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "trioproxy", "serve", "--bind", f"127.0.0.1:{port}", *args]
     proc = subprocess.Popen(
-        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env={**os.environ}, text=True
-    )
+        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env={**os.environ}, text=True,
+        cwd=tempfile.mkdtemp(prefix="trioproxy-serve-"),  # its .trioproxy/ data goes there
+    )  # fmt: skip
     try:
         await _wait_ready(url)
         ok = await request(url, "POST", "/v1/chat/completions", chat("mock-t3-i0"))
@@ -174,7 +176,7 @@ async def test_sigterm_with_50_live_streams(tmp_path: pathlib.Path) -> None:
     config.write_text("graceful_timeout = 1.5\naccess_log = false\n")
     cmd = [sys.executable, "-m", "trioproxy", "serve", "--config", str(config)]
     proc = await trio.lowlevel.open_process(
-        [*cmd, "--bind", f"127.0.0.1:{port}"], stderr=subprocess.DEVNULL
+        [*cmd, "--bind", f"127.0.0.1:{port}"], stderr=subprocess.DEVNULL, cwd=tmp_path
     )
     try:
         await _wait_ready(url)

@@ -8,6 +8,7 @@ they are terminated (SIGTERM, then SIGKILL after 10 s) when the block exits.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ client_stall_timeout = 0.5
 channel_size = 4
 max_streams = 2048
 graceful_timeout = 5.0
+data_dir = "{data_dir}"
 openai_upstreams = ["{mock}/v1"]
 anthropic_upstreams = ["{mock}"]
 """
@@ -75,7 +77,8 @@ async def open_local_gateway() -> AsyncIterator[str]:
     mock_url = f"http://127.0.0.1:{mock_port}"
     gw_url = f"http://127.0.0.1:{gw_port}"
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        f.write(LOCAL_CONFIG.format(mock=mock_url))
+        data_dir = tempfile.mkdtemp(prefix="trioproxy-chaos-")
+        f.write(LOCAL_CONFIG.format(mock=mock_url, data_dir=data_dir))
     procs: list[trio.Process] = []
     try:
         mock_cmd = [*python, "mock-upstream", "--bind", f"127.0.0.1:{mock_port}"]
@@ -95,6 +98,7 @@ async def open_local_gateway() -> AsyncIterator[str]:
             if proc.returncode is None:
                 proc.kill()
         os.unlink(f.name)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def _settle(url: str) -> dict[str, Any]:

@@ -96,7 +96,11 @@ class Signer:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another worker process created it first
+            time.sleep(0.2)
+            return cls.load_or_create(path)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
         log.info(
