@@ -24,6 +24,17 @@ def test_bench_harness_runs_end_to_end(tmp_path: pathlib.Path) -> None:
     assert (tmp_path / "results.md").exists()
 
 
+def test_latency_script_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.latency"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "client close -> upstream closed at the mock" in out.stdout
+
+
 def test_microbenchmarks_run() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "bench.micro"],
