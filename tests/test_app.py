@@ -162,3 +162,18 @@ async def _raw(url: str, data: bytes) -> bytes:
             except trio.BrokenResourceError:
                 pass
         return received
+
+
+async def test_request_id_goes_upstream_and_overhead_is_reported() -> None:
+    async with running() as (gw, recorder):
+        assert gw.mock is not None
+        plain = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t3", stream=False))
+        request_id = plain.headers[b"x-trioproxy-request-id"]
+        assert gw.mock.last_headers[b"x-request-id"] == request_id
+        assert float(plain.headers[b"x-trioproxy-overhead-ms"]) >= 0
+        mine = [("x-request-id", "client-chosen-1")]
+        streamed = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t3-i0"), mine)
+        assert streamed.headers[b"x-trioproxy-request-id"] == b"client-chosen-1"
+        assert gw.mock.last_headers[b"x-request-id"] == b"client-chosen-1"
+        records = await recorder.wait_for(2)
+        assert all(r.overhead_ms is not None and r.overhead_ms >= 0 for r in records)

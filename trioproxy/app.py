@@ -225,7 +225,7 @@ class Gateway:
                     if key_limiter is not None:
                         await key_limiter.acquire(ex)
                         ex.held.append(key_limiter)
-                upstream = self._upstream_request(route, scope, body, parsed.stream)
+                upstream = self._upstream_request(route, scope, body, parsed.stream, ex.request_id)
                 ex.upstream = upstream.url
                 assert self.client is not None
                 await self.limiter.acquire(ex)
@@ -266,7 +266,7 @@ class Gateway:
         return await send_json(send, 404, orjson.loads(render_json(err, Dialect.OPENAI)))
 
     def _upstream_request(
-        self, route: Route, scope: dict[str, Any], body: bytes, stream: bool
+        self, route: Route, scope: dict[str, Any], body: bytes, stream: bool, rid: str
     ) -> UpstreamRequest:
         kind = route.upstream_kind
         if kind == "any":
@@ -280,7 +280,9 @@ class Gateway:
         return UpstreamRequest(
             method=route.method,
             url=pool.pick() + path,
-            headers=forward_headers(scope["headers"], stream, credentials=not self.keyring),
+            headers=forward_headers(
+                scope["headers"], stream, credentials=not self.keyring, request_id=rid
+            ),
             body=body,
             dialect=route.dialect,
             parse_body=route.parse_response,

@@ -37,6 +37,8 @@ class Exchange:
     upstream: str | None = None
     status: int = 0  # the status the client got (writer)
     upstream_status: int = 0  # the status the upstream answered (reader)
+    upstream_sent_at: float | None = None  # the upstream request was started
+    first_chunk_at: float | None = None  # first upstream body bytes arrived
     first_event_at: float | None = None
     last_event_at: float | None = None
     max_gap: float = 0.0  # largest gap between upstream events (seconds)
@@ -104,6 +106,7 @@ class CompletionRecord:
     events: int
     final_event: bool
     max_gap_ms: float | None
+    overhead_ms: float | None  # time to first byte the gateway added
     cancel_latency_ms: float | None  # client disconnect -> upstream connection closed
     request_sha256: str | None = None
     response_sha256: str | None = None
@@ -145,6 +148,7 @@ class CompletionRecord:
             events=ex.events,
             final_event=ex.final_event,
             max_gap_ms=round(ex.max_gap * 1000, 3) if ex.last_event_at is not None else None,
+            overhead_ms=_overhead_ms(ex),
             cancel_latency_ms=cancel,
             request_sha256=ex.request_sha256,
             response_sha256=ex.response_hash.hexdigest() if ex.response_hash is not None else None,
@@ -152,6 +156,14 @@ class CompletionRecord:
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
+
+
+def _overhead_ms(ex: Exchange) -> float | None:
+    """Before the upstream request, plus first upstream bytes -> first bytes to the client."""
+    if ex.upstream_sent_at is None or ex.first_chunk_at is None or ex.first_byte_at is None:
+        return None
+    added = (ex.upstream_sent_at - ex.started) + (ex.first_byte_at - ex.first_chunk_at)
+    return round(max(0.0, added) * 1000, 3)
 
 
 def _ms(t: float | None, start: float) -> float | None:

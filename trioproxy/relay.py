@@ -159,6 +159,7 @@ async def _exchange(
     else:
         first_deadline = ex.started + (config.request_timeout or math.inf)
     async with AsyncExitStack() as stack:
+        ex.upstream_sent_at = trio.current_time()
         with trio.CancelScope(deadline=first_deadline) as head_scope:
             response = await stack.enter_async_context(
                 client.stream(
@@ -246,6 +247,8 @@ async def _read_events(
     started = False
     async for chunk in chunks:
         ex.bytes_in += len(chunk)
+        if not ex.chunks:
+            ex.first_chunk_at = trio.current_time()
         ex.chunks += 1
         blocks = framer.feed(chunk)
         if blocks:
@@ -342,9 +345,15 @@ async def _relay_whole(
     ):
         with suppress(orjson.JSONDecodeError):
             ex.body_json = orjson.loads(body)
+    # Time the gateway added: before the upstream request, and after its body.
+    upstream_done = trio.current_time()
+    ex.first_chunk_at = upstream_done
+    added = (ex.upstream_sent_at or ex.started) - ex.started
+    overhead_ms = b"%.3f" % ((added + trio.current_time() - upstream_done) * 1000)
     headers = [
         (b"content-type", content_type.encode("latin-1")),
         (b"content-length", str(len(body)).encode()),
+        (b"x-trioproxy-overhead-ms", overhead_ms),
         *_passed_headers(response),
     ]
     await _deliver(send_ch, Start(response.status_code, headers), config.client_stall_timeout)

@@ -125,7 +125,10 @@ _FORWARDED_NO_CREDENTIALS = tuple(
 
 
 def forward_headers(
-    scope_headers: list[tuple[bytes, bytes]], stream: bool, credentials: bool = True
+    scope_headers: list[tuple[bytes, bytes]],
+    stream: bool,
+    credentials: bool = True,
+    request_id: str | None = None,
 ) -> dict[str, str]:
     """The allow-listed client headers for the upstream. ``credentials=False``
     (a gateway with API keys) drops the client's Authorization / x-api-key."""
@@ -135,6 +138,8 @@ def forward_headers(
         for name, value in scope_headers
         if name in allowed
     }
+    if request_id is not None:  # the client's, or the one the gateway made up
+        headers["x-request-id"] = request_id
     headers["content-type"] = "application/json"
     headers["accept"] = "text/event-stream" if stream else "application/json"
     return headers
