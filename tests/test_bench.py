@@ -9,12 +9,18 @@ import sys
 import orjson
 
 
+def _run(*args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=120, check=True
+    )
+    return out.stdout
+
+
 def test_bench_harness_runs_end_to_end(tmp_path: pathlib.Path) -> None:
-    cmd = [sys.executable, "-m", "bench", "--scenario", "throughput", "--scenario", "idle",
+    stdout = _run("bench", "--scenario", "throughput", "--scenario", "idle",
            "--requests", "20", "--warmup", "2", "--concurrency", "5", "--no-nginx",
-           "--out", str(tmp_path)]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
-    assert "load client ceiling" in out.stdout
+           "--out", str(tmp_path))  # fmt: skip
+    assert "load client ceiling" in stdout
     results = orjson.loads((tmp_path / "results.json").read_bytes())
     throughput = results["scenarios"]["throughput"]
     assert set(throughput) == {"direct", "trioproxy"}
@@ -25,22 +31,8 @@ def test_bench_harness_runs_end_to_end(tmp_path: pathlib.Path) -> None:
 
 
 def test_latency_script_runs() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.latency"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert "client close -> upstream closed at the mock" in out.stdout
+    assert "client close -> upstream closed at the mock" in _run("bench.latency")
 
 
 def test_microbenchmarks_run() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.micro"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert "relay_loop_us_per_chunk" in out.stdout
+    assert "relay_loop_us_per_chunk" in _run("bench.micro")

@@ -106,6 +106,7 @@ async def open_detached_work(
         finally:
             with trio.move_on_after(drain_timeout, shield=True):
                 await work.drain()
-            if work._pending:
-                log.error("drain timed out with %d detached jobs pending", work._pending)
+            pending = work.statistics().pending
+            if pending:
+                log.error("drain timed out with %d detached jobs pending", pending)
             service_nursery.cancel_scope.cancel()

@@ -218,7 +218,7 @@ async def _relay_events(
     read_scope = trio.CancelScope(deadline=deadline)
     try:
         with read_scope:
-            await _read_events(chunks, read_scope, framer, config, ex, send_ch, response)
+            await _read_events(chunks, read_scope, end_by, framer, config, ex, send_ch, response)
     finally:
         ex.partial_event = framer.buffered > 0
     if read_scope.cancelled_caught:
@@ -234,6 +234,7 @@ async def _relay_events(
 async def _read_events(
     chunks: AsyncIterator[bytes],
     read_scope: trio.CancelScope,
+    end_by: float,
     framer: SSEFramer,
     config: Config,
     ex: Exchange,
@@ -243,7 +244,6 @@ async def _read_events(
     stall = config.client_stall_timeout
     idle = config.idle_timeout or math.inf
     hb_progress = config.heartbeat_resets_idle
-    end_by = ex.started + config.max_stream_duration if config.max_stream_duration else math.inf
     started = False
     async for chunk in chunks:
         ex.bytes_in += len(chunk)
