@@ -74,7 +74,7 @@ async def _relay_loop(events: list[bytes]) -> float:
 
     async def reader() -> None:
         async with send_ch:
-            await _relay_events(response, config, ex, send_ch)
+            await _relay_events(response, config, ex, send_ch, ex.started + config.ttft_timeout)
         ex.upstream_outcome = "done"
 
     t0 = time.perf_counter()

@@ -79,13 +79,14 @@ async def test_route_without_configured_upstream_is_404() -> None:
     async with running(anthropic_upstreams=("http://127.0.0.1:9/",)) as (gw, _):
         response = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
         assert response.status == 404
-        assert "no openai upstream" in response.json()["error"]["message"]
+        assert "no openai provider" in response.json()["error"]["message"]
 
 
 async def test_health_and_readiness() -> None:
     async with running() as (gw, _):
         assert (await request(gw.url, "GET", "/healthz")).json() == {"status": "ok"}
-        assert (await request(gw.url, "GET", "/readyz")).json() == {"ready": True}
+        ready = (await request(gw.url, "GET", "/readyz")).json()
+        assert ready["ready"] is True and ready["unhealthy_pools"] == []
         assert (await request(gw.url, "GET", "/debug/state")).status == 404  # off by default
     async with running(debug_endpoints=True) as (gw, _):
         state = (await request(gw.url, "GET", "/debug/state")).json()

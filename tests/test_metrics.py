@@ -35,7 +35,7 @@ async def test_metrics_count_a_scripted_sequence() -> None:
         response = await request(gw.url, "GET", "/metrics")
         assert response.headers[b"content-type"].startswith(b"text/plain; version=0.0.4")
         samples = _samples(response.body.decode())
-        provider = gw.mock.base_url.removeprefix("http://") if gw.mock else ""
+        provider = gw.mock.base_url.removeprefix("http://") + "/openai" if gw.mock else ""
 
         def requests(model: str, outcome: str, prov: str = provider) -> float:
             labels = (("model", model), ("outcome", outcome), ("provider", prov), ("route", "chat"))
@@ -50,6 +50,12 @@ async def test_metrics_count_a_scripted_sequence() -> None:
         assert samples[("trioproxy_stream_max_gap_seconds_count", (("route", "chat"),))] == 3
         assert samples[("trioproxy_active_requests", ())] == 0
         assert samples[("trioproxy_limiter_in_use", ())] == 0
+        # Every chunk of the two finished streams counted once in the per-event histogram.
+        done = [r for r in recorder.records if r.outcome == "done"]
+        added = samples[("trioproxy_event_added_latency_seconds_count", ())]
+        assert sum(r.chunks for r in done) <= added <= sum(r.chunks for r in recorder.records)
+        assert samples[("trioproxy_provider_healthy", (("provider", provider),))] == 1
+        assert samples[("trioproxy_provider_ejections_total", (("provider", provider),))] == 0
 
 
 async def test_model_label_is_bounded() -> None:

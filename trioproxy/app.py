@@ -45,14 +45,16 @@ from .errors import (
     render_json,
     render_sse,
 )
+from .failover import UpstreamRequest
 from .limits import LimiterStatistics, StreamLimiter
 from .metrics import CONTENT_TYPE, Metrics
+from .pools import Router
 from .receipt_store import ReceiptStore, open_store
 from .receipts import KeyError_, ReceiptService, Signer
 from .records import CompletionRecord, Exchange
-from .relay import UpstreamRequest, relay
-from .routes import ROUTES, Route, dialect_for_path, forward_headers, validate
-from .upstream import UpstreamPool, open_upstream_client
+from .relay import relay
+from .routes import ROUTES, ParsedBody, Route, dialect_for_path, forward_headers, validate
+from .upstream import open_upstream_client
 
 __all__ = ["CompletionHook", "Gateway", "GatewayStatistics"]
 
@@ -82,10 +84,8 @@ class Gateway:
         self.hooks = tuple(hooks)
         self.limiter = StreamLimiter(config.max_streams, config.queue_timeout)
         self.keyring = KeyRing(parse_keys(config.keys))
-        self.pools = {
-            "openai": UpstreamPool("openai", config.openai_upstreams),
-            "anthropic": UpstreamPool("anthropic", config.anthropic_upstreams),
-        }
+        self.router = Router(config.provider_specs(), config.routing_strategy)
+        self._sticky_header = config.sticky_header.lower().encode("latin-1")
         self.client: httpx.AsyncClient | None = None
         self.detached: DetachedWork | None = None
         self.receipts: ReceiptService | None = None
@@ -173,8 +173,7 @@ class Gateway:
         if path == "/healthz":
             return await send_json(send, 200, {"status": "ok"})
         if path == "/readyz":
-            ok = self.ready and self.client is not None
-            return await send_json(send, 200 if ok else 503, {"ready": ok})
+            return await self._readyz(send)
         if path.startswith(("/v1/signature/", "/v1/attestation/")) and scope["method"] == "GET":
             if self.keyring and path.startswith("/v1/signature/"):
                 try:
@@ -225,8 +224,7 @@ class Gateway:
                     if key_limiter is not None:
                         await key_limiter.acquire(ex)
                         ex.held.append(key_limiter)
-                upstream = self._upstream_request(route, scope, body, parsed.stream, ex.request_id)
-                ex.upstream = upstream.url
+                upstream = self._upstream_request(route, scope, body, parsed, ex.request_id)
                 assert self.client is not None
                 await self.limiter.acquire(ex)
                 ex.held.append(self.limiter)
@@ -265,28 +263,47 @@ class Gateway:
         err = NotFound(f"no receipt for {key}")
         return await send_json(send, 404, orjson.loads(render_json(err, Dialect.OPENAI)))
 
+    async def _readyz(self, send: Send) -> None:
+        """Ready to serve, and which declared model pools have no healthy provider."""
+        now = trio.current_time()
+        ok = self.ready and self.client is not None
+        unhealthy = self.router.unhealthy_pools(now)
+        providers = {s.name: s.state for s in self.router.statistics(now)}
+        if unhealthy and len(unhealthy) == sum(1 for _ in self.router.declared_pools()):
+            ok = False  # nothing at all could be served
+        body = {"ready": ok, "unhealthy_pools": unhealthy, "providers": providers}
+        await send_json(send, 200 if ok else 503, body)
+
     def _upstream_request(
-        self, route: Route, scope: dict[str, Any], body: bytes, stream: bool, rid: str
+        self, route: Route, scope: dict[str, Any], body: bytes, parsed: ParsedBody, rid: str
     ) -> UpstreamRequest:
         kind = route.upstream_kind
         if kind == "any":
-            kind = "openai" if self.pools["openai"] else "anthropic"
-        pool = self.pools[kind]
-        if not pool:
-            raise NotFound(f"no {kind} upstream is configured for {route.name}")
+            kind = "openai" if self.router.has("openai") else "anthropic"
+        pool = self.router.pool(kind, parsed.model)
         path = route.upstream_path
         if route.upstream_kind == "any" and kind == "anthropic":
             path = "/v1" + path  # Anthropic base URLs stop before /v1
         return UpstreamRequest(
             method=route.method,
-            url=pool.pick() + path,
-            headers=forward_headers(
-                scope["headers"], stream, credentials=not self.keyring, request_id=rid
-            ),
+            path=path,
+            headers=forward_headers(scope["headers"], parsed.stream, request_id=rid),
             body=body,
+            body_json=parsed.json,
+            plan=pool.plan(self._session_key(scope, parsed)),
             dialect=route.dialect,
             parse_body=route.parse_response,
         )
+
+    def _session_key(self, scope: dict[str, Any], parsed: ParsedBody) -> bytes | None:
+        """Sticky routing: the session header, else the ``user`` field if enabled."""
+        if self._sticky_header:
+            for name, value in scope["headers"]:
+                if name == self._sticky_header and value:
+                    return bytes(value)
+        if self.config.sticky_user_field and parsed.user:
+            return b"user:" + parsed.user.encode()
+        return None
 
     async def _abort(
         self,
@@ -330,17 +347,11 @@ class Gateway:
             self.recent.append(record)
         if self.config.access_log:
             access_log.info("%s", record.to_json().decode())
-        provider = _provider(ex.upstream)
+        provider = ex.provider or "none"
         if self.metrics is not None:
-            self.metrics.observe(record, provider)
+            self.metrics.observe(record, provider, ex.added_counts, ex.added_sum)
         if self.receipts is not None:
             self.receipts.submit(record, provider)
         if self.detached is not None:
             for hook in self.hooks:
                 self.detached.submit(hook, record, name="completion-hook")
-
-
-def _provider(upstream_url: str | None) -> str:
-    if not upstream_url:
-        return "none"
-    return upstream_url.split("://", 1)[-1].split("/", 1)[0]

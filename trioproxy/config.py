@@ -13,7 +13,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .providers import ProviderSpec
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_bind"]
 
@@ -29,9 +32,16 @@ class Config:
     workers: int = 1
     backlog: int = 2048
     graceful_timeout: float = 30.0  # s: in-flight streams get this long on shutdown
-    # --- upstreams (round-robin pools) --------------------------------------
-    openai_upstreams: tuple[str, ...] = ()  # base URLs ending in /v1
+    # --- providers and routing (see trioproxy.providers, trioproxy.pools) -----
+    providers: tuple[Mapping[str, Any], ...] = ()  # [[providers]] tables
+    openai_upstreams: tuple[str, ...] = ()  # shorthand: providers serving every model
     anthropic_upstreams: tuple[str, ...] = ()  # base URLs; /v1/messages is appended
+    routing_strategy: str = "round_robin"  # round_robin | least_in_flight
+    max_attempts: int = 3  # providers tried per request, before the first byte only
+    eject_after: int = 5  # consecutive failures that eject a provider (0 = never)
+    cooldown: float = 30.0  # s an ejected provider is skipped before one trial request
+    sticky_header: str = "x-session-id"  # same value -> same provider ("" = off)
+    sticky_user_field: bool = False  # also stick on the OpenAI "user" field
     # --- concurrency --------------------------------------------------------
     max_streams: int = 512  # concurrent upstream requests (global limiter)
     queue_timeout: float = 0.0  # s to wait for a slot before 429
@@ -72,7 +82,7 @@ class Config:
 
     def __post_init__(self) -> None:
         parse_bind(self.bind)
-        positive = ("workers", "backlog", "max_streams", "channel_size")
+        positive = ("workers", "backlog", "max_streams", "channel_size", "max_attempts")
         for name in (*positive, "max_event_bytes", "max_body_bytes", "max_response_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -86,6 +96,7 @@ class Config:
             "request_timeout",
             "client_stall_timeout",
             "drain_timeout",
+            "cooldown",
         ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
@@ -104,10 +115,25 @@ class Config:
         for url in self.openai_upstreams + self.anthropic_upstreams:
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"upstream URL must start with http:// or https://: {url!r}")
+        if self.eject_after < 0:
+            raise ConfigError("eject_after must be an integer >= 0")
+        if self.routing_strategy not in ("round_robin", "least_in_flight"):
+            raise ConfigError("routing_strategy must be round_robin or least_in_flight")
+        self.provider_specs()  # validates the [[providers]] tables
 
     @property
     def has_upstreams(self) -> bool:
-        return bool(self.openai_upstreams or self.anthropic_upstreams)
+        return bool(self.providers or self.openai_upstreams or self.anthropic_upstreams)
+
+    def provider_specs(self) -> tuple[ProviderSpec, ...]:
+        """Every provider: the [[providers]] tables, then the URL shorthands."""
+        from .providers import legacy_specs, parse_providers  # providers imports this module
+
+        specs = parse_providers(self.providers)
+        specs += legacy_specs(self.openai_upstreams, self.anthropic_upstreams)
+        if len({s.name for s in specs}) != len(specs):
+            raise ConfigError("provider names must be unique")
+        return specs
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -147,9 +173,9 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string")
         return value
-    if name == "keys":
+    if name in ("keys", "providers"):
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise ConfigError("keys must be [[keys]] tables")
+            raise ConfigError(f"{name} must be [[{name}]] tables")
         return tuple(value)
     if name == "mock_options":
         if not isinstance(value, dict):

@@ -64,7 +64,13 @@ def debug_state(gateway: Gateway) -> dict[str, Any]:
         "tasks": sum(tasks.values()),
         "task_names": tasks,
         "rss_bytes": rss_bytes(),
-        "upstreams": {name: list(pool.base_urls) for name, pool in gateway.pools.items()},
+        "upstreams": {
+            kind: [p.spec.base_url for p in gateway.router.providers if p.spec.kind == kind]
+            for kind in ("openai", "anthropic")
+        },
+        "providers": [
+            dataclasses.asdict(p) for p in gateway.router.statistics(trio.current_time())
+        ],
         "records_kept": len(gateway.recent) if gateway.recent is not None else 0,
         "config": {
             name: getattr(gateway.config, name)

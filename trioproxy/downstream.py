@@ -85,12 +85,15 @@ async def write_client(
                 closed = True
             if more:
                 body = b"".join([body, *more])
-            if closed:
-                await _finish(send, ex, dialect, body)
-                scope.cancel()
-                return
-            ex.sent(body)
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            try:
+                if closed:
+                    await _finish(send, ex, dialect, body)
+                    scope.cancel()
+                    return
+                ex.sent(body)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            finally:  # also when a hang-up cancels the send: the bytes were handed over
+                ex.delivered(1 + len(more), trio.current_time())
         await _finish(send, ex, dialect, b"")
     scope.cancel()
 

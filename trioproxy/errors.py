@@ -12,6 +12,7 @@ rendered in the route's API dialect in one place.
     ├── UpstreamError           502  upstream_error
     │   ├── UpstreamUnreachable 502  upstream_error      (connect refused / DNS / connect timeout)
     │   ├── UpstreamBroken      502  upstream_error      (reset, truncated, malformed stream)
+    │   ├── UpstreamRateLimited 429  upstream_error      (upstream 429; Retry-After passed on)
     │   ├── UpstreamTTFTTimeout 504  upstream_ttft_timeout
     │   ├── UpstreamIdleTimeout 504  upstream_idle_timeout
     │   └── StreamTooLong       504  max_duration
@@ -49,6 +50,7 @@ __all__ = [
     "UpstreamBroken",
     "UpstreamError",
     "UpstreamIdleTimeout",
+    "UpstreamRateLimited",
     "UpstreamTTFTTimeout",
     "UpstreamUnreachable",
     "from_upstream_exception",
@@ -144,6 +146,19 @@ class UpstreamUnreachable(UpstreamError):
 
 class UpstreamBroken(UpstreamError):
     code = "upstream_broken"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The upstream answered 429 and no other provider could take the request."""
+
+    status = 429
+    openai_type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+    code = "upstream_rate_limited"
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class UpstreamTTFTTimeout(UpstreamError):

@@ -2,7 +2,10 @@
 
 Per-chunk work stays out of it: a stream's inter-token gaps are aggregated in
 the relay (its largest gap) and observed once when the request ends, like TTFT,
-duration and cancellation latency. Gauges (active requests, limiter, detached
+duration and cancellation latency. The gateway-added latency of every event
+(upstream bytes arrived -> handed to the client) is counted into fixed buckets
+by the relay and merged here once per stream. Provider health (state, in
+flight, ejections) is read from the router at scrape time. Gauges (active requests, limiter, detached
 work, pending receipts) are read from the ``statistics()`` records when
 ``/metrics`` is scraped. The ``model`` label is bounded: after
 ``MAX_MODEL_LABELS`` distinct names, further ones are counted as ``other``
@@ -14,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from .records import CompletionRecord
+from .records import ADDED_BUCKETS, CompletionRecord
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -35,7 +39,7 @@ class _StateCollector(Collector):
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self._gateway.statistics()
         yield GaugeMetricFamily(
             "trioproxy_active_requests", "Requests in flight", stats.active_requests
@@ -51,6 +55,50 @@ class _StateCollector(Collector):
         receipts = self._gateway.receipts
         pending = receipts.statistics().pending if receipts else 0
         yield GaugeMetricFamily("trioproxy_receipts_pending", "Receipts not stored yet", pending)
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # registration (auto_describe) runs outside trio
+            now = 0.0
+        providers = self._gateway.router.statistics(now)
+        healthy = GaugeMetricFamily(
+            "trioproxy_provider_healthy", "1 unless ejected", labels=["provider"]
+        )
+        in_flight = GaugeMetricFamily(
+            "trioproxy_provider_in_flight", "Streams in flight", labels=["provider"]
+        )
+        ejections = CounterMetricFamily(
+            "trioproxy_provider_ejections", "Ejections after consecutive failures",
+            labels=["provider"],
+        )  # fmt: skip
+        for p in providers:
+            healthy.add_metric([p.name], 0 if p.state == "ejected" else 1)
+            in_flight.add_metric([p.name], p.in_flight)
+            ejections.add_metric([p.name], p.ejections)
+        yield from (healthy, in_flight, ejections)
+
+
+class _AddedLatency(Collector):
+    """Histogram of the per-event added latency, merged from per-stream buckets."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(ADDED_BUCKETS) + 1)
+        self.total = 0.0
+
+    def merge(self, counts: list[int], total: float) -> None:
+        for i, n in enumerate(counts):
+            self.counts[i] += n
+        self.total += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative, buckets = 0, []
+        for bound, n in zip((*ADDED_BUCKETS, float("inf")), self.counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            "trioproxy_event_added_latency_seconds",
+            "Per event: upstream bytes arrived -> handed to the client",
+            buckets=buckets, sum_value=self.total,
+        )  # fmt: skip
 
 
 class Metrics:
@@ -81,6 +129,12 @@ class Metrics:
             "trioproxy_cancel_latency_seconds", "Client hang-up to upstream connection closed",
             buckets=_LATENCY, registry=r,
         )  # fmt: skip
+        self.failovers = Counter(
+            "trioproxy_failovers", "Attempts that failed before the first byte and moved on",
+            ["provider", "reason"], registry=r,
+        )  # fmt: skip
+        self.added = _AddedLatency()
+        r.register(self.added)
         r.register(_StateCollector(gateway))
         self._models: set[str] = set()
 
@@ -94,8 +148,13 @@ class Metrics:
             return model
         return "other"
 
-    def observe(self, record: CompletionRecord, provider: str) -> None:
+    def observe(
+        self, record: CompletionRecord, provider: str, added: list[int], added_sum: float
+    ) -> None:
         route = record.route
+        self.added.merge(added, added_sum)
+        for failed, reason in record.failovers:
+            self.failovers.labels(failed, reason).inc()
         self.requests.labels(route, self._model(record.model), provider, record.outcome).inc()
         self.duration.labels(route).observe(record.duration_ms / 1000)
         if record.ttft_ms is not None:

@@ -12,6 +12,8 @@ parsed once after the stream ended.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,7 +23,10 @@ import orjson
 from .errors import GatewayError
 from .sse import parse_event
 
-__all__ = ["CompletionRecord", "Exchange", "extract_first", "extract_usage"]
+__all__ = ["ADDED_BUCKETS", "CompletionRecord", "Exchange", "extract_first", "extract_usage"]
+
+# Gateway-added latency per event (upstream bytes arrived -> handed to the client), seconds.
+ADDED_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 @dataclass(slots=True, eq=False)
@@ -34,7 +39,11 @@ class Exchange:
     model: str | None = None
     key: str | None = None  # the API key's name (never the key)
     stream: bool = False
-    upstream: str | None = None
+    upstream: str | None = None  # URL of the (last) upstream request
+    provider: str | None = None  # name of the (last) provider tried
+    attempts: int = 0  # providers tried
+    failovers: list[tuple[str, str]] = field(default_factory=list)  # (provider, error code)
+    committed: bool = False  # the response head is in the channel: no more failover
     status: int = 0  # the status the client got (writer)
     upstream_status: int = 0  # the status the upstream answered (reader)
     upstream_sent_at: float | None = None  # the upstream request was started
@@ -63,6 +72,19 @@ class Exchange:
     held: list[Any] = field(default_factory=list)  # limiters holding a slot for this exchange
     request_sha256: str | None = None
     response_hash: Any = None  # hashlib.sha256 over every byte sent to the client
+    # Arrival times of chunks in the channel (reader appends, writer pops: at most
+    # channel_size + 1), and the per-event added latency aggregated per stream.
+    arrivals: collections.deque[float] = field(default_factory=collections.deque)
+    added_counts: list[int] = field(default_factory=lambda: [0] * (len(ADDED_BUCKETS) + 1))
+    added_sum: float = 0.0
+
+    def delivered(self, chunks: int, now: float) -> None:
+        """``chunks`` chunks from the channel went out in one send that ended ``now``."""
+        arrivals, counts = self.arrivals, self.added_counts
+        for _ in range(min(chunks, len(arrivals))):
+            added = now - arrivals.popleft()
+            counts[bisect.bisect_left(ADDED_BUCKETS, added)] += 1
+            self.added_sum += added
 
     def sent(self, body: bytes) -> None:
         """Account for bytes handed to the client (one call per ASGI send)."""
@@ -90,6 +112,9 @@ class CompletionRecord:
     model: str | None
     key: str | None
     upstream: str | None
+    provider: str | None
+    attempts: int
+    failovers: tuple[tuple[str, str], ...]  # (provider, error code) of each failed attempt
     stream: bool
     status: int
     upstream_status: int
@@ -132,6 +157,9 @@ class CompletionRecord:
             model=ex.model,
             key=ex.key,
             upstream=ex.upstream,
+            provider=ex.provider,
+            attempts=ex.attempts,
+            failovers=tuple(ex.failovers),
             stream=ex.stream,
             status=ex.status,
             upstream_status=ex.upstream_status,

@@ -31,10 +31,10 @@ plus one partial event of at most ``max_event_bytes``.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, suppress
-from dataclasses import dataclass
 
 import httpx
 import orjson
@@ -43,15 +43,16 @@ import trio
 from .config import Config
 from .downstream import Receive, Send, Start, write_client
 from .errors import (
-    Dialect,
     GatewayError,
     SlowClient,
     StreamTooLong,
     UpstreamBroken,
     UpstreamIdleTimeout,
+    UpstreamRateLimited,
     UpstreamTTFTTimeout,
     from_upstream_exception,
 )
+from .failover import Target, UpstreamRequest, with_failover
 from .records import Exchange
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
 from .transport import raw_chunks
@@ -66,16 +67,6 @@ _STREAM_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _PASSED_RESPONSE_HEADERS = frozenset({"retry-after", "x-request-id", "openai-processing-ms"})
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamRequest:
-    method: str
-    url: str
-    headers: Mapping[str, str]
-    body: bytes
-    dialect: Dialect
-    parse_body: bool  # parse a non-streaming JSON body once for id/usage
 
 
 async def relay(
@@ -126,15 +117,15 @@ async def _read_upstream(
     send_ch: trio.MemorySendChannel[bytes | Start],
     scope: trio.CancelScope,
 ) -> None:
+    attempt = functools.partial(_attempt, client, config, request, ex, send_ch)
     async with send_ch:
         try:
-            ex.upstream_outcome = await _exchange(client, config, request, ex, send_ch)
+            ex.upstream_outcome = await with_failover(
+                request, ex, config.max_attempts, config.eject_after, config.cooldown, attempt
+            )
         except GatewayError as err:
             ex.error = err
             ex.upstream_outcome = err.outcome
-        except _UPSTREAM_IO_ERRORS as exc:
-            ex.error = from_upstream_exception(exc)
-            ex.upstream_outcome = ex.error.outcome
         finally:
             ex.upstream_closed_at = trio.current_time()
             ex.release_slots()
@@ -145,25 +136,44 @@ async def _read_upstream(
             scope.cancel()
 
 
-async def _exchange(
+async def _attempt(
     client: httpx.AsyncClient,
     config: Config,
     request: UpstreamRequest,
     ex: Exchange,
     send_ch: trio.MemorySendChannel[bytes | Start],
+    target: Target,
+) -> str:
+    """One provider's attempt; library errors are mapped to the gateway's."""
+    try:
+        return await _exchange(client, config, request, target, ex, send_ch)
+    except _UPSTREAM_IO_ERRORS as exc:
+        raise from_upstream_exception(exc) from None
+
+
+async def _exchange(
+    client: httpx.AsyncClient,
+    config: Config,
+    request: UpstreamRequest,
+    target: Target,
+    ex: Exchange,
+    send_ch: trio.MemorySendChannel[bytes | Start],
 ) -> str:
     """Returns how the upstream side ended: ``done`` or ``upstream_error``
-    (an upstream HTTP error relayed as is); raises for everything else."""
+    (an upstream HTTP error relayed as is); raises for everything else.
+    The TTFT (or whole-request) timer starts with each attempt."""
+    now = trio.current_time()
     if ex.stream:
-        first_deadline = ex.started + (config.ttft_timeout or math.inf)
+        first_deadline = now + (config.ttft_timeout or math.inf)
     else:
-        first_deadline = ex.started + (config.request_timeout or math.inf)
+        first_deadline = now + (config.request_timeout or math.inf)
     async with AsyncExitStack() as stack:
-        ex.upstream_sent_at = trio.current_time()
+        if ex.upstream_sent_at is None:  # the first attempt: time the gateway added
+            ex.upstream_sent_at = now
         with trio.CancelScope(deadline=first_deadline) as head_scope:
             response = await stack.enter_async_context(
                 client.stream(
-                    request.method, request.url, headers=request.headers, content=request.body
+                    request.method, target.url, headers=target.headers, content=target.body
                 )
             )
         if head_scope.cancelled_caught:
@@ -171,10 +181,19 @@ async def _exchange(
         ex.upstream_status = response.status_code
         content_type = response.headers.get("content-type", "")
         if response.status_code == 200 and content_type.startswith("text/event-stream"):
-            await _relay_events(response, config, ex, send_ch)
+            await _relay_events(response, config, ex, send_ch, first_deadline)
             return "done"
+        if response.status_code == 429 and target.retry_429:
+            raise UpstreamRateLimited(
+                f"provider {target.provider} answered 429", _retry_after(response)
+            )
         await _relay_whole(response, config, request, ex, send_ch, first_deadline)
         return "done" if response.status_code < 400 else "upstream_error"  # 4xx relayed
+
+
+def _retry_after(response: httpx.Response) -> int | None:
+    value = response.headers.get("retry-after", "")
+    return min(int(value), 3600) if value.isdigit() else None
 
 
 def _first_timeout(ex: Exchange) -> GatewayError:
@@ -208,11 +227,12 @@ async def _relay_events(
     config: Config,
     ex: Exchange,
     send_ch: trio.MemorySendChannel[bytes | Start],
+    first_deadline: float,
 ) -> None:
     framer = SSEFramer(config.max_event_bytes)
     chunks = raw_chunks(response)
     end_by = ex.started + config.max_stream_duration if config.max_stream_duration else math.inf
-    deadline = min(ex.started + (config.ttft_timeout or math.inf), end_by)
+    deadline = min(first_deadline, end_by)
     # One scope for the whole read loop; its deadline moves with each event.
     # While waiting for room in the channel (a slow client) it is lifted.
     read_scope = trio.CancelScope(deadline=deadline)
@@ -245,10 +265,13 @@ async def _read_events(
     idle = config.idle_timeout or math.inf
     hb_progress = config.heartbeat_resets_idle
     started = False
+    arrivals = ex.arrivals
     async for chunk in chunks:
+        now = trio.current_time()
+        arrivals.append(now)
         ex.bytes_in += len(chunk)
         if not ex.chunks:
-            ex.first_chunk_at = trio.current_time()
+            ex.first_chunk_at = now
         ex.chunks += 1
         blocks = framer.feed(chunk)
         if blocks:
@@ -261,13 +284,12 @@ async def _read_events(
                 ex.events += 1
                 if ex.first_block is None:
                     ex.first_block = block
-                    ex.first_event_at = trio.current_time()
+                    ex.first_event_at = now
                 if b'"usage"' in block:
                     ex.usage_block = block
                 if _is_final(block):
                     ex.final_event = True
             if progress and ex.first_event_at is not None:
-                now = trio.current_time()
                 last = ex.last_event_at
                 if last is not None and now - last > ex.max_gap:
                     ex.max_gap = now - last
@@ -277,6 +299,7 @@ async def _read_events(
             started = True
             headers = [*_STREAM_HEADERS, *_passed_headers(response)]
             send_ch.send_nowait(Start(200, headers))  # the channel is empty
+            ex.committed = True  # from here on, no failover
         try:  # no coroutine and no checkpoint per chunk while there is room
             send_ch.send_nowait(chunk)
         except trio.WouldBlock:
@@ -348,6 +371,7 @@ async def _relay_whole(
     # Time the gateway added: before the upstream request, and after its body.
     upstream_done = trio.current_time()
     ex.first_chunk_at = upstream_done
+    ex.arrivals.append(upstream_done)
     added = (ex.upstream_sent_at or ex.started) - ex.started
     overhead_ms = b"%.3f" % ((added + trio.current_time() - upstream_done) * 1000)
     headers = [
@@ -356,5 +380,6 @@ async def _relay_whole(
         (b"x-trioproxy-overhead-ms", overhead_ms),
         *_passed_headers(response),
     ]
+    ex.committed = True
     await _deliver(send_ch, Start(response.status_code, headers), config.client_stall_timeout)
     await _deliver(send_ch, body, config.client_stall_timeout)

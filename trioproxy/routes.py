@@ -70,6 +70,8 @@ def dialect_for_path(path: str) -> Dialect:
 class ParsedBody:
     model: str | None
     stream: bool
+    json: dict[str, Any] | None = None  # the whole body (aliases rewrite its model)
+    user: str | None = None  # the OpenAI "user" field (sticky routing, when enabled)
 
 
 _TYPE_NAMES = {str: "a string", list: "an array", int: "an integer", bool: "a boolean"}
@@ -105,38 +107,35 @@ def validate(route: Route, body: bytes) -> ParsedBody:
             raise BadRequest(f"'{name}' is required")
         if not isinstance(value, kind) or isinstance(value, bool):
             raise BadRequest(f"'{name}' must be {_type_name(kind)}")
-    return ParsedBody(model=model, stream=stream)
+    user = obj.get("user")
+    return ParsedBody(model, stream, obj, user if isinstance(user, str) and user else None)
 
 
-# Client headers relayed upstream as they are (credentials included, until
-# provider credentials are configured per provider); everything else is dropped.
-_FORWARDED = (
-    b"authorization",
-    b"x-api-key",
-    b"anthropic-version",
-    b"anthropic-beta",
-    b"openai-organization",
-    b"openai-project",
-    b"x-request-id",
-)
-_FORWARDED_NO_CREDENTIALS = tuple(
-    h for h in _FORWARDED if h not in (b"authorization", b"x-api-key")
+# Client headers relayed upstream as they are; everything else is dropped:
+# hop-by-hop headers, and the client's credentials (Authorization, x-api-key),
+# which are the gateway's business. The provider's credential is added per
+# attempt (trioproxy.failover.target_for).
+_FORWARDED = frozenset(
+    {
+        b"anthropic-version",
+        b"anthropic-beta",
+        b"openai-organization",
+        b"openai-project",
+        b"x-request-id",
+    }
 )
 
 
 def forward_headers(
     scope_headers: list[tuple[bytes, bytes]],
     stream: bool,
-    credentials: bool = True,
     request_id: str | None = None,
 ) -> dict[str, str]:
-    """The allow-listed client headers for the upstream. ``credentials=False``
-    (a gateway with API keys) drops the client's Authorization / x-api-key."""
-    allowed = _FORWARDED if credentials else _FORWARDED_NO_CREDENTIALS
+    """The allow-listed client headers for the upstream, never its credentials."""
     headers = {
         name.decode("latin-1"): value.decode("latin-1")
         for name, value in scope_headers
-        if name in allowed
+        if name in _FORWARDED
     }
     if request_id is not None:  # the client's, or the one the gateway made up
         headers["x-request-id"] = request_id

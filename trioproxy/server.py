@@ -203,7 +203,7 @@ def _config_dict(config: Config) -> dict[str, object]:
 def worker_app() -> Gateway:
     """The app of one worker process of ``serve --workers N``."""
     values = orjson.loads(os.environ[_CONFIG_ENV])
-    for key in ("openai_upstreams", "anthropic_upstreams", "keys"):
+    for key in ("openai_upstreams", "anthropic_upstreams", "keys", "providers"):
         values[key] = tuple(values[key])
     return Gateway(Config(**values))
 

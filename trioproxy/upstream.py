@@ -1,4 +1,4 @@
-"""Upstream side: the process's one httpx client and the round-robin pools.
+"""Upstream side: the process's one httpx client (providers and pools: :mod:`pools`).
 
 Rules:
 - One ``httpx.AsyncClient`` per worker process, opened inside ``trio.run`` by the
@@ -17,7 +17,6 @@ Rules:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,23 +25,7 @@ import httpx
 from .config import Config
 from .transport import UpstreamTransport
 
-__all__ = ["UpstreamPool", "open_upstream_client"]
-
-
-class UpstreamPool:
-    """Base URLs of one API kind, picked round-robin."""
-
-    def __init__(self, kind: str, base_urls: tuple[str, ...]) -> None:
-        self.kind = kind
-        self.base_urls = base_urls
-        self._next = itertools.cycle(base_urls) if base_urls else None
-
-    def __bool__(self) -> bool:
-        return bool(self.base_urls)
-
-    def pick(self) -> str:
-        assert self._next is not None, "empty pool"
-        return next(self._next)
+__all__ = ["open_upstream_client"]
 
 
 @asynccontextmanager

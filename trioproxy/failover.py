@@ -1,0 +1,147 @@
+"""Failover before the first byte: try the next provider while the client has nothing.
+
+Rules:
+- An attempt may be retried on another provider only while nothing has been
+  handed to the client (``Exchange.committed`` is False: the reader puts the
+  response head in the channel together with the first body bytes). After that,
+  a failure ends the stream with one SSE error event: a retry would show the
+  client the start of a second, different answer.
+- Triggers: cannot connect, connection reset or an empty stream, upstream 5xx,
+  the TTFT timeout (each attempt gets its own ``ttft_timeout``), and upstream
+  429 (its ``Retry-After`` keeps the provider out of plans until it has passed).
+  At most ``max_attempts`` providers are tried; a 429 from the last one is
+  relayed to the client as the upstream sent it.
+- Every attempt ends with exactly one health report for its provider (see
+  :mod:`trioproxy.providers`), also when it is cancelled (no verdict then).
+
+The target of an attempt (URL, headers, body) is built per provider: the
+provider's credential and extra headers are added to the allow-listed client
+headers (which never include the client's own credentials), and an aliased
+model name is written into the body (the only case where the body is re-encoded).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import trio
+
+from .errors import (
+    Dialect,
+    GatewayError,
+    UpstreamBroken,
+    UpstreamIdleTimeout,
+    UpstreamRateLimited,
+    UpstreamTTFTTimeout,
+    UpstreamUnreachable,
+)
+from .pools import Member, Plan
+from .records import Exchange
+
+__all__ = ["Target", "UpstreamRequest", "with_failover"]
+
+log = logging.getLogger("trioproxy.routing")
+
+# Errors that say the provider is unwell (counted towards ejection).
+_UNHEALTHY = (UpstreamUnreachable, UpstreamBroken, UpstreamTTFTTimeout, UpstreamIdleTimeout)
+# Errors worth another provider, if nothing was sent yet.
+_RETRYABLE = (UpstreamUnreachable, UpstreamBroken, UpstreamTTFTTimeout, UpstreamRateLimited)
+_ANTHROPIC_VERSION = "2023-06-01"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """What the client asked for, before a provider is chosen."""
+
+    method: str
+    path: str  # appended to the provider's base URL
+    headers: Mapping[str, str]  # allow-listed client headers (never credentials)
+    body: bytes
+    body_json: dict[str, Any] | None  # the parsed body, for aliased model names
+    plan: Plan
+    dialect: Dialect
+    parse_body: bool  # parse a non-streaming JSON body once for id/usage
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One attempt: a request to one provider."""
+
+    provider: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    retry_429: bool  # an upstream 429 may go to another provider
+
+
+def target_for(request: UpstreamRequest, member: Member, retry_429: bool) -> Target:
+    spec = member.provider.spec
+    headers = dict(request.headers)
+    headers.update(spec.headers)
+    credential = member.provider.credential
+    if spec.kind == "anthropic":
+        headers.setdefault("anthropic-version", _ANTHROPIC_VERSION)
+        if credential:
+            headers["x-api-key"] = credential
+    elif credential:
+        headers["authorization"] = f"Bearer {credential}"
+    body = request.body
+    model = member.upstream_model
+    if request.body_json is not None and model is not None and model != request.body_json["model"]:
+        body = orjson.dumps({**request.body_json, "model": model})
+    return Target(spec.name, spec.base_url + request.path, headers, body, retry_429)
+
+
+async def with_failover(
+    request: UpstreamRequest,
+    ex: Exchange,
+    max_attempts: int,
+    eject_after: int,
+    cooldown: float,
+    attempt: Callable[[Target], Awaitable[str]],
+) -> str:
+    """Run ``attempt`` on providers from ``request.plan`` until one answers.
+
+    Error handling: ``attempt`` raises :class:`GatewayError` only (the caller
+    maps library errors first). The error of the last attempt is raised when no
+    provider answered; a :class:`~trioproxy.errors.ProviderUnavailable` or
+    :class:`~trioproxy.errors.Overloaded` when none could be tried at all.
+    """
+    plan = request.plan
+    last: GatewayError | None = None
+    for n in range(max_attempts):
+        member = plan.take(trio.current_time())
+        if member is None:
+            break
+        provider = member.provider
+        retry_429 = n + 1 < max_attempts and plan.has_next(trio.current_time())
+        target = target_for(request, member, retry_429)
+        ex.provider, ex.upstream, ex.attempts = provider.name, target.url, n + 1
+        verdict: bool | None = None
+        try:
+            outcome = await attempt(target)
+            verdict = True
+            return outcome
+        except UpstreamRateLimited as err:
+            provider.rate_limited(trio.current_time(), err.retry_after or 1)
+            last = err
+        except _UNHEALTHY as err:
+            verdict = False
+            if ex.committed:
+                raise
+            last = err
+        finally:
+            if provider.end(trio.current_time(), verdict, eject_after, cooldown):
+                log.warning(
+                    "provider %s ejected for %s s after %d consecutive failures",
+                    provider.name, cooldown, provider.consecutive_failures,
+                )  # fmt: skip
+        if not isinstance(last, _RETRYABLE):  # pragma: no cover - the excepts above
+            raise last
+        ex.failovers.append((provider.name, last.code))
+    assert last is not None
+    raise last
