@@ -98,3 +98,20 @@ def streaming_bodies(model: str) -> dict[str, dict[str, Any]]:
 
 def events_of(body: bytes) -> list[bytes]:
     return [e for e in body.split(b"\n\n") if e]
+
+
+@asynccontextmanager
+async def open_mocks(*defaults: Any) -> AsyncIterator[list[Any]]:
+    """Extra mock upstreams (one per ``Fault`` of defaults), for multi-provider tests.
+    Open them outside ``running(...)`` so the gateway shuts down first."""
+    from trioproxy.mock_upstream import serve_mock
+
+    async with trio.open_nursery() as nursery:
+        yield [await nursery.start(serve_mock, "127.0.0.1", 0, d) for d in defaults]
+        nursery.cancel_scope.cancel()
+
+
+def provider(name: str, mock: Any, **extra: Any) -> dict[str, Any]:
+    kind = extra.get("kind", "openai")
+    base = mock.base_url + ("/v1" if kind == "openai" else "")
+    return {"name": name, "base_url": base, **extra}

@@ -108,8 +108,8 @@ async def with_failover(
 
     Error handling: ``attempt`` raises :class:`GatewayError` only (the caller
     maps library errors first). The error of the last attempt is raised when no
-    provider answered; a :class:`~trioproxy.errors.ProviderUnavailable` or
-    :class:`~trioproxy.errors.Overloaded` when none could be tried at all.
+    provider answered; :class:`~trioproxy.errors.Overloaded` when none could be
+    tried at all (every provider full or inside a 429's Retry-After window).
     """
     plan = request.plan
     last: GatewayError | None = None
@@ -117,6 +117,8 @@ async def with_failover(
         member = plan.take(trio.current_time())
         if member is None:
             break
+        if last is not None:  # moving on from the failed attempt
+            ex.failovers.append((ex.provider or "", last.code))
         provider = member.provider
         retry_429 = n + 1 < max_attempts and plan.has_next(trio.current_time())
         target = target_for(request, member, retry_429)
@@ -140,8 +142,5 @@ async def with_failover(
                     "provider %s ejected for %s s after %d consecutive failures",
                     provider.name, cooldown, provider.consecutive_failures,
                 )  # fmt: skip
-        if not isinstance(last, _RETRYABLE):  # pragma: no cover - the excepts above
-            raise last
-        ex.failovers.append((provider.name, last.code))
     assert last is not None
     raise last

@@ -1,0 +1,226 @@
+"""Failover before the first byte, health and routing, end to end over loopback.
+
+Providers here are mock upstreams; an alias turns the client's model name into
+a mock fault spec per provider (``m`` on provider a is ``mock-e500``, on b a
+healthy stream), so one request meets one fault and then a healthy provider.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import trio
+
+from tests.conftest import chat, events_of, open_mocks, provider, running
+from trioproxy.mock_scripts import Fault
+from trioproxy.rawclient import request
+
+HEALTHY = "mock-t3-i0"
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"  # nothing listens there now
+
+
+def _pair(mock: Any, fault_model: str, **a_extra: Any) -> tuple[dict[str, Any], ...]:
+    return (
+        provider("a", mock, aliases={"m": fault_model}, **a_extra),
+        provider("b", mock, aliases={"m": HEALTHY}),
+    )
+
+
+@pytest.mark.parametrize(
+    ("fault", "a_extra", "code"),
+    [
+        ("mock-t3", {"base_url": "CLOSED"}, "upstream_unreachable"),
+        ("mock-drop0", {}, "upstream_broken"),  # reset after the head, before any event
+        ("mock-e500", {}, "upstream_broken"),
+        ("mock-e503", {}, "upstream_broken"),
+        ("mock-e429", {}, "upstream_rate_limited"),
+        ("mock-f5000", {}, "upstream_ttft_timeout"),  # head at once, no event in time
+    ],
+)
+@pytest.mark.parametrize("stream", [True, False])
+async def test_each_trigger_before_the_first_byte_fails_over(
+    fault: str, a_extra: dict[str, Any], code: str, stream: bool
+) -> None:
+    if a_extra.get("base_url") == "CLOSED":
+        a_extra = {"base_url": _closed_port_url()}
+    if fault in ("mock-f5000", "mock-drop0") and not stream:
+        pytest.skip("streaming only: request_timeout applies; the mock drops streams only")
+    async with open_mocks(Fault()) as (mock,):
+        overrides = {"providers": _pair(mock, fault, **a_extra), "ttft_timeout": 0.5}
+        async with running(**overrides) as (gw, recorder):
+            response = await request(gw.url, "POST", "/v1/chat/completions", chat("m", stream))
+            assert response.status == 200, response.body
+            if stream:
+                assert events_of(response.body)[-1] == b"data: [DONE]"
+            else:
+                assert response.json()["model"] == HEALTHY
+            (record,) = await recorder.wait_for(1)
+            assert (record.provider, record.attempts, record.outcome) == ("b", 2, "done")
+            assert record.failovers == (("a", code),)
+
+
+async def test_no_failover_once_a_byte_reached_the_client() -> None:
+    async with (
+        open_mocks(Fault()) as (mock,),
+        running(providers=_pair(mock, "mock-t5-i0-drop2")) as (gw, recorder),
+    ):
+        response = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
+        assert response.status == 200
+        events = events_of(response.body)
+        assert b'"code":"upstream_broken"' in events[-1]  # the error event path
+        assert sum(b"chat.completion.chunk" in e for e in events) >= 2
+        (record,) = await recorder.wait_for(1)
+        assert (record.provider, record.attempts, record.failovers) == ("a", 1, ())
+        assert mock.statistics().requests_total == 1  # b was never asked
+
+
+async def test_retry_after_keeps_a_rate_limited_provider_out_of_plans() -> None:
+    async with (
+        open_mocks(Fault()) as (mock,),
+        running(providers=_pair(mock, "mock-e429")) as (gw, _),
+    ):
+        for _ in range(4):
+            ok = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
+            assert ok.status == 200
+        a, b = gw.app.router.providers
+        assert (a.requests, b.requests) == (1, 4)  # a's Retry-After: 1 s not over
+        assert a.consecutive_failures == 0  # a 429 is not ill health
+
+
+async def test_max_attempts_bounds_the_providers_tried() -> None:
+    async with open_mocks(Fault(error_status=500)) as (mock,):
+        providers = tuple(provider(n, mock) for n in "abc")
+        async with running(providers=providers, max_attempts=2) as (gw, recorder):
+            response = await request(gw.url, "POST", "/v1/messages", _messages("x"))
+            # the anthropic route has no anthropic provider: a clear 404, not a failover
+            assert response.status == 404 and response.json()["type"] == "error"
+            response = await request(gw.url, "POST", "/v1/chat/completions", chat("x"))
+            assert response.status == 502
+            assert "HTTP 500" in response.json()["error"]["message"]
+            records = await recorder.wait_for(2)
+            assert records[-1].attempts == 2 and len(records[-1].failovers) == 1
+            assert mock.statistics().requests_total == 2
+
+
+def _messages(model: str) -> dict[str, Any]:
+    return {"model": model, "max_tokens": 8, "messages": [], "stream": True}
+
+
+async def test_ejection_then_recovery_after_the_cooldown() -> None:
+    async with open_mocks(Fault(error_status=500), Fault(tokens=3)) as (sick, well):
+        overrides = {
+            "providers": (provider("sick", sick), provider("well", well)),
+            "eject_after": 2,
+            "cooldown": 0.5,
+            "debug_endpoints": True,
+        }
+        async with running(**overrides) as (gw, _):
+            for _ in range(6):
+                ok = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
+                assert ok.status == 200  # every request served: failover hides the sick one
+            assert sick.statistics().requests_total == 2  # then it was skipped
+            ready = (await request(gw.url, "GET", "/readyz")).json()
+            assert ready["providers"] == {"sick": "ejected", "well": "healthy"}
+            assert ready["unhealthy_pools"] == [] and ready["ready"] is True
+            metrics = (await request(gw.url, "GET", "/metrics")).body
+            assert b'trioproxy_provider_ejections_total{provider="sick"} 1.0' in metrics
+            assert (
+                b'trioproxy_failovers_total{provider="sick",reason="upstream_broken"} 2.0'
+                in metrics
+            )
+            sick.defaults = Fault(tokens=3)  # the sick provider recovers
+            await trio.sleep(0.6)  # the configured cooldown passes
+            for _ in range(2):  # round robin: one of two plans starts at "sick" (the trial)
+                ok = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
+                assert ok.status == 200
+            assert sick.statistics().requests_total == 3
+            assert gw.app.router.providers[0].state(trio.current_time()) == "healthy"
+
+
+async def test_every_provider_ejected_still_serves_and_readyz_names_the_pool() -> None:
+    async with open_mocks(Fault(error_status=500)) as (mock,):
+        overrides = {"providers": (provider("only", mock, models=["gpt-*"]),), "eject_after": 1}
+        async with running(**overrides) as (gw, _):
+            for _ in range(3):
+                response = await request(gw.url, "POST", "/v1/chat/completions", chat("gpt-x"))
+                assert response.status == 502  # the upstream's failure, never a made-up 503
+            assert mock.statistics().requests_total == 3  # panic: still tried
+            ready = await request(gw.url, "GET", "/readyz")
+            assert ready.status == 503  # nothing at all can be served
+            assert ready.json()["unhealthy_pools"] == ["openai:gpt-*"]
+
+
+async def test_header_hygiene_and_provider_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TP_TEST_OPENAI_KEY", "sk-provider-openai")
+    monkeypatch.setenv("TP_TEST_ANTHROPIC_KEY", "sk-provider-anthropic")
+    async with open_mocks(Fault(), Fault()) as (oai, ant):
+        providers = (
+            provider("o", oai, api_key_env="TP_TEST_OPENAI_KEY", headers={"x-tenant": "t1"}),
+            provider("c", ant, kind="anthropic", api_key_env="TP_TEST_ANTHROPIC_KEY"),
+        )
+        client_headers = [
+            ("authorization", "Bearer client-secret-1"),
+            ("x-api-key", "client-secret-2"),
+            ("cookie", "session=client-secret-3"),
+            ("te", "trailers"),
+            ("x-request-id", "rid-123"),
+            ("openai-organization", "org-1"),
+        ]
+        async with running(providers=providers) as (gw, _):
+            r = await request(gw.url, "POST", "/v1/chat/completions", chat(HEALTHY), client_headers)
+            assert r.status == 200
+            seen = oai.last_headers
+            assert seen[b"authorization"] == b"Bearer sk-provider-openai"
+            assert seen[b"x-tenant"] == b"t1" and seen[b"openai-organization"] == b"org-1"
+            assert seen[b"x-request-id"] == b"rid-123"
+            assert b"x-api-key" not in seen and b"cookie" not in seen and b"te" not in seen
+            r = await request(gw.url, "POST", "/v1/messages", _messages(HEALTHY), client_headers)
+            assert r.status == 200
+            seen = ant.last_headers
+            assert seen[b"x-api-key"] == b"sk-provider-anthropic"
+            assert seen[b"anthropic-version"] == b"2023-06-01"
+            assert b"authorization" not in seen and b"cookie" not in seen
+            for headers in (oai.last_headers, ant.last_headers):
+                assert not any(b"client-secret" in v for v in headers.values())
+
+
+async def test_an_alias_is_sent_upstream_under_the_providers_name() -> None:
+    async with open_mocks(Fault()) as (mock,):
+        providers = (provider("a", mock, models=[], aliases={"fast": HEALTHY}),)
+        async with running(providers=providers) as (gw, recorder):
+            r = await request(gw.url, "POST", "/v1/chat/completions", chat("fast"))
+            assert r.status == 200 and f'"model":"{HEALTHY}"'.encode() in r.body
+            r = await request(gw.url, "POST", "/v1/chat/completions", chat(HEALTHY))
+            assert r.status == 404 and "not served" in r.json()["error"]["message"]
+            records = await recorder.wait_for(2)
+            assert records[0].model == "fast"  # records keep the client's name
+
+
+async def test_round_robin_spreads_and_sticky_sessions_stay() -> None:
+    async with open_mocks(Fault(tokens=2), Fault(tokens=2)) as (m1, m2):
+        providers = (provider("one", m1), provider("two", m2))
+        async with running(providers=providers, sticky_user_field=True) as (gw, _):
+            for _ in range(6):
+                await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
+            assert (m1.statistics().requests_total, m2.statistics().requests_total) == (3, 3)
+            homes = set()
+            for session in ("alpha", "beta", "gamma", "delta", "epsilon", "zeta"):
+                for sticky in ({"headers": [("x-session-id", session)]}, {"user": session}):
+                    before = (m1.statistics().requests_total, m2.statistics().requests_total)
+                    for _ in range(3):
+                        body = chat("m", user=sticky["user"]) if "user" in sticky else chat("m")
+                        hdrs = sticky.get("headers", [])
+                        await request(gw.url, "POST", "/v1/chat/completions", body, hdrs)  # type: ignore[arg-type]
+                    after = (m1.statistics().requests_total, m2.statistics().requests_total)
+                    delta = [a - b for a, b in zip(after, before, strict=True)]
+                    assert sorted(delta) == [0, 3]  # all three on one provider
+                    homes.add(delta.index(3))
+            assert homes == {0, 1}  # and sessions are spread over both

@@ -1,0 +1,134 @@
+"""Model -> pool resolution, strategies and sticky routing (no I/O)."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from trioproxy.config import ConfigError
+from trioproxy.errors import NotFound, Overloaded
+from trioproxy.pools import MAX_CACHED_POOLS, Router
+from trioproxy.providers import parse_providers
+
+
+def _router(*entries: dict[str, object], strategy: str = "round_robin") -> Router:
+    tables = [{"base_url": f"http://{e['name']}/v1", **e} for e in entries]
+    return Router(parse_providers(tables), strategy, environ={})
+
+
+def _first(router: Router, model: str, session: bytes | None = None) -> str:
+    return router.pool("openai", model).plan(session)._order[0].provider.name
+
+
+def test_a_model_resolves_to_the_providers_that_serve_it() -> None:
+    router = _router(
+        {"name": "a", "models": ["llama-*"]},
+        {"name": "b", "models": ["gpt-4o"], "aliases": {"llama-70b": "meta/llama-70b"}},
+        {"name": "c", "kind": "anthropic"},
+    )
+    pool = router.pool("openai", "llama-70b")
+    assert [(m.provider.name, m.upstream_model) for m in pool.members] == [
+        ("a", "llama-70b"),
+        ("b", "meta/llama-70b"),
+    ]
+    assert router.pool("openai", "llama-70b") is pool  # cached
+    assert [m.provider.name for m in router.pool("anthropic", "claude").members] == ["c"]
+    with pytest.raises(NotFound, match="'mistral' is not served"):
+        router.pool("openai", "mistral")
+
+
+def test_the_pool_cache_is_bounded() -> None:
+    router = _router({"name": "a"})
+    for i in range(MAX_CACHED_POOLS + 10):
+        router.pool("openai", f"m{i}")
+    assert len(router._pools) == MAX_CACHED_POOLS
+
+
+def test_unknown_strategy_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="routing_strategy"):
+        _router({"name": "a"}, strategy="random")
+
+
+def test_round_robin_follows_the_weights_and_interleaves() -> None:
+    router = _router({"name": "a", "weight": 2}, {"name": "b"}, {"name": "c"})
+    firsts = [_first(router, "m") for _ in range(400)]
+    assert collections.Counter(firsts) == {"a": 200, "b": 100, "c": 100}
+    assert firsts[:4] == ["a", "b", "c", "a"]  # smooth: never a-a in a row here
+    # The rest of a plan is every other provider once: failover candidates.
+    order = [m.provider.name for m in router.pool("openai", "m").plan()._order]
+    assert sorted(order) == ["a", "b", "c"]
+
+
+def test_least_in_flight_prefers_the_least_busy_per_weight() -> None:
+    router = _router({"name": "a", "weight": 2}, {"name": "b"}, strategy="least_in_flight")
+    a, b = router.providers
+    a.in_flight, b.in_flight = 3, 1  # a: 1.5 per weight, b: 1
+    assert {_first(router, "m") for _ in range(10)} == {"b"}
+    a.in_flight = 1  # a: 0.5 per weight
+    assert {_first(router, "m") for _ in range(10)} == {"a"}
+    a.in_flight = 2  # a tie (1 vs 1): rotation decides, both get picked
+    assert {_first(router, "m") for _ in range(10)} == {"a", "b"}
+
+
+def test_sticky_sessions_stay_and_move_only_off_a_removed_provider() -> None:
+    full = _router({"name": "a"}, {"name": "b"}, {"name": "c"}, {"name": "d"})
+    sessions = [f"session-{i}".encode() for i in range(400)]
+    placed = {s: _first(full, "m", s) for s in sessions}
+    assert all(_first(full, "m", s) == placed[s] for s in sessions)  # stable
+    assert set(collections.Counter(placed.values())) == {"a", "b", "c", "d"}  # spread
+    smaller = _router({"name": "a"}, {"name": "b"}, {"name": "d"})
+    for s in sessions:
+        if placed[s] != "c":
+            assert _first(smaller, "m", s) == placed[s]  # nobody else moved
+    larger = _router(*({"name": n} for n in "abcde"))
+    moved = [s for s in sessions if _first(larger, "m", s) != placed[s]]
+    assert moved and all(_first(larger, "m", s) == "e" for s in moved)  # only to the newcomer
+
+
+def test_a_sticky_session_skips_an_ejected_provider_and_comes_back() -> None:
+    router = _router({"name": "a"}, {"name": "b"}, {"name": "c"})
+    session = b"user-42"
+    home = _first(router, "m", session)
+    provider = next(p for p in router.providers if p.name == home)
+    provider.ejected_until = 100.0
+    plan = router.pool("openai", "m").plan(session)
+    member = plan.take(50.0)
+    assert member is not None and member.provider.name != home
+    member.provider.end(50.0, True, 5, 30.0)
+    provider.ejected_until = 0.0  # recovered
+    assert router.pool("openai", "m").plan(session).take(101.0).provider is provider  # type: ignore[union-attr]
+
+
+def test_take_skips_full_providers_panics_when_all_are_ejected_and_429s_when_none_has_room() -> (
+    None
+):
+    router = _router({"name": "a", "max_streams": 1}, {"name": "b", "max_streams": 1})
+    a, b = router.providers
+    pool = router.pool("openai", "m")
+    first = pool.plan().take(0)
+    second = pool.plan().take(0)
+    assert first is not None and second is not None
+    assert {first.provider.name, second.provider.name} == {"a", "b"}
+    with pytest.raises(Overloaded):
+        pool.plan().take(0)
+    a.end(0, None, 5, 30.0)
+    b.end(0, None, 5, 30.0)
+    a.ejected_until = b.ejected_until = 60.0
+    panic = pool.plan().take(1)
+    assert panic is not None  # every provider ejected: serve anyway, no outage
+    assert router.unhealthy_pools(1) == ["openai:*"]
+    panic.provider.end(1, None, 5, 30.0)
+    a.rate_limited(1, 7)
+    b.rate_limited(1, 9)
+    with pytest.raises(Overloaded) as info:
+        pool.plan().take(1)  # both inside a 429's Retry-After window
+    assert info.value.retry_after == 7  # the shortest wait
+
+
+def test_a_plan_tries_each_provider_once() -> None:
+    router = _router({"name": "a"}, {"name": "b"})
+    plan = router.pool("openai", "m").plan()
+    taken = [plan.take(0), plan.take(0)]
+    assert {m.provider.name for m in taken if m} == {"a", "b"}
+    assert not plan.has_next(0) and plan.take(0) is None

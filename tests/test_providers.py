@@ -1,0 +1,125 @@
+"""Provider config and passive health (sans-IO: time is a number here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from trioproxy.config import ConfigError, load_config
+from trioproxy.providers import Provider, ProviderSpec, parse_providers, read_credential
+
+
+def _spec(**kw: object) -> ProviderSpec:
+    return parse_providers([{"name": "a", "base_url": "http://a:1/v1", **kw}])[0]
+
+
+def test_a_provider_table_parses_with_defaults() -> None:
+    spec = _spec()
+    assert (spec.kind, spec.models, spec.weight, spec.max_streams) == ("openai", ("*",), 1, 0)
+    full = _spec(
+        kind="anthropic",
+        base_url="https://x/",
+        api_key_env="X_KEY",
+        models=["claude-*"],
+        aliases={"fast": "claude-haiku"},
+        weight=3,
+        max_streams=8,
+        headers={"X-Team": "a"},
+    )
+    assert full.base_url == "https://x" and full.headers == {"x-team": "a"}
+    assert full.upstream_model("claude-opus") == "claude-opus"
+    assert full.upstream_model("fast") == "claude-haiku"  # alias: the upstream's name
+    assert full.upstream_model("gpt-4o") is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"kind": "azure"}, "kind must be openai or anthropic"),
+        ({"base_url": "ftp://x"}, "base_url must start with http"),
+        ({"weight": 0}, "weight must be an integer >= 1"),
+        ({"max_streams": -1}, "max_streams must be an integer >= 0"),
+        ({"models": "gpt-4o"}, "models must be a list"),
+        ({"aliases": {"a": 1}}, "aliases must be a table of strings"),
+        ({"headers": {"Authorization": "Bearer x"}}, "headers may not set"),
+        ({"headers": {"connection": "close"}}, "headers may not set"),
+        ({"api_key": "sk-in-the-file"}, "unknown option"),
+    ],
+)
+def test_bad_provider_tables_are_config_errors(entry: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _spec(**entry)
+
+
+def test_provider_names_are_unique_across_tables_and_shorthands(tmp_path: object) -> None:
+    with pytest.raises(ConfigError, match="unique"):
+        parse_providers(
+            [{"name": "a", "base_url": "http://a"}, {"name": "a", "base_url": "http://b"}]
+        )
+    config = load_config(
+        None, providers=[{"name": "x", "base_url": "http://x/v1"}], openai_upstreams=["http://y/v1"]
+    )
+    assert [s.name for s in config.provider_specs()] == ["x", "y/openai"]
+
+
+def test_the_credential_comes_from_the_environment_only() -> None:
+    spec = _spec(api_key_env="TP_TEST_KEY")
+    assert read_credential(spec, {"TP_TEST_KEY": " sk-123 \n"}) == "sk-123"
+    with pytest.raises(ConfigError, match="TP_TEST_KEY is not set"):
+        read_credential(spec, {})
+    assert read_credential(_spec(), {}) is None
+
+
+EJECT_AFTER, COOLDOWN = 3, 10.0
+
+
+def _run(p: Provider, now: float, ok: bool | None) -> bool:
+    assert p.admits(now)
+    p.begin(now)
+    return p.end(now, ok, EJECT_AFTER, COOLDOWN)
+
+
+def test_consecutive_failures_eject_for_the_cooldown_then_one_trial_recovers() -> None:
+    p = Provider(_spec(), None)
+    assert not _run(p, 0, False) and not _run(p, 1, True)  # a success resets the count
+    assert [_run(p, t, False) for t in (2, 3, 4)] == [False, False, True]
+    assert p.state(4) == "ejected" and not p.admits(13.9)
+    assert p.state(14) == "trial" and p.admits(14)
+    p.begin(14)  # the one trial request...
+    assert not p.admits(14.5)  # ...and nobody else while it runs
+    assert not p.end(15, True, EJECT_AFTER, COOLDOWN)
+    assert p.state(15) == "healthy" and p.admits(15) and p.ejections == 1
+
+
+def test_a_failed_trial_ejects_again_at_once() -> None:
+    p = Provider(_spec(), None)
+    for t in range(3):
+        _run(p, t, False)
+    assert _run(p, 12.5, False)  # the trial failed: a second ejection
+    assert p.state(13) == "ejected" and p.admits(22.5) and p.ejections == 2
+
+
+def test_a_cancelled_trial_says_nothing_about_health() -> None:
+    p = Provider(_spec(), None)
+    for t in range(3):
+        _run(p, t, False)
+    assert not _run(p, 13, None)
+    assert p.state(13) == "trial" and p.admits(13)  # the next request is the trial
+
+
+def test_streams_that_began_before_an_ejection_count_it_once() -> None:
+    p = Provider(_spec(), None)
+    for _ in range(5):
+        p.begin(0)
+    results = [p.end(1, False, EJECT_AFTER, COOLDOWN) for _ in range(5)]
+    assert results == [False, False, True, False, False] and p.ejections == 1
+    assert p.in_flight == 0
+
+
+def test_max_streams_and_retry_after_make_a_healthy_provider_skip_requests() -> None:
+    p = Provider(_spec(max_streams=1), None)
+    p.begin(0)
+    assert p.healthy(0) and not p.admits(0)
+    p.end(0, True, EJECT_AFTER, COOLDOWN)
+    p.rate_limited(0, 5)
+    assert not p.admits(4.9) and p.admits(5.0)
+    assert p.statistics(1).retry_after_s == 4.0 and p.consecutive_failures == 0
