@@ -34,25 +34,27 @@ def _pair(mock: Any, fault_model: str, **a_extra: Any) -> tuple[dict[str, Any], 
     )
 
 
+_TRIGGERS = [
+    ("mock-t3", {"base_url": "CLOSED"}, "upstream_unreachable"),
+    ("mock-e500", {}, "upstream_broken"),
+    ("mock-e503", {}, "upstream_broken"),
+    ("mock-e429", {}, "upstream_rate_limited"),
+]
+_STREAM_ONLY = [  # request_timeout applies to non-streaming calls; the mock drops streams only
+    ("mock-drop0", {}, "upstream_broken"),  # reset after the head, before any event
+    ("mock-f5000", {}, "upstream_ttft_timeout"),  # head at once, no event in time
+]
+
+
 @pytest.mark.parametrize(
-    ("fault", "a_extra", "code"),
-    [
-        ("mock-t3", {"base_url": "CLOSED"}, "upstream_unreachable"),
-        ("mock-drop0", {}, "upstream_broken"),  # reset after the head, before any event
-        ("mock-e500", {}, "upstream_broken"),
-        ("mock-e503", {}, "upstream_broken"),
-        ("mock-e429", {}, "upstream_rate_limited"),
-        ("mock-f5000", {}, "upstream_ttft_timeout"),  # head at once, no event in time
-    ],
+    ("fault", "a_extra", "code", "stream"),
+    [(*t, True) for t in _TRIGGERS + _STREAM_ONLY] + [(*t, False) for t in _TRIGGERS],
 )
-@pytest.mark.parametrize("stream", [True, False])
 async def test_each_trigger_before_the_first_byte_fails_over(
     fault: str, a_extra: dict[str, Any], code: str, stream: bool
 ) -> None:
     if a_extra.get("base_url") == "CLOSED":
         a_extra = {"base_url": _closed_port_url()}
-    if fault in ("mock-f5000", "mock-drop0") and not stream:
-        pytest.skip("streaming only: request_timeout applies; the mock drops streams only")
     async with open_mocks(Fault()) as (mock,):
         overrides = {"providers": _pair(mock, fault, **a_extra), "ttft_timeout": 0.5}
         async with running(**overrides) as (gw, recorder):

@@ -54,6 +54,8 @@ async def test_metrics_count_a_scripted_sequence() -> None:
         done = [r for r in recorder.records if r.outcome == "done"]
         added = samples[("trioproxy_event_added_latency_seconds_count", ())]
         assert sum(r.chunks for r in done) <= added <= sum(r.chunks for r in recorder.records)
+        gaps = samples[("trioproxy_inter_token_gap_seconds_count", ())]
+        assert gaps == sum(r.events - 1 for r in recorder.records if r.events)
         assert samples[("trioproxy_provider_healthy", (("provider", provider),))] == 1
         assert samples[("trioproxy_provider_ejections_total", (("provider", provider),))] == 0
 

@@ -349,7 +349,7 @@ class Gateway:
             access_log.info("%s", record.to_json().decode())
         provider = ex.provider or "none"
         if self.metrics is not None:
-            self.metrics.observe(record, provider, ex.added_counts, ex.added_sum)
+            self.metrics.observe(record, provider, ex)
         if self.receipts is not None:
             self.receipts.submit(record, provider)
         if self.detached is not None:

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from .records import ADDED_BUCKETS, CompletionRecord
+from .records import ADDED_BUCKETS, GAP_BUCKETS, CompletionRecord, Exchange
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -77,11 +77,13 @@ class _StateCollector(Collector):
         yield from (healthy, in_flight, ejections)
 
 
-class _AddedLatency(Collector):
-    """Histogram of the per-event added latency, merged from per-stream buckets."""
+class _MergedHistogram(Collector):
+    """A histogram fed with per-stream bucket counts (one merge per request)
+    instead of one ``observe`` per event."""
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(ADDED_BUCKETS) + 1)
+    def __init__(self, name: str, documentation: str, bounds: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.bounds = name, documentation, bounds
+        self.counts = [0] * (len(bounds) + 1)
         self.total = 0.0
 
     def merge(self, counts: list[int], total: float) -> None:
@@ -91,14 +93,12 @@ class _AddedLatency(Collector):
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         cumulative, buckets = 0, []
-        for bound, n in zip((*ADDED_BUCKETS, float("inf")), self.counts, strict=True):
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
             cumulative += n
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         yield HistogramMetricFamily(
-            "trioproxy_event_added_latency_seconds",
-            "Per event: upstream bytes arrived -> handed to the client",
-            buckets=buckets, sum_value=self.total,
-        )  # fmt: skip
+            self.name, self.documentation, buckets=buckets, sum_value=self.total
+        )
 
 
 class Metrics:
@@ -133,8 +133,15 @@ class Metrics:
             "trioproxy_failovers", "Attempts that failed before the first byte and moved on",
             ["provider", "reason"], registry=r,
         )  # fmt: skip
-        self.added = _AddedLatency()
+        self.added = _MergedHistogram(
+            "trioproxy_event_added_latency_seconds",
+            "Per event: upstream bytes arrived -> handed to the client", ADDED_BUCKETS,
+        )  # fmt: skip
+        self.gaps = _MergedHistogram(
+            "trioproxy_inter_token_gap_seconds", "Gap between two upstream events", GAP_BUCKETS
+        )
         r.register(self.added)
+        r.register(self.gaps)
         r.register(_StateCollector(gateway))
         self._models: set[str] = set()
 
@@ -148,11 +155,11 @@ class Metrics:
             return model
         return "other"
 
-    def observe(
-        self, record: CompletionRecord, provider: str, added: list[int], added_sum: float
-    ) -> None:
+    def observe(self, record: CompletionRecord, provider: str, ex: Exchange) -> None:
         route = record.route
-        self.added.merge(added, added_sum)
+        self.added.merge(ex.added_counts, ex.added_sum)
+        if ex.last_event_at is not None:
+            self.gaps.merge(ex.gap_counts, ex.gap_sum)
         for failed, reason in record.failovers:
             self.failovers.labels(failed, reason).inc()
         self.requests.labels(route, self._model(record.model), provider, record.outcome).inc()

@@ -23,10 +23,19 @@ import orjson
 from .errors import GatewayError
 from .sse import parse_event
 
-__all__ = ["ADDED_BUCKETS", "CompletionRecord", "Exchange", "extract_first", "extract_usage"]
+__all__ = [
+    "ADDED_BUCKETS",
+    "GAP_BUCKETS",
+    "CompletionRecord",
+    "Exchange",
+    "extract_first",
+    "extract_usage",
+]
 
 # Gateway-added latency per event (upstream bytes arrived -> handed to the client), seconds.
 ADDED_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# Gap between two upstream events of a stream (inter-token latency), seconds.
+GAP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 @dataclass(slots=True, eq=False)
@@ -77,6 +86,22 @@ class Exchange:
     arrivals: collections.deque[float] = field(default_factory=collections.deque)
     added_counts: list[int] = field(default_factory=lambda: [0] * (len(ADDED_BUCKETS) + 1))
     added_sum: float = 0.0
+    gap_counts: list[int] = field(default_factory=lambda: [0] * (len(GAP_BUCKETS) + 1))
+    gap_sum: float = 0.0
+
+    def gap(self, seconds: float, events: int, first: bool) -> None:
+        """``events`` events arrived in one read, ``seconds`` after the previous
+        event (the reader, once per read with events). The first event of a
+        stream has no gap; events read together are 0 s apart."""
+        counts = self.gap_counts
+        if first:
+            counts[0] += events - 1
+            return
+        counts[bisect.bisect_left(GAP_BUCKETS, seconds)] += 1
+        counts[0] += events - 1
+        self.gap_sum += seconds
+        if seconds > self.max_gap:
+            self.max_gap = seconds
 
     def delivered(self, chunks: int, now: float) -> None:
         """``chunks`` chunks from the channel went out in one send that ended ``now``."""

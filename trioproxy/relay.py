@@ -276,6 +276,7 @@ async def _read_events(
         blocks = framer.feed(chunk)
         if blocks:
             progress = False
+            before = ex.events
             for block in blocks:
                 if is_heartbeat(block):
                     progress = progress or hb_progress
@@ -289,11 +290,11 @@ async def _read_events(
                     ex.usage_block = block
                 if _is_final(block):
                     ex.final_event = True
-            if progress and ex.first_event_at is not None:
+            if ex.events > before:  # events read together are 0 s apart
                 last = ex.last_event_at
-                if last is not None and now - last > ex.max_gap:
-                    ex.max_gap = now - last
+                ex.gap(now - last if last is not None else 0.0, ex.events - before, last is None)
                 ex.last_event_at = now
+            if progress and ex.first_event_at is not None:
                 read_scope.deadline = min(now + idle, end_by)
         if not started:
             started = True
