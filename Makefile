@@ -23,8 +23,8 @@ run: $(VENV)/.installed
 	$(BIN)/trioproxy serve $(ARGS)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check trioproxy tests bench
-	$(BIN)/ruff format --check trioproxy tests bench
+	$(BIN)/ruff check trioproxy tests bench examples
+	$(BIN)/ruff format --check trioproxy tests bench examples
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --strict trioproxy

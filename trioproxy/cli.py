@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import trio
 
 from .config import ConfigError, load_config, parse_bind
-from .mock_scripts import Fault
+from .mock_scripts import Fault, FaultSpecError, parse_fault
 from .mock_upstream import serve_mock
+from .providers import read_credential
 from .server import run_gateway
 
 __all__ = ["main"]
@@ -66,6 +67,9 @@ def _build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--tokens", type=int, default=16)
     mock.add_argument("--itl-ms", type=float, default=20.0)
     mock.add_argument("--ttft-ms", type=float, default=0.0)
+    mock.add_argument("--fault", default="", metavar="SPEC",
+                      help="default fault for every model not named mock-*, in the model-name "
+                           "syntax without 'mock-': e.g. e503, stall0, drop3, f2000-t5")  # fmt: skip
     return parser
 
 
@@ -133,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             host, port = parse_bind(args.bind)
             _setup_logging("info")
             fault = Fault(tokens=args.tokens, itl_ms=args.itl_ms, ttft_ms=args.ttft_ms)
+            if args.fault:
+                fault = parse_fault("mock-" + args.fault, fault)
             trio.run(_run_mock, host, port, fault)
             return 0
         config = load_config(
@@ -145,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ttft_timeout=args.ttft_timeout,
             workers=args.workers,
         )
-    except ConfigError as exc:
+        for spec in config.provider_specs():  # a missing credential stops start-up here
+            read_credential(spec)
+    except (ConfigError, FaultSpecError) as exc:
         print(f"trioproxy: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config.log_level)
