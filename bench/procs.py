@@ -99,13 +99,14 @@ def start_mock() -> Proc:
     return Proc("mock", f"http://127.0.0.1:{port}", popen)
 
 
-def start_trioproxy(mock_url: str, metrics: bool = False) -> Proc:
+def start_trioproxy(mock_url: str, metrics: bool = True) -> Proc:
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="trioproxy-bench-"))
     config = workdir / "trioproxy.toml"
     config.write_text(
         f'openai_upstreams = ["{mock_url}/v1"]\nanthropic_upstreams = ["{mock_url}"]\n'
         "access_log = false\nmax_streams = 4096\ndebug_endpoints = true\n"
+        f"metrics = {'true' if metrics else 'false'}\n"
         f'data_dir = "{workdir}"\n'
     )
     cmd = [sys.executable, "-m", "trioproxy", "serve", "--config", str(config)]

@@ -58,11 +58,12 @@ def main() -> int:
     config = Path(tempfile.mkdtemp(prefix="trioproxy-demo-")) / "multi-provider.toml"
     config.write_text(text)
     cli = [sys.executable, "-m", "trioproxy"]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     procs = [
         subprocess.Popen(
-            [*cli, "mock-upstream", "--bind", f"127.0.0.1:{ports[p]}", *extra], **quiet
-        )  # type: ignore[call-overload]
+            [*cli, "mock-upstream", "--bind", f"127.0.0.1:{ports[p]}", *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for p, extra in MOCKS.items()
     ]
     log = open(config.with_suffix(".log"), "w")  # noqa: SIM115 - closed below

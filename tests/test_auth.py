@@ -96,6 +96,41 @@ async def test_model_allow_list_concurrency_and_rpm_per_key(tmp_path: pathlib.Pa
         assert "requests per minute" in fourth.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+async def test_403_and_429_per_key_in_each_dialect(tmp_path: pathlib.Path, dialect: str) -> None:
+    async with running(keys=_keys(tmp_path)) as (gw, _):
+        if dialect == "openai":
+            path, auth = "/v1/chat/completions", _bearer(BOB)
+
+            def body(model: str) -> dict[str, object]:
+                return chat(model)
+
+            def kind(r: object) -> str:
+                return str(r.json()["error"]["type"])  # type: ignore[attr-defined]
+
+            forbidden, limited = "invalid_request_error", "rate_limit_error"
+        else:
+            path, auth = "/v1/messages", [("x-api-key", BOB)]
+
+            def body(model: str) -> dict[str, object]:
+                return {"model": model, "max_tokens": 5, "messages": [], "stream": True}
+
+            def kind(r: object) -> str:
+                j = r.json()  # type: ignore[attr-defined]
+                assert j["type"] == "error"
+                return str(j["error"]["type"])
+
+            forbidden, limited = "permission_error", "rate_limit_error"
+        denied = await request(gw.url, "POST", path, body("gpt-4o"), auth)
+        assert denied.status == 403 and kind(denied) == forbidden
+        assert "may not use model 'gpt-4o'" in denied.body.decode()
+        for _ in range(3):  # bob's rpm is 3
+            assert (await request(gw.url, "POST", path, body("mock-t2-i0"), auth)).status == 200
+        over = await request(gw.url, "POST", path, body("mock-t2-i0"), auth)
+        assert over.status == 429 and kind(over) == limited
+        assert int(over.headers[b"retry-after"]) >= 1
+
+
 def test_keys_cli_round_trip(tmp_path: pathlib.Path) -> None:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
