@@ -7,9 +7,10 @@ proxy core, one mock upstream and the load client on the other core(s). Rounds
 alternate on, off, on, off... so drift of the machine hits both alike; the
 "on" gateway is scraped every ``--scrape-s`` seconds during its runs (a busy
 Prometheus scrapes every 15 s). Each run is the ``throughput`` shape (100
-tokens, no delay, C=20). Reported: the median tokens/s of each and the median
-proxy CPU seconds per 1k tokens (the less noisy figure: the proxy core is
-saturated, so throughput is the inverse of CPU per token). Writes
+tokens, no delay, C=20). Reported: the median tokens/s of each, the median
+proxy CPU seconds per 1k tokens (the proxy core is saturated, so throughput is
+the inverse of CPU per token), and the median of the on/off ratio within each
+round (adjacent runs: the least exposed to the machine's drift). Writes
 ``<out>/metrics_cost.json`` and ``.md``.
 """
 
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--scrape-s", type=float, default=1.0)
     parser.add_argument("--out", default="bench/out", type=Path)
+    parser.add_argument("--aa", action="store_true",
+                        help="control run: both gateways with metrics on and scraped (A/A): "
+                             "shows the difference between two identical processes")  # fmt: skip
     args = parser.parse_args(argv)
     sc = dataclasses.replace(SCENARIOS["throughput"], requests=args.requests)
     procs: list[Proc] = []
@@ -51,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         mock = start_mock()
         procs.append(mock)
-        gateways = {"on": start_trioproxy(mock.url, True), "off": start_trioproxy(mock.url, False)}
+        gateways = {
+            "on": start_trioproxy(mock.url, True),
+            "off": start_trioproxy(mock.url, args.aa),
+        }
         procs += gateways.values()
         for i in range(args.rounds):
             for label in ("on", "off") if i % 2 == 0 else ("off", "on"):
@@ -61,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                 scraper = threading.Thread(
                     target=_scraper, args=(proc.url, args.scrape_s, stop, scrapes), daemon=True
                 )
-                if label == "on":
+                scraped = label == "on" or args.aa
+                if scraped:
                     scraper.start()
                 result = measure(proc, proc.url, sc, sc.requests, sc.concurrency, sc.warmup)
                 stop.set()
-                if label == "on":
+                if scraped:
                     scraper.join()
                 result.pop("ttft_all_ms", None)
                 runs[label].append(result)
@@ -74,11 +82,14 @@ def main(argv: list[str] | None = None) -> int:
             proc.stop()
     summary = _summary(runs, scrapes[0], args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "metrics_cost.json").write_bytes(
+    name = "metrics_cost_aa" if args.aa else "metrics_cost"
+    (args.out / f"{name}.json").write_bytes(
         orjson.dumps({"summary": summary, "runs": runs}, option=orjson.OPT_INDENT_2)
     )
     text = _markdown(summary)
-    (args.out / "metrics_cost.md").write_text(text)
+    if args.aa:
+        text = "A/A CONTROL: both gateways have metrics on; 'off' is the second process\n" + text
+    (args.out / f"{name}.md").write_text(text)
     print(text)
     return 0
 
@@ -92,7 +103,12 @@ def _summary(runs: dict[str, list[dict[str, Any]]], scrapes: int, args: Any) -> 
         med("on", "proxy_cpu_s_per_1k_tokens"),
         med("off", "proxy_cpu_s_per_1k_tokens"),
     )
+    paired = [
+        a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs["on"], runs["off"], strict=True)
+    ]
     return {
+        "paired_throughput_ratio_median": round(statistics.median(paired), 4),
+        "paired_throughput_ratios": [round(r, 3) for r in paired],
         "rounds": args.rounds,
         "requests_per_run": args.requests,
         "scrape_every_s": args.scrape_s,
@@ -115,6 +131,8 @@ def _markdown(s: dict[str, Any]) -> str:
         f"| {s['throughput_cost_pct']:+.1f}% |\n"
         f"| proxy CPU s / 1k tokens (median) | {s['cpu_s_per_1k_tokens']['on']:.4f} "
         f"| {s['cpu_s_per_1k_tokens']['off']:.4f} | {s['cpu_cost_pct']:+.1f}% |\n\n"
+        f"| on / off tokens/s within each round (median) | | | "
+        f"{(s['paired_throughput_ratio_median'] - 1) * 100:+.1f}% |\n\n"
         f"every run's tokens/s: on {s['tokens_per_s_all']['on']}, off {s['tokens_per_s_all']['off']}\n"
     )
 

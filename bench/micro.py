@@ -86,9 +86,36 @@ async def _relay_loop(events: list[bytes]) -> float:
     return (time.perf_counter() - t0) / len(events) * 1e6
 
 
+def bench_metrics(n: int = 20_000) -> dict[str, float]:
+    """What metrics cost per request (observe) and per scrape (render)."""
+    from trioproxy.app import Gateway
+    from trioproxy.records import CompletionRecord
+
+    gateway = Gateway(Config(bind="127.0.0.1:0", receipts=False))
+    metrics = gateway.metrics
+    assert metrics is not None
+    ex = Exchange("r", "chat", "POST", 0.0, stream=True, model="m", provider="p")
+    ex.first_event_at, ex.last_event_at, ex.ended, ex.outcome = 0.01, 0.5, 0.5, "done"
+    ex.added_counts[3], ex.gap_counts[0] = 101, 100
+    record = CompletionRecord.from_exchange(ex, False)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        metrics.observe(record, "p", ex)
+    observe = (time.perf_counter() - t0) / n * 1e6
+
+    async def scrape() -> float:
+        t1 = time.perf_counter()
+        for _ in range(100):
+            metrics.render()
+        return (time.perf_counter() - t1) / 100 * 1e6
+
+    return {"metrics_observe_us_per_request": observe, "metrics_scrape_us": trio.run(scrape)}
+
+
 def main() -> None:
     results = bench_framer()
     results["relay_loop_us_per_chunk"] = trio.run(_relay_loop, _events())
+    results.update(bench_metrics())
     for name, value in results.items():
         print(f"{name:40s} {value:8.2f} µs")
 

@@ -226,3 +226,18 @@ async def test_round_robin_spreads_and_sticky_sessions_stay() -> None:
                     assert sorted(delta) == [0, 3]  # all three on one provider
                     homes.add(delta.index(3))
             assert homes == {0, 1}  # and sessions are spread over both
+
+
+async def test_a_lone_providers_429_is_relayed_and_never_made_up_for_others() -> None:
+    """A 429 may concern one model or one key: the next request still reaches the provider."""
+    async with (
+        open_mocks(Fault()) as (mock,),
+        running(providers=(provider("only", mock),)) as (gw, _),
+    ):
+        limited = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-e429"))
+        assert limited.status == 429 and limited.headers[b"retry-after"] == b"1"
+        assert limited.json()["error"]["message"] == "mock error 429"  # the upstream's own body
+        (only,) = gw.app.router.providers
+        assert only.statistics(trio.current_time()).retry_after_s > 0  # remembered...
+        ok = await request(gw.url, "POST", "/v1/chat/completions", chat(HEALTHY))
+        assert ok.status == 200  # ...but no made-up 429 for another request

@@ -100,9 +100,7 @@ def test_a_sticky_session_skips_an_ejected_provider_and_comes_back() -> None:
     assert router.pool("openai", "m").plan(session).take(101.0).provider is provider  # type: ignore[union-attr]
 
 
-def test_take_skips_full_providers_panics_when_all_are_ejected_and_429s_when_none_has_room() -> (
-    None
-):
+def test_take_skips_full_providers_and_panics_when_none_admits() -> None:
     router = _router({"name": "a", "max_streams": 1}, {"name": "b", "max_streams": 1})
     a, b = router.providers
     pool = router.pool("openai", "m")
@@ -119,11 +117,15 @@ def test_take_skips_full_providers_panics_when_all_are_ejected_and_429s_when_non
     assert panic is not None  # every provider ejected: serve anyway, no outage
     assert router.unhealthy_pools(1) == ["openai:*"]
     panic.provider.end(1, None, 5, 30.0)
+    a.ejected_until = b.ejected_until = 0.0
     a.rate_limited(1, 7)
     b.rate_limited(1, 9)
-    with pytest.raises(Overloaded) as info:
-        pool.plan().take(1)  # both inside a 429's Retry-After window
-    assert info.value.retry_after == 7  # the shortest wait
+    assert not pool.plan().has_next(1)  # nobody admits a request...
+    chosen = pool.plan().take(1)  # ...but the gateway never makes up a 429: ask anyway
+    assert chosen is not None
+    chosen.provider.end(1, None, 5, 30.0)
+    after_a = pool.plan().take(8)  # a's window is over, b's is not: a admits
+    assert after_a is not None and after_a.provider is a
 
 
 def test_a_plan_tries_each_provider_once() -> None:
@@ -132,3 +134,18 @@ def test_a_plan_tries_each_provider_once() -> None:
     taken = [plan.take(0), plan.take(0)]
     assert {m.provider.name for m in taken if m} == {"a", "b"}
     assert not plan.has_next(0) and plan.take(0) is None
+
+
+def test_a_reload_keeps_the_state_of_unchanged_providers_only() -> None:
+    old = _router({"name": "a"}, {"name": "b"})
+    a, b = old.providers
+    a.ejections = b.ejections = 1
+    tables = [
+        {"name": "a", "base_url": "http://a/v1"},  # unchanged: the same object, health kept
+        {"name": "b", "base_url": "http://b2/v1"},  # changed: starts afresh
+        {"name": "c", "base_url": "http://c/v1"},
+    ]
+    new = Router(parse_providers(tables), "round_robin", environ={}, previous=old)
+    assert new.providers[0] is a
+    assert new.providers[1] is not b and new.providers[1].ejections == 0
+    assert [p.name for p in new.providers] == ["a", "b", "c"]

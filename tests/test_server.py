@@ -15,7 +15,8 @@ import orjson
 import pytest
 import trio
 
-from tests.conftest import chat, events_of, running
+from tests.conftest import chat, events_of, open_mocks, running
+from trioproxy.mock_scripts import Fault
 from trioproxy.rawclient import RawClient, request
 from trioproxy.records import CompletionRecord
 
@@ -213,3 +214,55 @@ async def test_sigterm_with_50_live_streams(tmp_path: pathlib.Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_sighup_reloads_providers_and_a_bad_file_changes_nothing(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with open_mocks(Fault(tokens=2), Fault(tokens=2)) as (first, second):
+        config = tmp_path / "gateway.toml"
+
+        def use(name: str, base_url: str) -> None:
+            config.write_text(
+                f'receipts = false\n[[providers]]\nname = "{name}"\nbase_url = "{base_url}/v1"\n'
+            )
+
+        use("first", first.base_url)
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        log_path = tmp_path / "serve.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "trioproxy", "serve", "--config", str(config),
+                 "--bind", f"127.0.0.1:{port}"],
+                stdout=log, stderr=log, cwd=tmp_path,
+            )  # fmt: skip
+        try:
+            await _wait_ready(url)
+            assert (await request(url, "POST", "/v1/chat/completions", chat("m"))).status == 200
+            assert first.statistics().requests_total == 1
+            use("second", second.base_url)
+            proc.send_signal(signal.SIGHUP)
+            with trio.fail_after(10):  # until the signal is handled; no restart in between
+                while second.statistics().requests_total == 0:
+                    r = await request(url, "POST", "/v1/chat/completions", chat("m"))
+                    assert r.status == 200
+            served_by_first = first.statistics().requests_total
+            config.write_text("max_attempts = 0\n")  # invalid: must change nothing
+            proc.send_signal(signal.SIGHUP)
+            with trio.fail_after(10):
+                while "config not reloaded" not in log_path.read_text():
+                    await trio.sleep(0.05)
+            before = second.statistics().requests_total
+            assert (await request(url, "POST", "/v1/chat/completions", chat("m"))).status == 200
+            assert second.statistics().requests_total == before + 1
+            assert first.statistics().requests_total == served_by_first
+            proc.send_signal(signal.SIGTERM)
+            assert await trio.to_thread.run_sync(proc.wait, 30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        text = log_path.read_text()
+        assert "SIGHUP: config reloaded; providers: second" in text
+        assert "max_attempts must be at least 1" in text

@@ -64,6 +64,11 @@ access_log = logging.getLogger("trioproxy.access")
 CompletionHook = Callable[[CompletionRecord], Awaitable[None]]
 _RECENT_RECORDS = 20_000
 _SHUTDOWN_SEND_TIMEOUT = 1.0  # s: bound on the shielded error event at shutdown
+# Options a running gateway takes from a re-read config (SIGHUP); the rest need a restart.
+_RELOADABLE = (
+    "providers", "openai_upstreams", "anthropic_upstreams", "routing_strategy", "max_attempts",
+    "eject_after", "cooldown", "sticky_header", "sticky_user_field",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,27 @@ class Gateway:
         self._total = 0
         self._outcomes: dict[str, int] = {}
         self.metrics = Metrics(self) if config.metrics else None  # last: it reads the rest
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply a re-read config's providers and routing options (SIGHUP).
+
+        In-flight requests finish on the providers they planned with; new ones
+        use the new pools. Providers whose table is unchanged keep their health.
+        Returns the other options that changed: they need a restart.
+
+        Error handling: raises :class:`~trioproxy.config.ConfigError` (a bad
+        table, a missing credential) and then changes nothing.
+        """
+        router = Router(new.provider_specs(), new.routing_strategy, previous=self.router)
+        changes = {name: getattr(new, name) for name in _RELOADABLE}
+        self.router = router
+        self._sticky_header = new.sticky_header.lower().encode("latin-1")
+        old, self.config = self.config, self.config.replace(**changes)
+        return [
+            name
+            for name in old.__dataclass_fields__
+            if name not in _RELOADABLE and getattr(old, name) != getattr(new, name)
+        ]
 
     def statistics(self) -> GatewayStatistics:
         return GatewayStatistics(

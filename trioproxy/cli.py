@@ -6,6 +6,7 @@ All user-facing output of the package goes through here (and logging).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import random
 import signal
@@ -141,21 +142,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fault = parse_fault("mock-" + args.fault, fault)
             trio.run(_run_mock, host, port, fault)
             return 0
-        config = load_config(
-            args.config,
-            bind=args.bind,
-            openai_upstreams=tuple(args.upstream),
-            anthropic_upstreams=tuple(args.anthropic_upstream),
-            max_streams=args.max_streams,
-            idle_timeout=args.idle_timeout,
-            ttft_timeout=args.ttft_timeout,
-            workers=args.workers,
-        )
+        flags = {
+            "bind": args.bind,
+            "openai_upstreams": tuple(args.upstream),
+            "anthropic_upstreams": tuple(args.anthropic_upstream),
+            "max_streams": args.max_streams,
+            "idle_timeout": args.idle_timeout,
+            "ttft_timeout": args.ttft_timeout,
+            "workers": args.workers,
+        }
+        config = load_config(args.config, **flags)
         for spec in config.provider_specs():  # a missing credential stops start-up here
             read_credential(spec)
     except (ConfigError, FaultSpecError) as exc:
         print(f"trioproxy: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config.log_level)
-    run_gateway(config)
+    # SIGHUP re-reads the same file with the same flags.
+    reload = functools.partial(load_config, args.config, **flags) if args.config else None
+    run_gateway(config, reload)
     return 0

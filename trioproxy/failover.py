@@ -127,6 +127,9 @@ async def with_failover(
         try:
             outcome = await attempt(target)
             verdict = True
+            if ex.upstream_status == 429:  # relayed as is (no other provider to try)
+                provider.rate_limited(trio.current_time(), ex.retry_after or 1)
+                verdict = None
             return outcome
         except UpstreamRateLimited as err:
             provider.rate_limited(trio.current_time(), err.retry_after or 1)

@@ -17,7 +17,7 @@ Rules:
 - Providers that are ejected, full, or inside a 429's Retry-After window are
   skipped when a candidate is taken (:meth:`Plan.take`), not when the plan is
   made: health can change between two attempts of one request. A pool whose
-  providers are all ejected still serves (panic), see :meth:`Plan.take`.
+  providers are all ejected or rate limited still serves, see :meth:`Plan.take`.
 """
 
 from __future__ import annotations
@@ -110,17 +110,19 @@ class Plan:
         None once a provider was tried and no other admits one (the caller
         reports the last failure).
 
-        Panic: when nothing was tried yet and every provider that has room is
-        ejected, the first of them is used anyway (Envoy's panic threshold):
-        a failure pattern a client can trigger must not become an outage.
+        When nothing was tried yet and no provider admits a request because all
+        are ejected (panic, Envoy's rule) or inside a 429's Retry-After window,
+        the first with room is used anyway: a failure pattern a client can
+        provoke must not become an outage, and the gateway never makes up a 429
+        that the upstream did not send.
 
-        Error handling: raises :class:`Overloaded` (429, with the shortest
-        Retry-After) when every provider is full or inside a 429's window.
+        Error handling: raises :class:`Overloaded` (429) when every provider is
+        at its ``max_streams``.
         """
         untried = [m for m in self._order if m.provider.name not in self._tried]
         chosen = next((m for m in untried if m.provider.admits(now)), None)
         if chosen is None and not self._tried:
-            chosen = next((m for m in untried if m.provider.has_room(now)), None)
+            chosen = next((m for m in untried if m.provider.has_room()), None)
         if chosen is not None:
             self._tried.add(chosen.provider.name)
             chosen.provider.begin(now)
@@ -128,11 +130,7 @@ class Plan:
         if self._tried:
             return None
         what = f"model {self.pool.model!r}" if self.pool.model else f"{self.pool.kind} requests"
-        wait = min(max(m.provider.not_before - now, 1.0) for m in untried)
-        raise Overloaded(
-            f"every provider for {what} is at capacity or rate limited",
-            retry_after=math.ceil(wait),
-        )
+        raise Overloaded(f"every provider for {what} is at its max_streams", retry_after=1)
 
 
 class Router:
@@ -143,14 +141,24 @@ class Router:
         specs: Iterable[ProviderSpec],
         strategy: str = "round_robin",
         environ: Mapping[str, str] | None = None,
+        previous: Router | None = None,
     ) -> None:
+        """``previous``: a router this one replaces (config reload). A provider
+        whose table did not change keeps its state: health, streams in flight."""
         if strategy not in STRATEGIES:
             raise ConfigError(f"routing_strategy must be one of {', '.join(STRATEGIES)}")
         self.strategy = strategy
-        self.providers = [
-            Provider(s, read_credential(s) if environ is None else read_credential(s, environ))
-            for s in specs
-        ]
+        kept = {p.name: p for p in previous.providers} if previous is not None else {}
+        self.providers: list[Provider] = []
+        for spec in specs:
+            credential = (
+                read_credential(spec) if environ is None else read_credential(spec, environ)
+            )
+            old = kept.get(spec.name)
+            if old is not None and old.spec == spec and old.credential == credential:
+                self.providers.append(old)
+            else:
+                self.providers.append(Provider(spec, credential))
         self._pools: dict[tuple[str, str | None], Pool] = {}
 
     def has(self, kind: str) -> bool:

@@ -13,7 +13,7 @@ Rules:
   TTFT or idle timeout) eject the provider for ``cooldown`` seconds; then one
   trial request is let through: success makes it healthy, failure ejects it
   again. A 429 is not a failure: it sets a "not before" window from its
-  ``Retry-After`` in which the provider is skipped.
+  ``Retry-After`` in which the provider is chosen only if no other can be.
 - ``max_streams`` bounds the streams in flight to one provider (0 = only the
   global limit); a full provider is skipped, not waited for.
 """
@@ -183,18 +183,17 @@ class Provider:
         """Could serve a request (ignoring capacity and Retry-After)."""
         return not self.ejected_until or (now >= self.ejected_until and not self.trial_out)
 
-    def has_room(self, now: float) -> bool:
-        """Below ``max_streams`` and outside a 429's Retry-After window."""
-        if now < self.not_before:
-            return False
+    def has_room(self) -> bool:
+        """Below ``max_streams``."""
         return not self.spec.max_streams or self.in_flight < self.spec.max_streams
 
     def admits(self, now: float) -> bool:
-        return self.healthy(now) and self.has_room(now)
+        """Healthy, outside a 429's Retry-After window, below ``max_streams``."""
+        return self.healthy(now) and now >= self.not_before and self.has_room()
 
     def begin(self, now: float) -> None:
         """Take a stream on this provider (the caller checked :meth:`admits`,
-        or :meth:`has_room` in a pool's panic)."""
+        or :meth:`has_room` when no provider admits a request)."""
         self.in_flight += 1
         self.requests += 1
         if self.ejected_until and now >= self.ejected_until:

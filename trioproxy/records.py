@@ -53,6 +53,7 @@ class Exchange:
     attempts: int = 0  # providers tried
     failovers: list[tuple[str, str]] = field(default_factory=list)  # (provider, error code)
     committed: bool = False  # the response head is in the channel: no more failover
+    retry_after: int | None = None  # an upstream 429's Retry-After (seconds)
     status: int = 0  # the status the client got (writer)
     upstream_status: int = 0  # the status the upstream answered (reader)
     upstream_sent_at: float | None = None  # the upstream request was started

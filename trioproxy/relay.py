@@ -14,8 +14,11 @@
 Rules:
 - Bytes are passed through: the client gets exactly the upstream's bytes. The
   sans-IO framer only finds event boundaries (first event, usage, final event).
-- Before the first byte is handed to the client, a failure is an HTTP error
-  response; after it, one SSE error event in the route's dialect ends the stream.
+- Before the first byte is handed to the client, a failure moves on to the
+  next provider of the request's plan (:mod:`trioproxy.failover`), and when none
+  is left it is an HTTP error response; after it, one SSE error event in the
+  route's dialect ends the stream. The reader marks ``Exchange.committed`` as it
+  puts the response head in the channel: that is the point of no return.
 - The idle timer never covers the channel send: a slow client is not a stalled
   upstream. A channel full for ``client_stall_timeout`` is a slow client: the
   upstream is cancelled and the slot released.
@@ -183,10 +186,12 @@ async def _exchange(
         if response.status_code == 200 and content_type.startswith("text/event-stream"):
             await _relay_events(response, config, ex, send_ch, first_deadline)
             return "done"
-        if response.status_code == 429 and target.retry_429:
-            raise UpstreamRateLimited(
-                f"provider {target.provider} answered 429", _retry_after(response)
-            )
+        if response.status_code == 429:
+            ex.retry_after = _retry_after(response)
+            if target.retry_429:
+                raise UpstreamRateLimited(
+                    f"provider {target.provider} answered 429", ex.retry_after
+                )
         await _relay_whole(response, config, request, ex, send_ch, first_deadline)
         return "done" if response.status_code < 400 else "upstream_error"  # 4xx relayed
 

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -31,7 +31,7 @@ import orjson
 import trio
 
 from .app import CompletionHook, Gateway
-from .config import Config, parse_bind
+from .config import Config, ConfigError, parse_bind
 from .mock_scripts import Fault
 from .mock_upstream import MockUpstream, serve_mock
 
@@ -161,8 +161,8 @@ async def open_gateway(
         mock_nursery.cancel_scope.cancel()
 
 
-async def _serve_until_signal(config: Config) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _serve_until_signal(config: Config, reload: Callable[[], Config] | None) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with open_gateway(config) as gw:
             if gw.mock is not None:
                 log.warning(
@@ -177,14 +177,42 @@ async def _serve_until_signal(config: Config) -> None:
                     gw.url,
                 )
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    _reload(gw, reload)
+                    continue
                 log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
                 break
 
 
-def run_gateway(config: Config) -> None:
-    """``trioproxy serve``: blocks until SIGINT/SIGTERM and graceful shutdown."""
+def _reload(gw: RunningGateway, reload: Callable[[], Config] | None) -> None:
+    """SIGHUP: re-read the config file; apply providers and routing; keep serving."""
+    if reload is None:
+        log.warning("SIGHUP: no config file to re-read (serve --config FILE)")
+        return
+    try:
+        new = reload()
+        if not new.has_upstreams and gw.mock is not None:  # still the built-in mock
+            current = gw.app.config
+            new = new.replace(
+                openai_upstreams=current.openai_upstreams,
+                anthropic_upstreams=current.anthropic_upstreams,
+            )
+        restart = gw.app.reload(new)
+    except ConfigError as exc:
+        log.error("SIGHUP: config not reloaded, still serving the previous one: %s", exc)
+        return
+    names = ", ".join(p.name for p in gw.app.router.providers)
+    log.info("SIGHUP: config reloaded; providers: %s", names)
+    if restart:
+        log.warning("SIGHUP: changed options that need a restart: %s", ", ".join(restart))
+
+
+def run_gateway(config: Config, reload: Callable[[], Config] | None = None) -> None:
+    """``trioproxy serve``: blocks until SIGINT/SIGTERM and graceful shutdown.
+    With one worker, SIGHUP calls ``reload`` for a fresh config and applies its
+    providers and routing options (:meth:`Gateway.reload`)."""
     if config.workers <= 1:
-        trio.run(_serve_until_signal, config)
+        trio.run(_serve_until_signal, config, reload)
         return
     from hypercorn.run import run as hypercorn_run
 
