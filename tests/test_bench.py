@@ -35,4 +35,13 @@ def test_latency_script_runs() -> None:
 
 
 def test_microbenchmarks_run() -> None:
-    assert "relay_loop_us_per_chunk" in _run("bench.micro")
+    out = _run("bench.micro")
+    assert "relay_loop_us_per_chunk" in out and "metrics_observe_us_per_request" in out
+
+
+def test_metrics_cost_runs_both_gateways(tmp_path: pathlib.Path) -> None:
+    _run("bench.metrics_cost", "--rounds", "2", "--requests", "20", "--scrape-s", "0.05",
+         "--out", str(tmp_path))  # fmt: skip
+    summary = orjson.loads((tmp_path / "metrics_cost.json").read_bytes())["summary"]
+    assert len(summary["tokens_per_s_all"]["on"]) == len(summary["tokens_per_s_all"]["off"]) == 2
+    assert summary["scrapes"] > 0  # the "on" gateway was scraped while it served

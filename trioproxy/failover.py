@@ -8,7 +8,8 @@ Rules:
   client the start of a second, different answer.
 - Triggers: cannot connect, connection reset or an empty stream, upstream 5xx,
   the TTFT timeout (each attempt gets its own ``ttft_timeout``), and upstream
-  429 (its ``Retry-After`` keeps the provider out of plans until it has passed).
+  429 (until its ``Retry-After`` has passed, the provider is chosen only when
+  no other can be).
   At most ``max_attempts`` providers are tried; a 429 from the last one is
   relayed to the client as the upstream sent it.
 - Every attempt ends with exactly one health report for its provider (see
@@ -109,7 +110,7 @@ async def with_failover(
     Error handling: ``attempt`` raises :class:`GatewayError` only (the caller
     maps library errors first). The error of the last attempt is raised when no
     provider answered; :class:`~trioproxy.errors.Overloaded` when none could be
-    tried at all (every provider full or inside a 429's Retry-After window).
+    tried at all (every provider at its ``max_streams``).
     """
     plan = request.plan
     last: GatewayError | None = None
