@@ -9,10 +9,11 @@ import pathlib
 import pytest
 import trio
 
-from tests.conftest import chat, running
+from tests.conftest import chat, open_mocks, provider, running
 from trioproxy.auth import KeyRing, new_key, parse_keys
 from trioproxy.cli import main as cli
 from trioproxy.config import ConfigError, load_config
+from trioproxy.mock_scripts import Fault
 from trioproxy.rawclient import RawClient, request
 
 ALICE, ALICE_BLOCK = new_key("alice")
@@ -150,3 +151,14 @@ def test_open_mode_is_loopback_only(tmp_path: pathlib.Path) -> None:
     assert load_config(None, bind="0.0.0.0:8080", allow_open_public=True).allow_open_public
     with pytest.raises(ConfigError, match="sha256 must be 64 hex digits"):
         parse_keys([{"name": "x", "sha256": "abc"}])
+
+
+async def test_listed_models_are_those_the_key_may_use(tmp_path: pathlib.Path) -> None:
+    async with open_mocks(Fault()) as (mock,):
+        providers = (provider("a", mock, models=["mock-t2", "claude-x"]),)
+        async with running(keys=_keys(tmp_path), providers=providers) as (gw, _):
+            bob = await request(gw.url, "GET", "/v1/models", None, _bearer(BOB))
+            assert [m["id"] for m in bob.json()["data"]] == ["mock-t2"]
+            alice = await request(gw.url, "GET", "/v1/models", None, _bearer(ALICE))
+            assert [m["id"] for m in alice.json()["data"]] == ["claude-x", "mock-t2"]
+            assert (await request(gw.url, "GET", "/v1/models")).status == 401

@@ -241,3 +241,18 @@ async def test_a_lone_providers_429_is_relayed_and_never_made_up_for_others() ->
         assert only.statistics(trio.current_time()).retry_after_s > 0  # remembered...
         ok = await request(gw.url, "POST", "/v1/chat/completions", chat(HEALTHY))
         assert ok.status == 200  # ...but no made-up 429 for another request
+
+
+async def test_models_are_listed_from_the_config_when_every_provider_names_them() -> None:
+    async with open_mocks(Fault()) as (mock,):
+        named = (
+            provider("a", mock, models=["gpt-x"], aliases={"fast": HEALTHY}),
+            provider("b", mock, models=["gpt-y", "gpt-x"]),
+        )
+        async with running(providers=named) as (gw, _):
+            listed = await request(gw.url, "GET", "/v1/models")
+            assert [m["id"] for m in listed.json()["data"]] == ["fast", "gpt-x", "gpt-y"]
+            assert mock.statistics().requests_total == 0  # answered by the gateway
+        async with running(providers=(*named, provider("c", mock, models=["llama-*"]))) as (gw, _):
+            listed = await request(gw.url, "GET", "/v1/models")
+            assert listed.status == 200 and listed.json()["data"][0]["id"] == "mock"  # upstream's

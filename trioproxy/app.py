@@ -31,7 +31,7 @@ import orjson
 import trio
 
 from .asgi import already_disconnected, read_body, request_id, send_json, send_raw_json
-from .auth import KeyRing, parse_keys
+from .auth import ApiKey, KeyRing, parse_keys
 from .config import Config
 from .debug import debug_state
 from .detached import DetachedStatistics, DetachedWork, open_detached_work
@@ -53,7 +53,15 @@ from .receipt_store import ReceiptStore, open_store
 from .receipts import KeyError_, ReceiptService, Signer
 from .records import CompletionRecord, Exchange
 from .relay import relay
-from .routes import ROUTES, ParsedBody, Route, dialect_for_path, forward_headers, validate
+from .routes import (
+    ROUTES,
+    ParsedBody,
+    Route,
+    dialect_for_path,
+    forward_headers,
+    session_key,
+    validate,
+)
 from .upstream import open_upstream_client
 
 __all__ = ["CompletionHook", "Gateway", "GatewayStatistics"]
@@ -236,6 +244,8 @@ class Gateway:
                     raise MethodNotAllowed(f"{path} accepts {route.method} only")
                 key = self.keyring.authenticate(scope["headers"]) if self.keyring else None
                 ex.key = key.name if key else None
+                if route.name == "models" and await self._list_models(send, key, extra, ex):
+                    return
                 body = await read_body(scope, receive, self.config.max_body_bytes, ex)
                 if body is None:
                     return  # the client left before sending its whole body
@@ -289,6 +299,23 @@ class Gateway:
         err = NotFound(f"no receipt for {key}")
         return await send_json(send, 404, orjson.loads(render_json(err, Dialect.OPENAI)))
 
+    async def _list_models(
+        self, send: Send, key: ApiKey | None, extra: list[tuple[bytes, bytes]], ex: Exchange
+    ) -> bool:
+        """GET /v1/models from the config when every provider names its models
+        (aliases included, filtered by the key); False: ask an upstream."""
+        names = self.router.listed_models("openai" if self.router.has("openai") else "anthropic")
+        if names is None:
+            return False
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "trioproxy"}
+            for name in names
+            if key is None or self.keyring.allows(key, name)
+        ]
+        ex.status, ex.outcome = 200, "done"
+        await send_json(send, 200, {"object": "list", "data": data}, extra)
+        return True
+
     async def _readyz(self, send: Send) -> None:
         """Ready to serve, and which declared model pools have no healthy provider."""
         now = trio.current_time()
@@ -316,20 +343,10 @@ class Gateway:
             headers=forward_headers(scope["headers"], parsed.stream, request_id=rid),
             body=body,
             body_json=parsed.json,
-            plan=pool.plan(self._session_key(scope, parsed)),
+            plan=pool.plan(session_key(scope["headers"], self._sticky_header, parsed, self.config)),
             dialect=route.dialect,
             parse_body=route.parse_response,
         )
-
-    def _session_key(self, scope: dict[str, Any], parsed: ParsedBody) -> bytes | None:
-        """Sticky routing: the session header, else the ``user`` field if enabled."""
-        if self._sticky_header:
-            for name, value in scope["headers"]:
-                if name == self._sticky_header and value:
-                    return bytes(value)
-        if self.config.sticky_user_field and parsed.user:
-            return b"user:" + parsed.user.encode()
-        return None
 
     async def _abort(
         self,

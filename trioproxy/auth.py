@@ -122,8 +122,11 @@ class KeyRing:
             raise Unauthorized("invalid API key")
         return found
 
+    def allows(self, key: ApiKey, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, p) for p in key.models)
+
     def authorize(self, key: ApiKey, model: str | None) -> None:
-        if model is None or any(fnmatch.fnmatchcase(model, p) for p in key.models):
+        if model is None or self.allows(key, model):
             return
         raise Forbidden(f"key {key.name!r} may not use model {model!r}")
 

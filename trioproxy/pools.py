@@ -186,6 +186,19 @@ class Router:
         self._pools[key] = pool
         return pool
 
+    def listed_models(self, kind: str) -> list[str] | None:
+        """Every model name the providers of ``kind`` declare, aliases included,
+        sorted; None if one of them serves a pattern (only it knows its models)."""
+        names: set[str] = set()
+        for provider in self.providers:
+            spec = provider.spec
+            if spec.kind != kind:
+                continue
+            if any(any(c in m for c in "*?[") for m in spec.models):
+                return None
+            names.update(spec.models, spec.aliases)
+        return sorted(names)
+
     def declared_pools(self) -> Iterator[tuple[str, list[Provider]]]:
         """One pool per model name or pattern in the config, for ``/readyz``."""
         seen: dict[str, list[Provider]] = {}

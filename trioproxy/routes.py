@@ -13,9 +13,18 @@ from typing import Any
 
 import orjson
 
+from .config import Config
 from .errors import BadRequest, Dialect
 
-__all__ = ["ROUTES", "ParsedBody", "Route", "dialect_for_path", "forward_headers", "validate"]
+__all__ = [
+    "ROUTES",
+    "ParsedBody",
+    "Route",
+    "dialect_for_path",
+    "forward_headers",
+    "session_key",
+    "validate",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,3 +151,17 @@ def forward_headers(
     headers["content-type"] = "application/json"
     headers["accept"] = "text/event-stream" if stream else "application/json"
     return headers
+
+
+def session_key(
+    scope_headers: list[tuple[bytes, bytes]], header: bytes, parsed: ParsedBody, config: Config
+) -> bytes | None:
+    """Sticky routing's key: the session header (``sticky_header``, lower case),
+    else the OpenAI ``user`` field when ``sticky_user_field`` is on."""
+    if header:
+        for name, value in scope_headers:
+            if name == header and value:
+                return bytes(value)
+    if config.sticky_user_field and parsed.user:
+        return b"user:" + parsed.user.encode()
+    return None
