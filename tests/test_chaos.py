@@ -30,6 +30,7 @@ def _healthy(runs: list[Any]) -> Observed:
         "ready": True,
         "active_requests": 0,
         "limiter": {"borrowed_tokens": 0},
+        "providers": [{"name": "mock", "in_flight": 0}],
         "detached": {"pending": 0, "failed": 0},
         "tasks": 11,
         "task_names": {"_run_handler": 1},
@@ -67,6 +68,14 @@ def _violations() -> dict[str, Any]:
 def test_healthy_observation_passes_every_invariant() -> None:
     runs = plan(40, 3, LIMITS)
     assert all(inv.ok for inv in check_invariants(runs, _healthy(runs)))
+
+
+def test_a_provider_stream_left_in_flight_is_caught() -> None:
+    runs = plan(40, 3, LIMITS)
+    observed = _healthy(runs)
+    observed.final["providers"] = [{"name": "mock", "in_flight": 1}]
+    (released,) = [i for i in check_invariants(runs, observed) if i.name == "streams_released"]
+    assert not released.ok and "provider in_flight=1" in released.detail
 
 
 @pytest.mark.parametrize("name", sorted(_violations()))

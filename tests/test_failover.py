@@ -15,7 +15,7 @@ import trio
 
 from tests.conftest import chat, events_of, open_mocks, provider, running
 from trioproxy.mock_scripts import Fault
-from trioproxy.rawclient import request
+from trioproxy.rawclient import RawClient, request
 
 HEALTHY = "mock-t3-i0"
 
@@ -256,3 +256,24 @@ async def test_models_are_listed_from_the_config_when_every_provider_names_them(
         async with running(providers=(*named, provider("c", mock, models=["llama-*"]))) as (gw, _):
             listed = await request(gw.url, "GET", "/v1/models")
             assert listed.status == 200 and listed.json()["data"][0]["id"] == "mock"  # upstream's
+
+
+async def test_a_full_provider_is_skipped_and_a_hang_up_gives_its_stream_back() -> None:
+    async with open_mocks(Fault(), Fault()) as (first, second):
+        providers = (provider("a", first, max_streams=1), provider("b", second))
+        async with running(providers=providers) as (gw, _):
+            a, b = gw.app.router.providers
+            client = await RawClient.connect(gw.url)
+            await client.send_request("POST", "/v1/chat/completions", chat("mock-t1000-i20"))
+            assert (await client.response_head())[0] == 200
+            assert (a.in_flight, b.in_flight) == (1, 0)  # round robin started at a
+            for _ in range(3):  # a is full: every plan goes to b, nothing fails over
+                ok = await request(gw.url, "POST", "/v1/chat/completions", chat(HEALTHY))
+                assert ok.status == 200
+            assert second.statistics().requests_total == 3 and a.failures == 0
+            await client.close()
+            with trio.fail_after(5):
+                await first.wait_peer_close()  # the upstream stream was cancelled...
+                while a.in_flight:
+                    await trio.sleep(0.01)
+            assert a.consecutive_failures == 0  # ...and a hang-up says nothing about health

@@ -2,8 +2,8 @@
 
 The invariants, each checked after the campaign has settled:
 
-1. ``streams_released``: no active request, and the stream limiter's borrowed
-   tokens back to 0.
+1. ``streams_released``: no active request, the stream limiter's borrowed
+   tokens back to 0, and no provider counts a stream in flight.
 2. ``upstream_streams_closed``: the mock upstream has no stream in progress;
    connections still open are idle keep-alive ones (at most ``max_streams``).
 3. ``one_outcome_per_request``: every run has exactly one outcome record, and
@@ -67,11 +67,15 @@ def check_invariants(runs: Sequence[Run], observed: Observed) -> list[Invariant]
         if len(by_id[r.request_id]) == 1 and by_id[r.request_id][0] not in r.expected
     ]
     limiter, detached, mock = final["limiter"], final["detached"] or {}, observed.mock_stats
+    provider_streams = sum(p["in_flight"] for p in final.get("providers", []))
     return [
         Invariant(
             "streams_released",
-            final["active_requests"] == 0 and limiter["borrowed_tokens"] == 0,
-            f"active={final['active_requests']} borrowed={limiter['borrowed_tokens']}",
+            final["active_requests"] == 0
+            and limiter["borrowed_tokens"] == 0
+            and provider_streams == 0,
+            f"active={final['active_requests']} borrowed={limiter['borrowed_tokens']} "
+            f"provider in_flight={provider_streams}",
         ),
         Invariant(
             "upstream_streams_closed",

@@ -121,11 +121,11 @@ async def with_failover(
         if last is not None:  # moving on from the failed attempt
             ex.failovers.append((ex.provider or "", last.code))
         provider = member.provider
-        retry_429 = n + 1 < max_attempts and plan.has_next(trio.current_time())
-        target = target_for(request, member, retry_429)
-        ex.provider, ex.upstream, ex.attempts = provider.name, target.url, n + 1
         verdict: bool | None = None
-        try:
+        try:  # from take() on, the provider counts this stream: end() must follow
+            retry_429 = n + 1 < max_attempts and plan.has_next(trio.current_time())
+            target = target_for(request, member, retry_429)
+            ex.provider, ex.upstream, ex.attempts = provider.name, target.url, n + 1
             outcome = await attempt(target)
             verdict = True
             if ex.upstream_status == 429:  # relayed as is (no other provider to try)
