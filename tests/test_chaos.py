@@ -94,3 +94,12 @@ async def test_bounded_campaign_holds_every_invariant() -> None:
     assert report["passed"], text
     assert report["cancel_latency_ms"]["n"] > 10
     assert report["duration_s"] < 60, text
+
+
+async def test_campaign_with_two_providers_of_each_kind_holds_every_invariant() -> None:
+    """Failover, ejection and panic under chaos: hang-ups in the middle of a second
+    attempt must release every slot and every provider's stream as well."""
+    report = await run_campaign(None, runs=200, concurrency=16, seed=20261124, providers=2)
+    text = format_report(report)
+    assert report["passed"], text
+    assert report["failovers"]["attempts_moved_on"] > 0, text

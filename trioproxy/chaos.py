@@ -59,6 +59,7 @@ class Limits:
     ttft_timeout: float
     idle_timeout: float
     client_stall_timeout: float
+    attempts: int = 1  # providers a request may try (each with its own TTFT timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +165,7 @@ async def execute(run: Run, url: str, limits: Limits, peer_closed: Any) -> RunRe
         if run.behaviour == "never_read":
             await _never_read(run, limits, peer_closed)
             return result
-        with trio.fail_after(limits.ttft_timeout + limits.idle_timeout * 3 + 30):
+        with trio.fail_after(limits.ttft_timeout * limits.attempts + limits.idle_timeout * 3 + 30):
             await _read(client, run, result, limits)
     except (trio.TooSlowError, OSError, trio.BrokenResourceError, ValueError) as exc:
         result.client_error = f"{type(exc).__name__}: {exc}"
@@ -180,7 +181,7 @@ async def _never_read(run: Run, limits: Limits, peer_closed: Any) -> None:
             await peer_closed(run.index)
         return
     # Small responses fit in socket buffers: the exchange ends on its own.
-    await trio.sleep(max(limits.ttft_timeout, limits.idle_timeout) + 1.0)
+    await trio.sleep(max(limits.ttft_timeout * limits.attempts, limits.idle_timeout) + 1.0)
 
 
 async def _read(client: RawClient, run: Run, result: RunResult, limits: Limits) -> None:

@@ -36,8 +36,18 @@ channel_size = 4
 max_streams = 2048
 graceful_timeout = 5.0
 data_dir = "{data_dir}"
-openai_upstreams = ["{mock}/v1"]
-anthropic_upstreams = ["{mock}"]
+"""
+# One provider of each kind per --providers, all on the one mock. With one each,
+# faults eject it and the pool runs in panic; with more, ejection is off so that
+# every failure before the first byte fails over (hang-ups land mid-failover too).
+PROVIDER_TABLES = """
+[[providers]]
+name = "openai-{i}"
+base_url = "{mock}/v1"
+[[providers]]
+name = "anthropic-{i}"
+kind = "anthropic"
+base_url = "{mock}"
 """
 
 
@@ -70,15 +80,20 @@ def _free_port() -> int:
 
 
 @asynccontextmanager
-async def open_local_gateway() -> AsyncIterator[str]:
-    """A mock upstream and a gateway (debug endpoints on) as child processes."""
+async def open_local_gateway(providers: int = 1) -> AsyncIterator[str]:
+    """A mock upstream and a gateway (debug endpoints on) as child processes,
+    with ``providers`` providers of each kind."""
     python = [sys.executable, "-m", "trioproxy"]
     mock_port, gw_port = _free_port(), _free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"
     gw_url = f"http://127.0.0.1:{gw_port}"
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         data_dir = tempfile.mkdtemp(prefix="trioproxy-chaos-")
-        f.write(LOCAL_CONFIG.format(mock=mock_url, data_dir=data_dir))
+        f.write(LOCAL_CONFIG.format(data_dir=data_dir))
+        if providers > 1:
+            f.write("eject_after = 0\n")
+        for i in range(providers):
+            f.write(PROVIDER_TABLES.format(mock=mock_url, i=i))
     procs: list[trio.Process] = []
     try:
         mock_cmd = [*python, "mock-upstream", "--bind", f"127.0.0.1:{mock_port}"]
@@ -116,10 +131,15 @@ async def _settle(url: str) -> dict[str, Any]:
 
 
 async def run_campaign(
-    gateway: str | None, runs: int, concurrency: int, seed: int, progress: Any = None
+    gateway: str | None,
+    runs: int,
+    concurrency: int,
+    seed: int,
+    progress: Any = None,
+    providers: int = 1,
 ) -> dict[str, Any]:
     if gateway is None:
-        async with open_local_gateway() as url:
+        async with open_local_gateway(providers) as url:
             return await _campaign(url, runs, concurrency, seed, progress)
     return await _campaign(gateway.rstrip("/"), runs, concurrency, seed, progress)
 
@@ -129,7 +149,13 @@ async def _campaign(
 ) -> dict[str, Any]:
     state = await _get(url, "/debug/state")
     cfg = state["config"]
-    limits = Limits(cfg["ttft_timeout"], cfg["idle_timeout"], cfg["client_stall_timeout"])
+    per_kind = max(len(urls) for urls in state["upstreams"].values())
+    limits = Limits(
+        cfg["ttft_timeout"],
+        cfg["idle_timeout"],
+        cfg["client_stall_timeout"],
+        min(cfg["max_attempts"], per_kind),
+    )
     mock_url = state["upstreams"]["anthropic"][0] if state["upstreams"]["anthropic"] else None
     if mock_url is None:
         mock_url = state["upstreams"]["openai"][0].removesuffix("/v1")

@@ -182,6 +182,10 @@ def build_report(
         "idle_timeout_fire_error_ms": _quantiles(
             r.idle_error_ms for r in results if r.idle_error_ms is not None
         ),
+        "failovers": {
+            "attempts_moved_on": sum(len(r.get("failovers", ())) for r in observed.records),
+            "requests": sum(1 for r in observed.records if r.get("failovers")),
+        },
         "client_errors": [
             f"{r.run.request_id}: {r.client_error}" for r in results if r.client_error
         ][:20],
@@ -209,6 +213,8 @@ def format_report(report: dict[str, Any]) -> str:
         *("  slowest: " + s for s in report["slowest_cancellations"]),
         "idle-timeout firing error (fired - configured, at the client), ms: "
         + ", ".join(f"{k} {v}" for k, v in idle.items()),
+        f"failovers before the first byte: {report['failovers']['attempts_moved_on']} "
+        f"in {report['failovers']['requests']} requests",
         "",
         "invariants:",
     ]

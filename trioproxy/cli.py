@@ -50,6 +50,9 @@ def _build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--concurrency", type=int, default=16)
     chaos.add_argument("--seed", type=int, help="default: random (printed)")
     chaos.add_argument("--report", metavar="FILE", help="also write the report as JSON")
+    chaos.add_argument("--providers", type=int, default=1, metavar="N",
+                       help="without --gateway: N providers of each kind on the one mock "
+                            "(failover and ejection under chaos)")  # fmt: skip
     verify = sub.add_parser("verify", help="check a receipt (from GET /v1/signature/ID)")
     verify.add_argument("--receipt", required=True, metavar="FILE")
     verify.add_argument("--request", metavar="FILE", help="the request body that was sent")
@@ -105,7 +108,9 @@ def _chaos(args: argparse.Namespace) -> int:
         if sys.stderr.isatty() and (done % 25 == 0 or done == total):
             print(f"\r{done}/{total} runs", end="", file=sys.stderr, flush=True)
 
-    report = trio.run(run_campaign, args.gateway, args.runs, args.concurrency, seed, progress)
+    report = trio.run(
+        run_campaign, args.gateway, args.runs, args.concurrency, seed, progress, args.providers
+    )
     print(file=sys.stderr)
     print(format_report(report))
     if args.report:

@@ -81,6 +81,7 @@ def debug_state(gateway: Gateway) -> dict[str, Any]:
                 "max_streams",
                 "channel_size",
                 "heartbeat_resets_idle",
+                "max_attempts",
             )
         },
     }
