@@ -32,6 +32,7 @@ import trio
 
 from .app import CompletionHook, Gateway
 from .config import Config, ConfigError, parse_bind
+from .hypercorn_guards import install_hypercorn_guards
 from .mock_scripts import Fault
 from .mock_upstream import MockUpstream, serve_mock
 
@@ -41,54 +42,7 @@ log = logging.getLogger("trioproxy")
 _CONFIG_ENV = "TRIOPROXY_WORKER_CONFIG"
 
 
-def _end_idle_wait_on_eof() -> None:
-    """Guard against a Hypercorn trio-worker linger (0.18): when a client closes
-    an idle keep-alive connection, ``TCPServer.run`` leaves its read loop but its
-    task group still waits for the keep-alive idle task, so the connection's task
-    and its CLOSE_WAIT socket stay for ``keep_alive_timeout``. Found by ``trioproxy
-    chaos`` (invariant ``no_orphan_tasks``). Stopping the idle task once the read
-    loop has ended lets the connection close at once."""
-    from hypercorn.trio.tcp_server import TCPServer
-
-    if getattr(TCPServer, "_trioproxy_idle_guard", False):
-        return
-    read_data = TCPServer._read_data
-
-    async def _read_data(self: Any) -> None:
-        await read_data(self)
-        await self.idle_task.stop()
-
-    setattr(TCPServer, "_read_data", _read_data)  # noqa: B010
-    setattr(TCPServer, "_trioproxy_idle_guard", True)  # noqa: B010
-
-
-def _contain_connection_errors() -> None:
-    """Guard against Hypercorn issue #225 (an unexpected error in one connection
-    ends the whole worker). Found by ``tests/test_fuzz.py``: a malformed chunked
-    body arriving while the app's response closes the connection makes
-    Hypercorn's error response race its own ``send_eof`` on the socket
-    (``trio.BusyResourceError``), which escaped ``serve_listeners`` and stopped
-    the server. Here such an error ends that connection only, and is logged."""
-    from hypercorn.trio.tcp_server import TCPServer
-
-    if getattr(TCPServer, "_trioproxy_error_guard", False):
-        return
-    run = TCPServer.run
-
-    async def guarded_run(self: Any) -> None:
-        try:
-            await run(self)
-        except* Exception as group:  # Cancelled is not an Exception: it propagates
-            log.warning("connection ended by an internal Hypercorn error: %r", group.exceptions)
-            with trio.move_on_after(1, shield=True):
-                await self.stream.aclose()
-
-    setattr(TCPServer, "run", guarded_run)  # noqa: B010
-    setattr(TCPServer, "_trioproxy_error_guard", True)  # noqa: B010
-
-
-_end_idle_wait_on_eof()
-_contain_connection_errors()
+install_hypercorn_guards()
 
 
 def hypercorn_config(config: Config) -> hypercorn.config.Config:
