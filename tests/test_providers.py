@@ -43,6 +43,10 @@ def test_a_provider_table_parses_with_defaults() -> None:
         ({"headers": {"Authorization": "Bearer x"}}, "headers may not set"),
         ({"headers": {"connection": "close"}}, "headers may not set"),
         ({"api_key": "sk-in-the-file"}, "unknown option"),
+        ({"base_url": "http://"}, "is not a URL"),
+        ({"base_url": "http://a b/v1"}, "is not a URL"),
+        ({"headers": {"x-team": "a\r\nx-evil: 1"}}, "invalid header"),
+        ({"headers": {"bad name": "v"}}, "invalid header"),
     ],
 )
 def test_bad_provider_tables_are_config_errors(entry: dict[str, object], message: str) -> None:

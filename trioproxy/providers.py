@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,14 @@ _RESERVED_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
      "content-length", "content-type", "authorization", "x-api-key", "proxy-authorization"}
 )  # fmt: skip
+
+
+_URL = re.compile(r"https?://[^\s/?#@]+(/[^\s?#]*)?")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field name
+
+
+def _bad_value(value: str) -> bool:
+    return any(c in value for c in "\r\n\0") or value != value.strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +111,15 @@ def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...
         key_env = entry.get("api_key_env", "")
         if not isinstance(key_env, str):
             raise ConfigError(f"[[providers]] {name}: api_key_env must be a variable name")
+        if not _URL.fullmatch(base_url):
+            raise ConfigError(f"[[providers]] {name}: base_url {base_url!r} is not a URL")
         headers = _table(name, "headers", entry.get("headers", {}))
         reserved = sorted(h for h in headers if h.lower() in _RESERVED_HEADERS)
         if reserved:
             raise ConfigError(f"[[providers]] {name}: headers may not set {reserved}")
+        bad = sorted(k for k, v in headers.items() if not _TOKEN.fullmatch(k) or _bad_value(v))
+        if bad:
+            raise ConfigError(f"[[providers]] {name}: invalid header name or value: {bad}")
         specs.append(
             ProviderSpec(
                 name=name,
