@@ -93,7 +93,8 @@ async def write_client(
                 ex.sent(body)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
             finally:  # also when a hang-up cancels the send: the bytes were handed over
-                ex.delivered(1 + len(more), trio.current_time())
+                if ex.arrivals:  # empty unless /metrics is on
+                    ex.delivered(1 + len(more), trio.current_time())
         await _finish(send, ex, dialect, b"")
     scope.cancel()
 

@@ -270,10 +270,11 @@ async def _read_events(
     idle = config.idle_timeout or math.inf
     hb_progress = config.heartbeat_resets_idle
     started = False
-    arrivals = ex.arrivals
+    arrivals = ex.arrivals if config.metrics else None  # per-event latency: for /metrics only
     async for chunk in chunks:
         now = trio.current_time()
-        arrivals.append(now)
+        if arrivals is not None:
+            arrivals.append(now)
         ex.bytes_in += len(chunk)
         if not ex.chunks:
             ex.first_chunk_at = now
@@ -377,7 +378,8 @@ async def _relay_whole(
     # Time the gateway added: before the upstream request, and after its body.
     upstream_done = trio.current_time()
     ex.first_chunk_at = upstream_done
-    ex.arrivals.append(upstream_done)
+    if config.metrics:
+        ex.arrivals.append(upstream_done)
     added = (ex.upstream_sent_at or ex.started) - ex.started
     overhead_ms = b"%.3f" % ((added + trio.current_time() - upstream_done) * 1000)
     headers = [
