@@ -135,7 +135,8 @@ class Metrics:
         )  # fmt: skip
         self.added = _MergedHistogram(
             "trioproxy_event_added_latency_seconds",
-            "Per event: upstream bytes arrived -> handed to the client", ADDED_BUCKETS,
+            "Per upstream read (one or more events): arrived -> handed to the client",
+            ADDED_BUCKETS,
         )  # fmt: skip
         self.gaps = _MergedHistogram(
             "trioproxy_inter_token_gap_seconds", "Gap between two upstream events", GAP_BUCKETS

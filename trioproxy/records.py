@@ -32,7 +32,7 @@ __all__ = [
     "extract_usage",
 ]
 
-# Gateway-added latency per event (upstream bytes arrived -> handed to the client), seconds.
+# Gateway-added latency per upstream read (arrived -> handed to the client), seconds.
 ADDED_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 # Gap between two upstream events of a stream (inter-token latency), seconds.
 GAP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30)
