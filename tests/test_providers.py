@@ -36,8 +36,9 @@ def test_a_provider_table_parses_with_defaults() -> None:
     [
         ({"kind": "azure"}, "kind must be openai or anthropic"),
         ({"base_url": "ftp://x"}, "base_url must start with http"),
-        ({"weight": 0}, "weight must be an integer >= 1"),
-        ({"max_streams": -1}, "max_streams must be an integer >= 0"),
+        ({"weight": 0}, "weight must be an integer from 1 to 1000"),
+        ({"weight": 10**9}, "weight must be an integer from 1 to 1000"),
+        ({"max_streams": -1}, "max_streams must be an integer from 0"),
         ({"models": "gpt-4o"}, "models must be a list"),
         ({"aliases": {"a": 1}}, "aliases must be a table of strings"),
         ({"headers": {"Authorization": "Bearer x"}}, "headers may not set"),

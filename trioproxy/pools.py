@@ -22,6 +22,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
@@ -43,7 +44,8 @@ class Member:
     upstream_model: str | None  # None: the request names no model (GET /v1/models)
 
 
-def _smooth_rotation(weights: list[int]) -> list[int]:
+@functools.lru_cache(maxsize=64)  # pools of many model names share their providers
+def _smooth_rotation(weights: tuple[int, ...]) -> tuple[int, ...]:
     """nginx's smooth weighted round robin, unrolled into one period of indices."""
     current = [0] * len(weights)
     total = sum(weights)
@@ -54,7 +56,7 @@ def _smooth_rotation(weights: list[int]) -> list[int]:
         best = max(range(len(weights)), key=current.__getitem__)
         current[best] -= total
         order.append(best)
-    return order
+    return tuple(order)
 
 
 def _score(session: bytes, member: Member) -> float:
@@ -70,8 +72,8 @@ class Pool:
         self.model = model
         self.members = members
         self.strategy = strategy
-        weights = [m.provider.spec.weight for m in members]
-        self._rotation = _smooth_rotation(weights) if len(members) > 1 else [0]
+        weights = tuple(m.provider.spec.weight for m in members)
+        self._rotation = _smooth_rotation(weights) if len(members) > 1 else (0,)
         self._turn = 0
 
     def plan(self, session: bytes | None = None) -> Plan:
@@ -86,9 +88,6 @@ class Pool:
         if self.strategy == "least_in_flight":
             rotated.sort(key=lambda m: m.provider.in_flight / m.provider.spec.weight)
         return Plan(self, rotated)
-
-    def healthy(self, now: float) -> bool:
-        return any(m.provider.healthy(now) for m in self.members)
 
 
 class Plan:

@@ -32,6 +32,7 @@ from .config import ConfigError
 __all__ = ["Provider", "ProviderSpec", "ProviderStatistics", "legacy_specs", "parse_providers"]
 
 KINDS = ("openai", "anthropic")
+MAX_WEIGHT = 1000  # round robin unrolls one period of sum(weights) turns per pool
 _OPTIONS = frozenset(
     {"name", "kind", "base_url", "api_key_env", "models", "aliases", "weight", "max_streams",
      "headers"}
@@ -87,9 +88,11 @@ def _table(name: str, key: str, value: Any) -> dict[str, str]:
     return dict(value)
 
 
-def _positive_int(name: str, key: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"[[providers]] {name}: {key} must be an integer >= {minimum}")
+def _positive_int(name: str, key: str, value: Any, minimum: int, maximum: int = 1 << 20) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ConfigError(
+            f"[[providers]] {name}: {key} must be an integer from {minimum} to {maximum}"
+        )
     return value
 
 
@@ -128,7 +131,7 @@ def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...
                 api_key_env=key_env,
                 models=_strings(name, "models", entry.get("models", ["*"])),
                 aliases=_table(name, "aliases", entry.get("aliases", {})),
-                weight=_positive_int(name, "weight", entry.get("weight", 1), 1),
+                weight=_positive_int(name, "weight", entry.get("weight", 1), 1, MAX_WEIGHT),
                 max_streams=_positive_int(name, "max_streams", entry.get("max_streams", 0), 0),
                 headers={k.lower(): v for k, v in headers.items()},
             )
