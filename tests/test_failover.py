@@ -277,3 +277,19 @@ async def test_a_full_provider_is_skipped_and_a_hang_up_gives_its_stream_back() 
                 while a.in_flight:
                     await trio.sleep(0.01)
             assert a.consecutive_failures == 0  # ...and a hang-up says nothing about health
+
+
+async def test_least_in_flight_sends_new_requests_past_a_busy_provider() -> None:
+    async with open_mocks(Fault(), Fault()) as (first, second):
+        providers = (provider("one", first), provider("two", second))
+        async with running(providers=providers, routing_strategy="least_in_flight") as (gw, _):
+            client = await RawClient.connect(gw.url)
+            await client.send_request("POST", "/v1/chat/completions", chat("mock-t1000-i20"))
+            assert (await client.response_head())[0] == 200
+            busy = first if first.statistics().streams_active else second
+            idle = second if busy is first else first
+            for _ in range(4):  # round robin would alternate; least_in_flight avoids the busy one
+                ok = await request(gw.url, "POST", "/v1/chat/completions", chat(HEALTHY))
+                assert ok.status == 200
+            assert (busy.statistics().requests_total, idle.statistics().requests_total) == (1, 4)
+            await client.close()
