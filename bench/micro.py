@@ -100,7 +100,7 @@ def bench_metrics(n: int = 20_000) -> dict[str, float]:
     record = CompletionRecord.from_exchange(ex, False)
     t0 = time.perf_counter()
     for _ in range(n):
-        metrics.observe(record, "p", ex)
+        metrics.observe(record, ex)
     observe = (time.perf_counter() - t0) / n * 1e6
 
     async def scrape() -> float:

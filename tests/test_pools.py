@@ -115,7 +115,7 @@ def test_take_skips_full_providers_and_panics_when_none_admits() -> None:
     a.ejected_until = b.ejected_until = 60.0
     panic = pool.plan().take(1)
     assert panic is not None  # every provider ejected: serve anyway, no outage
-    assert router.unhealthy_pools(1) == ["openai:*"]
+    assert router.unhealthy_pools(1) == (["openai:*"], 1)
     panic.provider.end(1, None, 5, 30.0)
     a.ejected_until = b.ejected_until = 0.0
     a.rate_limited(1, 7)

@@ -320,9 +320,9 @@ class Gateway:
         """Ready to serve, and which declared model pools have no healthy provider."""
         now = trio.current_time()
         ok = self.ready and self.client is not None
-        unhealthy = self.router.unhealthy_pools(now)
+        unhealthy, declared = self.router.unhealthy_pools(now)
         providers = {s.name: s.state for s in self.router.statistics(now)}
-        if unhealthy and len(unhealthy) == sum(1 for _ in self.router.declared_pools()):
+        if unhealthy and len(unhealthy) == declared:
             ok = False  # nothing at all could be served
         body = {"ready": ok, "unhealthy_pools": unhealthy, "providers": providers}
         await send_json(send, 200 if ok else 503, body)
@@ -390,11 +390,10 @@ class Gateway:
             self.recent.append(record)
         if self.config.access_log:
             access_log.info("%s", record.to_json().decode())
-        provider = ex.provider or "none"
         if self.metrics is not None:
-            self.metrics.observe(record, provider, ex)
+            self.metrics.observe(record, ex)
         if self.receipts is not None:
-            self.receipts.submit(record, provider)
+            self.receipts.submit(record)
         if self.detached is not None:
             for hook in self.hooks:
                 self.detached.submit(hook, record, name="completion-hook")

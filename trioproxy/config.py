@@ -117,8 +117,10 @@ class Config:
                 raise ConfigError(f"upstream URL must start with http:// or https://: {url!r}")
         if self.eject_after < 0:
             raise ConfigError("eject_after must be an integer >= 0")
-        if self.routing_strategy not in ("round_robin", "least_in_flight"):
-            raise ConfigError("routing_strategy must be round_robin or least_in_flight")
+        from .pools import STRATEGIES  # pools imports this module
+
+        if self.routing_strategy not in STRATEGIES:
+            raise ConfigError(f"routing_strategy must be one of {', '.join(STRATEGIES)}")
         self.provider_specs()  # validates the [[providers]] tables
 
     @property

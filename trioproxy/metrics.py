@@ -156,13 +156,14 @@ class Metrics:
             return model
         return "other"
 
-    def observe(self, record: CompletionRecord, provider: str, ex: Exchange) -> None:
+    def observe(self, record: CompletionRecord, ex: Exchange) -> None:
         route = record.route
         self.added.merge(ex.added_counts, ex.added_sum)
         if ex.last_event_at is not None:
             self.gaps.merge(ex.gap_counts, ex.gap_sum)
         for failed, reason in record.failovers:
             self.failovers.labels(failed, reason).inc()
+        provider = record.provider or "none"
         self.requests.labels(route, self._model(record.model), provider, record.outcome).inc()
         self.duration.labels(route).observe(record.duration_ms / 1000)
         if record.ttft_ms is not None:

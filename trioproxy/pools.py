@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .config import ConfigError
@@ -198,21 +198,16 @@ class Router:
             names.update(spec.models, spec.aliases)
         return sorted(names)
 
-    def declared_pools(self) -> Iterator[tuple[str, list[Provider]]]:
-        """One pool per model name or pattern in the config, for ``/readyz``."""
-        seen: dict[str, list[Provider]] = {}
+    def unhealthy_pools(self, now: float) -> tuple[list[str], int]:
+        """For ``/readyz``: the declared pools (one per model name or pattern in
+        the config, per kind) with no healthy provider, and how many there are."""
+        pools: dict[str, list[Provider]] = {}
         for provider in self.providers:
             spec = provider.spec
             for name in (*spec.models, *spec.aliases):
-                seen.setdefault(f"{spec.kind}:{name}", []).append(provider)
-        yield from seen.items()
-
-    def unhealthy_pools(self, now: float) -> list[str]:
-        return [
-            name
-            for name, providers in self.declared_pools()
-            if not any(p.healthy(now) for p in providers)
-        ]
+                pools.setdefault(f"{spec.kind}:{name}", []).append(provider)
+        unhealthy = [n for n, members in pools.items() if not any(p.healthy(now) for p in members)]
+        return unhealthy, len(pools)
 
     def statistics(self, now: float) -> list[ProviderStatistics]:
         return [p.statistics(now) for p in self.providers]

@@ -126,12 +126,12 @@ class Signer:
         }
 
 
-def build_receipt(record: CompletionRecord, provider: str) -> dict[str, Any]:
+def build_receipt(record: CompletionRecord) -> dict[str, Any]:
     return {
         "id": record.completion_id or record.request_id,
         "request_id": record.request_id,
         "model": record.model,
-        "provider": provider,
+        "provider": record.provider or "none",
         "route": record.route,
         "request_sha256": record.request_sha256,
         "response_sha256": record.response_sha256,
@@ -202,13 +202,13 @@ class ReceiptService:
     def statistics(self) -> ReceiptStatistics:
         return ReceiptStatistics(self._pending, self._stored, self._failed, self._dropped)
 
-    def submit(self, record: CompletionRecord, provider: str) -> None:
+    def submit(self, record: CompletionRecord) -> None:
         """Called as a request ends; never awaits."""
         if record.response_sha256 is None or record.outcome in ("bad_request", "rejected_overload"):
             return  # nothing was relayed
         if record.outcome != "done" and not self._sign_truncated:
             return
-        receipt = build_receipt(record, provider)
+        receipt = build_receipt(record)
         if self._pending >= self._max_pending:
             self._dropped += 1
             log.error(

@@ -90,19 +90,20 @@ class Exchange:
     gap_counts: list[int] = field(default_factory=lambda: [0] * (len(GAP_BUCKETS) + 1))
     gap_sum: float = 0.0
 
-    def gap(self, seconds: float, events: int, first: bool) -> None:
-        """``events`` events arrived in one read, ``seconds`` after the previous
-        event (the reader, once per read with events). The first event of a
-        stream has no gap; events read together are 0 s apart."""
+    def events_read(self, events: int, now: float) -> None:
+        """``events`` upstream events arrived in one read at ``now`` (the reader,
+        once per read with events): their gaps, counted per stream. Events read
+        together are 0 s apart; the first event of a stream has no gap."""
         counts = self.gap_counts
-        if first:
-            counts[0] += events - 1
-            return
-        counts[bisect.bisect_left(GAP_BUCKETS, seconds)] += 1
         counts[0] += events - 1
-        self.gap_sum += seconds
-        if seconds > self.max_gap:
-            self.max_gap = seconds
+        last, self.last_event_at = self.last_event_at, now
+        if last is None:
+            return
+        gap = now - last
+        counts[bisect.bisect_left(GAP_BUCKETS, gap)] += 1
+        self.gap_sum += gap
+        if gap > self.max_gap:
+            self.max_gap = gap
 
     def delivered(self, chunks: int, now: float) -> None:
         """``chunks`` chunks from the channel went out in one send that ended ``now``."""

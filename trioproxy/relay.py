@@ -296,10 +296,8 @@ async def _read_events(
                     ex.usage_block = block
                 if _is_final(block):
                     ex.final_event = True
-            if ex.events > before:  # events read together are 0 s apart
-                last = ex.last_event_at
-                ex.gap(now - last if last is not None else 0.0, ex.events - before, last is None)
-                ex.last_event_at = now
+            if ex.events > before:
+                ex.events_read(ex.events - before, now)
             if progress and ex.first_event_at is not None:
                 read_scope.deadline = min(now + idle, end_by)
         if not started:
