@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack, aclosing, suppress
 
 import httpx
 import orjson
@@ -235,15 +235,19 @@ async def _relay_events(
     first_deadline: float,
 ) -> None:
     framer = SSEFramer(config.max_event_bytes)
-    chunks = raw_chunks(response)
     end_by = ex.started + config.max_stream_duration if config.max_stream_duration else math.inf
     deadline = min(first_deadline, end_by)
     # One scope for the whole read loop; its deadline moves with each event.
     # While waiting for room in the channel (a slow client) it is lifted.
     read_scope = trio.CancelScope(deadline=deadline)
     try:
-        with read_scope:
-            await _read_events(chunks, read_scope, end_by, framer, config, ex, send_ch, response)
+        # Closed here whichever way the loop ends (its cleanup never awaits, so
+        # it runs even in a cancelled scope), not later by the garbage collector.
+        async with aclosing(raw_chunks(response)) as chunks:
+            with read_scope:
+                await _read_events(
+                    chunks, read_scope, end_by, framer, config, ex, send_ch, response
+                )
     finally:
         ex.partial_event = framer.buffered > 0
     if read_scope.cancelled_caught:

@@ -26,7 +26,7 @@ The body stream yields one piece per socket read (chunk payloads joined).
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import httpx
@@ -182,14 +182,23 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+def raw_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     """The body's pieces: straight from our byte stream when the response came
     from this transport (two generator layers fewer per chunk than
-    ``aiter_raw``), else ``aiter_raw``."""
+    ``aiter_raw``), else ``aiter_raw``.
+
+    Resource handling: the caller closes the generator (``aclosing``) when it
+    stops early; left to the garbage collector, an unfinished one is closed
+    late and trio warns (``ResourceWarning``)."""
     inner = getattr(response.stream, "_stream", None)
     if isinstance(inner, _BodyStream):
         return inner.__aiter__()
-    return response.aiter_raw()
+    return _aiter_raw(response)
+
+
+async def _aiter_raw(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    async for chunk in response.aiter_raw():
+        yield chunk
 
 
 class _NothingReceived(Exception):
@@ -247,7 +256,7 @@ class _BodyStream(httpx.AsyncByteStream):
         self._head = head
         self._complete = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def __aiter__(self) -> AsyncGenerator[bytes, None]:
         conn = self._conn
         if conn is None:
             raise httpx.StreamClosed()
