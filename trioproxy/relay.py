@@ -355,12 +355,14 @@ async def _relay_whole(
     whole (bounded), then relay status, content type and body at once."""
     parts: list[bytes] = []
     size = 0
+    limit = config.max_response_bytes
     with trio.CancelScope(deadline=deadline) as scope:
-        async for chunk in response.aiter_raw():
-            size += len(chunk)
-            if size > config.max_response_bytes:
-                raise UpstreamBroken(f"upstream response exceeds {config.max_response_bytes} bytes")
-            parts.append(chunk)
+        async with aclosing(raw_chunks(response)) as chunks:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamBroken(f"upstream response exceeds {limit} bytes")
+                parts.append(chunk)
     if scope.cancelled_caught:
         raise _first_timeout(ex)
     body = b"".join(parts)
