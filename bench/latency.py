@@ -16,8 +16,8 @@ import orjson
 import trio
 
 from trioproxy.config import Config
-from trioproxy.rawclient import RawClient
-from trioproxy.server import open_gateway
+from trioproxy.server.serve import open_gateway
+from trioproxy.testing.rawclient import RawClient
 
 
 def _q(xs: list[float], p: float) -> float:

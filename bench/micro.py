@@ -3,7 +3,10 @@
 - the SSE framer over a recorded chat stream (one event per chunk, and split
   at every 7th byte);
 - the relay's reader loop and client writer over an in-memory upstream body
-  (trioproxy.relay with a fake httpx response and a no-op ASGI send).
+  (trioproxy.relay.reader with the real chunked body decoder over a fake socket,
+  and a no-op ASGI send);
+- the upstream response parser, ours against h11's, per token: each token one
+  chunk of a chunked body, fed one network read at a time.
 
 ``python -m bench.micro``
 """
@@ -12,16 +15,19 @@ from __future__ import annotations
 
 import time
 
+import h11
 import httpx
 import trio
 
 from trioproxy.config import Config
-from trioproxy.downstream import Start, write_client
-from trioproxy.errors import Dialect
-from trioproxy.mock_scripts import script_for
-from trioproxy.records import Exchange
-from trioproxy.relay import _relay_events
-from trioproxy.sse import SSEFramer
+from trioproxy.errors import Outcome
+from trioproxy.relay.exchange import Exchange, StreamMetrics
+from trioproxy.relay.reader import UpstreamReader
+from trioproxy.relay.sse import SSEFramer
+from trioproxy.relay.writer import Start, write_client
+from trioproxy.testing.mock_scripts import script_for
+from trioproxy.upstream.body import BODY_EXTENSION, Conn, UpstreamBody
+from trioproxy.upstream.http11 import ChunkedDecoder, Head, parse_head
 
 N = 20_000
 
@@ -49,22 +55,37 @@ def bench_framer() -> dict[str, float]:
     return out
 
 
-class _Body(httpx.AsyncByteStream):
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
+class _FakeSocket:
+    """What an upstream connection's stream offers the body reader."""
 
-    async def __aiter__(self):  # type: ignore[no-untyped-def]
-        for chunk in self.chunks:
-            yield chunk
+    def __init__(self, reads: list[bytes]) -> None:
+        self.reads = reads[::-1]
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self.reads.pop() if self.reads else b""
+
+
+def _chunked(events: list[bytes]) -> list[bytes]:
+    reads = [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
+    reads[-1] += b"0\r\n\r\n"
+    return reads
 
 
 async def _relay_loop(events: list[bytes]) -> float:
     config = Config(bind="127.0.0.1:0", channel_size=64)
     ex = Exchange("r", "chat", "POST", trio.current_time(), stream=True)
+    conn = Conn(_FakeSocket(_chunked(events)), (b"http", b"x", 80))  # type: ignore[arg-type]
+    head = Head(200, [(b"content-type", b"text/event-stream")], None, True, True)
+    body = UpstreamBody(lambda conn, reusable: None, conn, head)
     response = httpx.Response(
-        200, headers={"content-type": "text/event-stream"}, stream=_Body(events)
+        200,
+        headers={"content-type": "text/event-stream"},
+        stream=body,
+        extensions={BODY_EXTENSION: body},
     )
     send_ch, recv_ch = trio.open_memory_channel[bytes | Start](config.channel_size)
+    reader = UpstreamReader(None, config, None, ex, send_ch)  # type: ignore[arg-type]
     sent = 0
 
     async def send(message: dict[str, object]) -> None:
@@ -72,35 +93,71 @@ async def _relay_loop(events: list[bytes]) -> float:
         sent += 1
         await trio.lowlevel.checkpoint()
 
-    async def reader() -> None:
+    async def read() -> None:
         async with send_ch:
-            await _relay_events(response, config, ex, send_ch, ex.started + config.ttft_timeout)
-        ex.upstream_outcome = "done"
+            await reader._relay_events(response, ex.started + config.ttft_timeout)
+        ex.upstream_outcome = Outcome.DONE
 
     t0 = time.perf_counter()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
-        nursery.start_soon(
-            write_client, send, recv_ch, ex, Dialect.OPENAI, [], nursery.cancel_scope
-        )
+        nursery.start_soon(read)
+        nursery.start_soon(write_client, send, recv_ch, ex, [], nursery.cancel_scope)
     return (time.perf_counter() - t0) / len(events) * 1e6
+
+
+def bench_http11(events: list[bytes]) -> dict[str, float]:
+    """Per token: our ChunkedDecoder vs h11's client connection, on the same reads."""
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    reads = _chunked(events)
+    best_ours = best_h11 = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        parse_head(head[:-4])
+        decoder = ChunkedDecoder()
+        for data in reads:
+            decoder.feed(data)
+        assert decoder.done
+        best_ours = min(best_ours, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method="POST", target="/", headers=[("host", "x")]))
+        conn.send(h11.EndOfMessage())
+        conn.receive_data(head)
+        conn.next_event()
+        for data in reads:
+            conn.receive_data(data)
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA or type(event) is h11.EndOfMessage:
+                    break
+        best_h11 = min(best_h11, time.perf_counter() - t0)
+    ours, theirs = best_ours / len(events) * 1e6, best_h11 / len(events) * 1e6
+    return {
+        "http11_ours_us_per_token": ours,
+        "http11_h11_us_per_token": theirs,
+        "http11_h11_over_ours": theirs / ours,
+    }
 
 
 def bench_metrics(n: int = 20_000) -> dict[str, float]:
     """What metrics cost per request (observe) and per scrape (render)."""
-    from trioproxy.app import Gateway
-    from trioproxy.records import CompletionRecord
+    from trioproxy.relay.exchange import CompletionRecord
+    from trioproxy.server.app import Gateway
 
     gateway = Gateway(Config(bind="127.0.0.1:0", receipts=False))
     metrics = gateway.metrics
     assert metrics is not None
-    ex = Exchange("r", "chat", "POST", 0.0, stream=True, model="m", provider="p")
-    ex.first_event_at, ex.last_event_at, ex.ended, ex.outcome = 0.01, 0.5, 0.5, "done"
-    ex.added_counts[3], ex.gap_counts[0] = 101, 100
-    record = CompletionRecord.from_exchange(ex, False)
+    stream = StreamMetrics()
+    ex = Exchange("r", "chat", "POST", 0.0, stream=True, model="m", provider="p", metrics=stream)
+    ex.first_event_at, ex.last_event_at, ex.ended = 0.01, 0.5, 0.5
+    ex.settle(Outcome.DONE)
+    stream.added_counts[3], stream.gap_counts[0] = 101, 100
+    record = CompletionRecord.from_exchange(ex)
     t0 = time.perf_counter()
     for _ in range(n):
-        metrics.observe(record, ex)
+        metrics.observe(record, stream)
     observe = (time.perf_counter() - t0) / n * 1e6
 
     async def scrape() -> float:
@@ -115,9 +172,11 @@ def bench_metrics(n: int = 20_000) -> dict[str, float]:
 def main() -> None:
     results = bench_framer()
     results["relay_loop_us_per_chunk"] = trio.run(_relay_loop, _events())
+    results.update(bench_http11(_events()))
     results.update(bench_metrics())
     for name, value in results.items():
-        print(f"{name:40s} {value:8.2f} µs")
+        unit = "x" if name.endswith("_over_ours") else "µs"
+        print(f"{name:40s} {value:8.2f} {unit}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ when it reads and when it hangs up.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +18,22 @@ import pytest
 import trio
 
 from trioproxy.config import Config
-from trioproxy.records import CompletionRecord
-from trioproxy.server import RunningGateway, open_gateway
+from trioproxy.relay.exchange import CompletionRecord, Exchange
+from trioproxy.server.serve import RunningGateway, open_gateway
+
+# An exchange moved along an edge its lifecycle table lacks fails the test.
+Exchange.strict = True
+
+
+async def eventually(
+    predicate: Callable[[], bool], timeout: float = 5.0, poll: float = 0.005
+) -> None:
+    """Wait until ``predicate()`` holds (checked every ``poll`` s), failing the
+    test after ``timeout`` s. For state another process or a socket peer
+    changes, where nothing can be awaited; never a fixed sleep instead."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(poll)
 
 
 def make_config(**overrides: Any) -> Config:
@@ -104,7 +118,7 @@ def events_of(body: bytes) -> list[bytes]:
 async def open_mocks(*defaults: Any) -> AsyncIterator[list[Any]]:
     """Extra mock upstreams (one per ``Fault`` of defaults), for multi-provider tests.
     Open them outside ``running(...)`` so the gateway shuts down first."""
-    from trioproxy.mock_upstream import serve_mock
+    from trioproxy.testing.mock_upstream import serve_mock
 
     async with trio.open_nursery() as nursery:
         yield [await nursery.start(serve_mock, "127.0.0.1", 0, d) for d in defaults]

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from tests.conftest import chat, running
-from trioproxy.rawclient import request
+from trioproxy.testing.rawclient import request
 
 BAD_BODIES = [
     (b"{not json", "not valid JSON"),

@@ -10,11 +10,12 @@ import pytest
 import trio
 
 from tests.conftest import chat, open_mocks, provider, running
-from trioproxy.auth import KeyRing, new_key, parse_keys
+from trioproxy.admission.auth import KeyRing, new_key, parse_keys
 from trioproxy.cli import main as cli
-from trioproxy.config import ConfigError, load_config
-from trioproxy.mock_scripts import Fault
-from trioproxy.rawclient import RawClient, request
+from trioproxy.config import load_config
+from trioproxy.errors import ConfigError
+from trioproxy.testing.mock_scripts import Fault
+from trioproxy.testing.rawclient import RawClient, request
 
 ALICE, ALICE_BLOCK = new_key("alice")
 BOB, BOB_BLOCK = new_key("bob")

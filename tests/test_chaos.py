@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from trioproxy.chaos import BEHAVIOURS, FAULTS, Limits, plan
-from trioproxy.chaos_campaign import run_campaign
-from trioproxy.chaos_report import RSS_SLACK, Observed, check_invariants, format_report
+from trioproxy.testing.chaos.campaign import run_campaign
+from trioproxy.testing.chaos.plan import BEHAVIOURS, FAULTS, Limits, plan
+from trioproxy.testing.chaos.report import RSS_SLACK, Observed, check_invariants, format_report
 
 LIMITS = Limits(ttft_timeout=1.0, idle_timeout=0.3, client_stall_timeout=0.5)
 

@@ -4,7 +4,8 @@ import pathlib
 
 import pytest
 
-from trioproxy.config import Config, ConfigError, load_config, parse_bind
+from trioproxy.config import Config, load_config, parse_bind
+from trioproxy.errors import ConfigError
 
 EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "trioproxy.toml"
 
@@ -12,7 +13,7 @@ EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "trioproxy.toml"
 def test_example_config_loads_and_documents_every_option() -> None:
     config = load_config(EXAMPLE)
     text = EXAMPLE.read_text()
-    for name in Config.__dataclass_fields__:
+    for name in Config().options():
         assert name in text, f"examples/trioproxy.toml does not document {name}"
     assert config.bind == "127.0.0.1:8080"
 

@@ -6,9 +6,9 @@ import trio
 import trio.testing
 
 from tests.conftest import chat, running
-from trioproxy.detached import open_detached_work
-from trioproxy.rawclient import RawClient
-from trioproxy.records import CompletionRecord
+from trioproxy.receipts.detached import open_detached_work
+from trioproxy.relay.exchange import CompletionRecord
+from trioproxy.testing.rawclient import RawClient
 
 
 async def test_jobs_run_failures_are_counted_and_the_queue_is_bounded(

@@ -1,61 +1,39 @@
+"""The error hierarchy: statuses and outcomes (rendering: test_dialects.py)."""
+
 from __future__ import annotations
 
-import httpx
-import orjson
 import pytest
-import trio
 
-from trioproxy.errors import (
-    Dialect,
-    Overloaded,
-    UpstreamBroken,
-    UpstreamIdleTimeout,
-    UpstreamUnreachable,
-    from_upstream_exception,
-    render_json,
-    render_sse,
-)
-from trioproxy.sse import SSEFramer, SSEFramingError, parse_event
+from trioproxy import errors
+from trioproxy.errors import GatewayError, Outcome
 
 
 @pytest.mark.parametrize(
-    ("exc", "expected"),
+    ("cls", "status", "outcome"),
     [
-        (httpx.ConnectError("refused"), UpstreamUnreachable),
-        (httpx.ConnectTimeout("slow"), UpstreamUnreachable),
-        (httpx.ReadError("reset"), UpstreamBroken),
-        (httpx.RemoteProtocolError("incomplete chunked read"), UpstreamBroken),
-        (trio.BrokenResourceError(), UpstreamBroken),
-        (SSEFramingError("too big"), UpstreamBroken),
-        (ConnectionRefusedError(), UpstreamUnreachable),
-        (KeyError("x"), UpstreamBroken),
+        (errors.BadRequest, 400, Outcome.BAD_REQUEST),
+        (errors.PayloadTooLarge, 413, Outcome.BAD_REQUEST),
+        (errors.Unauthorized, 401, Outcome.REJECTED_AUTH),
+        (errors.Forbidden, 403, Outcome.REJECTED_AUTH),
+        (errors.NotFound, 404, Outcome.BAD_REQUEST),
+        (errors.MethodNotAllowed, 405, Outcome.BAD_REQUEST),
+        (errors.Overloaded, 429, Outcome.REJECTED_OVERLOAD),
+        (errors.UpstreamUnreachable, 502, Outcome.UPSTREAM_ERROR),
+        (errors.UpstreamBroken, 502, Outcome.UPSTREAM_ERROR),
+        (errors.UpstreamRateLimited, 429, Outcome.UPSTREAM_ERROR),
+        (errors.UpstreamTTFTTimeout, 504, Outcome.UPSTREAM_TTFT_TIMEOUT),
+        (errors.UpstreamIdleTimeout, 504, Outcome.UPSTREAM_IDLE_TIMEOUT),
+        (errors.StreamTooLong, 504, Outcome.MAX_DURATION),
+        (errors.GatewayShutdown, 503, Outcome.GATEWAY_SHUTDOWN),
     ],
 )
-def test_mapping_table(exc: BaseException, expected: type) -> None:
-    mapped = from_upstream_exception(exc)
-    assert type(mapped) is expected
-    assert mapped.status == 502 and mapped.outcome == "upstream_error"
+def test_each_error_has_its_status_and_outcome(
+    cls: type[GatewayError], status: int, outcome: Outcome
+) -> None:
+    err = cls("x")
+    assert (err.status, err.outcome, err.message) == (status, outcome, "x")
 
 
-def test_openai_dialect() -> None:
-    err = UpstreamIdleTimeout("no event for 30 s")
-    body = orjson.loads(render_json(err, Dialect.OPENAI))
-    assert body == {
-        "error": {
-            "message": "no event for 30 s",
-            "type": "server_error",
-            "param": None,
-            "code": "upstream_idle_timeout",
-        }
-    }
-    [block] = SSEFramer().feed(render_sse(err, Dialect.OPENAI))
-    assert orjson.loads(parse_event(block).data or b"") == body
-
-
-def test_anthropic_dialect() -> None:
-    err = Overloaded("full")
-    body = orjson.loads(render_json(err, Dialect.ANTHROPIC))
-    assert body == {"type": "error", "error": {"type": "rate_limit_error", "message": "full"}}
-    [block] = SSEFramer().feed(render_sse(err, Dialect.ANTHROPIC))
-    event = parse_event(block)
-    assert event.event == b"error" and orjson.loads(event.data or b"") == body
+def test_outcomes_are_their_record_strings() -> None:
+    assert Outcome.CLIENT_DISCONNECT == "client_disconnect"
+    assert {o.value for o in Outcome} >= {"done", "slow_client", "unknown"}

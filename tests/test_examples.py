@@ -13,7 +13,7 @@ EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 
 def test_the_multi_provider_config_loads() -> None:
     config = load_config(EXAMPLES / "multi-provider.toml")
-    specs = config.provider_specs()
+    specs = config.provider_specs
     assert [s.name for s in specs] == ["steady", "broken", "stalled"]
     assert config.eject_after == 2 and config.max_attempts == 3
 

@@ -14,8 +14,8 @@ import pytest
 import trio
 
 from tests.conftest import chat, events_of, open_mocks, provider, running
-from trioproxy.mock_scripts import Fault
-from trioproxy.rawclient import RawClient, request
+from trioproxy.testing.mock_scripts import Fault
+from trioproxy.testing.rawclient import RawClient, request
 
 HEALTHY = "mock-t3-i0"
 

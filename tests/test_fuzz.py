@@ -13,7 +13,7 @@ import random
 import trio
 
 from tests.conftest import chat, running
-from trioproxy.rawclient import request
+from trioproxy.testing.rawclient import request
 
 RUNS = int(os.environ.get("TRIOPROXY_FUZZ_RUNS", "300"))
 SEED = int(os.environ.get("TRIOPROXY_FUZZ_SEED", "1123"))

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trioproxy.http11 import ChunkedDecoder, ProtocolError, parse_head, request_head
+from trioproxy.upstream.http11 import ChunkedDecoder, ProtocolError, parse_head, request_head
 
 
 def test_parse_head() -> None:

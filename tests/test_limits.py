@@ -4,8 +4,8 @@ import pytest
 import trio
 import trio.testing
 
+from trioproxy.admission.limits import StreamLimiter
 from trioproxy.errors import Overloaded
-from trioproxy.limits import StreamLimiter
 
 
 async def test_full_limiter_rejects_at_once_and_counts() -> None:

@@ -8,8 +8,8 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import chat, running
-from trioproxy.metrics import MAX_MODEL_LABELS
-from trioproxy.rawclient import RawClient, request
+from trioproxy.observe.metrics import MAX_MODEL_LABELS
+from trioproxy.testing.rawclient import RawClient, request
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from trioproxy.mock_scripts import Fault, FaultSpecError, parse_fault, script_for
-from trioproxy.sse import SSEFramer, parse_event
+from trioproxy.relay.sse import SSEFramer, parse_event
+from trioproxy.testing.mock_scripts import Fault, FaultSpecError, parse_fault, script_for
 
 
 def test_fault_spec() -> None:

@@ -6,8 +6,8 @@ import httpx
 import orjson
 import trio
 
-from trioproxy.mock_scripts import Fault
-from trioproxy.mock_upstream import serve_mock
+from trioproxy.testing.mock_scripts import Fault
+from trioproxy.testing.mock_upstream import serve_mock
 
 
 async def test_mock_streams_faults_and_counts_connections() -> None:

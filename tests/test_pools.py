@@ -6,10 +6,9 @@ import collections
 
 import pytest
 
-from trioproxy.config import ConfigError
-from trioproxy.errors import NotFound, Overloaded
-from trioproxy.pools import MAX_CACHED_POOLS, Router
-from trioproxy.providers import parse_providers
+from trioproxy.errors import ConfigError, NotFound, Overloaded
+from trioproxy.routing.pools import MAX_CACHED_POOLS, Router
+from trioproxy.routing.providers import parse_providers
 
 
 def _router(*entries: dict[str, object], strategy: str = "round_robin") -> Router:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from trioproxy.config import ConfigError, load_config
-from trioproxy.providers import Provider, ProviderSpec, parse_providers, read_credential
+from trioproxy.config import load_config
+from trioproxy.errors import ConfigError
+from trioproxy.routing.providers import Provider, ProviderSpec, parse_providers, read_credential
 
 
 def _spec(**kw: object) -> ProviderSpec:
@@ -63,7 +64,7 @@ def test_provider_names_are_unique_across_tables_and_shorthands(tmp_path: object
     config = load_config(
         None, providers=[{"name": "x", "base_url": "http://x/v1"}], openai_upstreams=["http://y/v1"]
     )
-    assert [s.name for s in config.provider_specs()] == ["x", "y/openai"]
+    assert [s.name for s in config.provider_specs] == ["x", "y/openai"]
 
 
 def test_the_credential_comes_from_the_environment_only() -> None:

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.conftest import chat, running, streaming_bodies
 from trioproxy.cli import main as cli
-from trioproxy.rawclient import RawClient, request
-from trioproxy.receipt_store import MemoryStore, SQLiteStore
-from trioproxy.receipts import KeyError_, Signer
+from trioproxy.receipts.service import KeyError_, Signer
+from trioproxy.receipts.store import MemoryStore, SQLiteStore
+from trioproxy.testing.rawclient import RawClient, request
 
 BODIES = streaming_bodies("mock-t12-i0")
 

@@ -14,7 +14,7 @@ import orjson
 import trio
 
 from tests.conftest import chat, events_of, running, streaming_bodies
-from trioproxy.rawclient import RawClient, request
+from trioproxy.testing.rawclient import RawClient, request
 
 
 async def test_tokens_arrive_unbuffered_as_the_upstream_sends_them() -> None:

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from trioproxy.errors import BadRequest, Dialect
-from trioproxy.routes import ROUTES, dialect_for_path, forward_headers, validate
+from trioproxy.admission.routes import ROUTES, forward_headers, validate
+from trioproxy.dialects import Dialect, dialect_for_path
+from trioproxy.errors import BadRequest
 
 
 def test_valid_bodies() -> None:

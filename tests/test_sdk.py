@@ -7,7 +7,7 @@ import openai
 import trio
 
 from tests.conftest import running
-from trioproxy.mock_scripts import WORDS
+from trioproxy.testing.mock_scripts import WORDS
 
 EXPECTED = "".join(WORDS[i % len(WORDS)] + " " for i in range(12))
 

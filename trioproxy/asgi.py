@@ -1,19 +1,32 @@
-"""ASGI plumbing for the app: reading a bounded body, JSON responses, request ids,
-and the non-blocking check for a hang-up that is already queued."""
+"""ASGI plumbing shared by the server and the relay: the callable types, reading
+a bounded body, JSON responses, request ids, and the non-blocking check for a
+hang-up that is already queued. It knows nothing of exchanges or the relay."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import trio
 
-from .downstream import Receive, Send
 from .errors import BadRequest, PayloadTooLarge
-from .records import Exchange
 
-__all__ = ["already_disconnected", "read_body", "request_id", "send_json", "send_raw_json"]
+__all__ = [
+    "Receive",
+    "Scope",
+    "Send",
+    "already_disconnected",
+    "read_body",
+    "request_id",
+    "send_json",
+    "send_raw_json",
+]
+
+Scope = dict[str, Any]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 def request_id(scope: dict[str, Any]) -> str:
@@ -39,10 +52,9 @@ def already_disconnected(receive: Receive) -> bool:
     return bool(message.get("type") == "http.disconnect")
 
 
-async def read_body(
-    scope: dict[str, Any], receive: Receive, limit: int, ex: Exchange
-) -> bytes | None:
-    """The whole request body, at most ``limit`` bytes (413 beyond)."""
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, at most ``limit`` bytes (413 beyond); None when
+    the client hung up before sending all of it."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             if not value.isdigit():
@@ -54,8 +66,6 @@ async def read_body(
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            ex.settle("client_disconnect")
-            ex.disconnected_at = trio.current_time()
             return None
         chunk = message.get("body", b"")
         size += len(chunk)

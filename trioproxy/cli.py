@@ -12,14 +12,17 @@ import random
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
-from .config import ConfigError, load_config, parse_bind
-from .mock_scripts import Fault, FaultSpecError, parse_fault
-from .mock_upstream import serve_mock
-from .providers import read_credential
-from .server import run_gateway
+if TYPE_CHECKING:
+    from .testing.mock_scripts import Fault
+from .config import load_config, parse_bind
+from .errors import ConfigError
+from .routing.providers import read_credential
+from .server.hypercorn import UnsupportedHypercorn, check_hypercorn_version
+from .server.serve import run_gateway
 
 __all__ = ["main"]
 
@@ -87,6 +90,8 @@ def _setup_logging(level: str) -> None:
 
 
 async def _run_mock(host: str, port: int, fault: Fault) -> None:
+    from .testing.mock_upstream import serve_mock
+
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             mock = await nursery.start(serve_mock, host, port, fault)
@@ -98,8 +103,8 @@ async def _run_mock(host: str, port: int, fault: Fault) -> None:
 
 
 def _chaos(args: argparse.Namespace) -> int:
-    from .chaos_campaign import run_campaign, write_report
-    from .chaos_report import format_report
+    from .testing.chaos.campaign import run_campaign, write_report
+    from .testing.chaos.report import format_report
 
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     print(f"chaos: seed {seed} (replay with --seed {seed})", file=sys.stderr, flush=True)
@@ -124,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "chaos":
             return _chaos(args)
         if args.command == "keys":
-            from .auth import new_key
+            from .admission.auth import new_key
 
             key, block = new_key(args.name)
             print(f"# the key (shown once; the gateway keeps only its hash):\n{key}\n")
@@ -132,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(block, end="")
             return 0
         if args.command == "verify":
-            from .verify import verify as verify_receipt_files
+            from .receipts.verify import verify as verify_receipt_files
 
             ok, line = verify_receipt_files(
                 args.receipt, args.request, args.response, args.key, args.gateway
@@ -140,11 +145,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(line if ok else f"invalid: {line}")
             return 0 if ok else 1
         if args.command == "mock-upstream":
+            from .testing.mock_scripts import Fault, FaultSpecError, parse_fault
+
             host, port = parse_bind(args.bind)
             _setup_logging("info")
             fault = Fault(tokens=args.tokens, itl_ms=args.itl_ms, ttft_ms=args.ttft_ms)
             if args.fault:
-                fault = parse_fault("mock-" + args.fault, fault)
+                try:
+                    fault = parse_fault("mock-" + args.fault, fault)
+                except FaultSpecError as exc:
+                    print(f"trioproxy: {exc}", file=sys.stderr)
+                    return 2
             trio.run(_run_mock, host, port, fault)
             return 0
         flags = {
@@ -157,9 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "workers": args.workers,
         }
         config = load_config(args.config, **flags)
-        for spec in config.provider_specs():  # a missing credential stops start-up here
+        for spec in config.provider_specs:  # a missing credential stops start-up here
             read_credential(spec)
-    except (ConfigError, FaultSpecError) as exc:
+        check_hypercorn_version()
+    except (ConfigError, UnsupportedHypercorn) as exc:
         print(f"trioproxy: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config.log_level)

@@ -13,16 +13,13 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .providers import ProviderSpec
+from .errors import ConfigError
+from .routing.pools import STRATEGIES
+from .routing.providers import ProviderSpec, legacy_specs, parse_providers
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_bind"]
-
-
-class ConfigError(ValueError):
-    """The configuration file or a flag holds a value the gateway cannot use."""
+__all__ = ["Config", "load_config", "parse_bind"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +76,10 @@ class Config:
     access_log: bool = True
     log_level: str = "info"
     mock_options: Mapping[str, Any] = field(default_factory=dict)
+    # --- derived once, when the record is made -------------------------------
+    # Every provider: the [[providers]] tables, then the URL shorthands (parsed
+    # here and nowhere else).
+    provider_specs: tuple[ProviderSpec, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         parse_bind(self.bind)
@@ -117,31 +118,28 @@ class Config:
                 raise ConfigError(f"upstream URL must start with http:// or https://: {url!r}")
         if self.eject_after < 0:
             raise ConfigError("eject_after must be an integer >= 0")
-        from .pools import STRATEGIES  # pools imports this module
 
         if self.routing_strategy not in STRATEGIES:
             raise ConfigError(f"routing_strategy must be one of {', '.join(STRATEGIES)}")
-        self.provider_specs()  # validates the [[providers]] tables
+        specs = parse_providers(self.providers)
+        specs += legacy_specs(self.openai_upstreams, self.anthropic_upstreams)
+        if len({s.name for s in specs}) != len(specs):
+            raise ConfigError("provider names must be unique")
+        object.__setattr__(self, "provider_specs", specs)
 
     @property
     def has_upstreams(self) -> bool:
         return bool(self.providers or self.openai_upstreams or self.anthropic_upstreams)
 
-    def provider_specs(self) -> tuple[ProviderSpec, ...]:
-        """Every provider: the [[providers]] tables, then the URL shorthands."""
-        from .providers import legacy_specs, parse_providers  # providers imports this module
-
-        specs = parse_providers(self.providers)
-        specs += legacy_specs(self.openai_upstreams, self.anthropic_upstreams)
-        if len({s.name for s in specs}) != len(specs):
-            raise ConfigError("provider names must be unique")
-        return specs
-
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
+    def options(self) -> dict[str, Any]:
+        """The options this record was made from (``Config(**options())`` makes it again)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
-_FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+
+_FIELD_TYPES = {f.name: f.type for f in fields(Config) if f.init}
 
 
 def parse_bind(bind: str) -> tuple[str, int]:

@@ -19,24 +19,21 @@ rendered in the route's API dialect in one place.
     ├── SlowClient              ---  slow_client         (the client is not reading)
     └── GatewayShutdown         503  gateway_shutdown
 
-Before the first byte reaches the client an error is an HTTP response
-(:func:`render_json`); after it, one SSE error event (:func:`render_sse`).
-:func:`from_upstream_exception` is the mapping table from httpx/trio errors.
+Each error names the :class:`Outcome` it gives the exchange. How an error looks
+to a client (HTTP error body before the first byte, one SSE error event after)
+is the dialect's business: :mod:`trioproxy.dialects`. Library errors are mapped
+to this hierarchy once, where the I/O happens (:mod:`trioproxy.upstream`).
+This module imports no library.
 """
 
 from __future__ import annotations
 
 import enum
 
-import httpx
-import orjson
-import trio
-
-from .sse import SSEFramingError
-
 __all__ = [
     "BadRequest",
-    "Dialect",
+    "ConfigError",
+    "Outcome",
     "Forbidden",
     "GatewayError",
     "GatewayShutdown",
@@ -53,20 +50,35 @@ __all__ = [
     "UpstreamRateLimited",
     "UpstreamTTFTTimeout",
     "UpstreamUnreachable",
-    "from_upstream_exception",
-    "render_json",
-    "render_sse",
 ]
 
 
-class Dialect(enum.Enum):
-    OPENAI = "openai"
-    ANTHROPIC = "anthropic"
+class Outcome(enum.StrEnum):
+    """How an exchange ended: one per request, the first decision stands.
+    The values are the ``outcome`` of records, access lines and metrics."""
+
+    DONE = "done"  # relayed to its end (an upstream 4xx relayed as is included)
+    UPSTREAM_ERROR = "upstream_error"  # upstream unreachable, broken, 5xx, or relayed error
+    BAD_REQUEST = "bad_request"
+    REJECTED_AUTH = "rejected_auth"
+    REJECTED_OVERLOAD = "rejected_overload"
+    CLIENT_DISCONNECT = "client_disconnect"
+    UPSTREAM_TTFT_TIMEOUT = "upstream_ttft_timeout"
+    UPSTREAM_IDLE_TIMEOUT = "upstream_idle_timeout"
+    MAX_DURATION = "max_duration"
+    SLOW_CLIENT = "slow_client"
+    GATEWAY_SHUTDOWN = "gateway_shutdown"
+    UNKNOWN = "unknown"  # a bug: recorded rather than lost
+
+
+class ConfigError(ValueError):
+    """The configuration file or a flag holds a value the gateway cannot use
+    (start-up and SIGHUP reload; never raised while serving a request)."""
 
 
 class GatewayError(Exception):
     status = 500
-    outcome = "upstream_error"
+    outcome = Outcome.UPSTREAM_ERROR
     openai_type = "server_error"
     anthropic_type = "api_error"
     code = "internal_error"
@@ -78,7 +90,7 @@ class GatewayError(Exception):
 
 class BadRequest(GatewayError):
     status = 400
-    outcome = "bad_request"
+    outcome = Outcome.BAD_REQUEST
     openai_type = "invalid_request_error"
     anthropic_type = "invalid_request_error"
     code = "invalid_request"
@@ -92,7 +104,7 @@ class PayloadTooLarge(BadRequest):
 
 class Unauthorized(GatewayError):
     status = 401
-    outcome = "rejected_auth"
+    outcome = Outcome.REJECTED_AUTH
     openai_type = "invalid_request_error"
     anthropic_type = "authentication_error"
     code = "invalid_api_key"
@@ -100,7 +112,7 @@ class Unauthorized(GatewayError):
 
 class Forbidden(GatewayError):
     status = 403
-    outcome = "rejected_auth"
+    outcome = Outcome.REJECTED_AUTH
     openai_type = "invalid_request_error"
     anthropic_type = "permission_error"
     code = "model_not_allowed"
@@ -108,7 +120,7 @@ class Forbidden(GatewayError):
 
 class NotFound(GatewayError):
     status = 404
-    outcome = "bad_request"
+    outcome = Outcome.BAD_REQUEST
     openai_type = "invalid_request_error"
     anthropic_type = "not_found_error"
     code = "not_found"
@@ -122,7 +134,7 @@ class MethodNotAllowed(NotFound):
 
 class Overloaded(GatewayError):
     status = 429
-    outcome = "rejected_overload"
+    outcome = Outcome.REJECTED_OVERLOAD
     openai_type = "rate_limit_error"
     anthropic_type = "rate_limit_error"
     code = "gateway_overloaded"
@@ -134,7 +146,7 @@ class Overloaded(GatewayError):
 
 class UpstreamError(GatewayError):
     status = 502
-    outcome = "upstream_error"
+    outcome = Outcome.UPSTREAM_ERROR
     openai_type = "server_error"
     anthropic_type = "api_error"
     code = "upstream_error"
@@ -163,85 +175,33 @@ class UpstreamRateLimited(UpstreamError):
 
 class UpstreamTTFTTimeout(UpstreamError):
     status = 504
-    outcome = "upstream_ttft_timeout"
+    outcome = Outcome.UPSTREAM_TTFT_TIMEOUT
     anthropic_type = "timeout_error"
     code = "upstream_ttft_timeout"
 
 
 class UpstreamIdleTimeout(UpstreamError):
     status = 504
-    outcome = "upstream_idle_timeout"
+    outcome = Outcome.UPSTREAM_IDLE_TIMEOUT
     anthropic_type = "timeout_error"
     code = "upstream_idle_timeout"
 
 
 class StreamTooLong(UpstreamError):
     status = 504
-    outcome = "max_duration"
+    outcome = Outcome.MAX_DURATION
     anthropic_type = "timeout_error"
     code = "max_stream_duration"
 
 
 class SlowClient(GatewayError):
     status = 500
-    outcome = "slow_client"
+    outcome = Outcome.SLOW_CLIENT
     code = "slow_client"
 
 
 class GatewayShutdown(GatewayError):
     status = 503
-    outcome = "gateway_shutdown"
+    outcome = Outcome.GATEWAY_SHUTDOWN
     anthropic_type = "overloaded_error"
     code = "gateway_shutdown"
-
-
-# The mapping table, applied once where upstream I/O happens. Lookup walks the
-# exception's MRO, so the most specific entry wins.
-_UPSTREAM_ERRORS: dict[type[BaseException], tuple[type[UpstreamError], str]] = {
-    httpx.ConnectError: (UpstreamUnreachable, "cannot connect to upstream"),
-    httpx.ConnectTimeout: (UpstreamUnreachable, "timed out connecting to upstream"),
-    httpx.PoolTimeout: (UpstreamUnreachable, "no upstream connection available"),
-    httpx.UnsupportedProtocol: (UpstreamUnreachable, "unsupported upstream URL"),
-    httpx.WriteError: (UpstreamBroken, "upstream connection failed while sending"),
-    httpx.ReadError: (UpstreamBroken, "upstream connection reset"),
-    httpx.RemoteProtocolError: (UpstreamBroken, "upstream closed the connection mid-response"),
-    httpx.DecodingError: (UpstreamBroken, "upstream response could not be decoded"),
-    httpx.TransportError: (UpstreamBroken, "upstream transport error"),
-    trio.BrokenResourceError: (UpstreamBroken, "upstream connection reset"),
-    OSError: (UpstreamUnreachable, "upstream network error"),
-    SSEFramingError: (UpstreamBroken, "upstream sent a malformed event stream"),
-}
-
-
-def from_upstream_exception(exc: BaseException) -> UpstreamError:
-    """Map an exception raised by upstream I/O to the gateway's hierarchy."""
-    if isinstance(exc, UpstreamError):
-        return exc
-    for klass in type(exc).__mro__:
-        entry = _UPSTREAM_ERRORS.get(klass)
-        if entry is not None:
-            cls, message = entry
-            detail = str(exc)
-            return cls(f"{message}: {detail}" if detail else message)
-    return UpstreamBroken(f"upstream failed: {type(exc).__name__}")
-
-
-def _body(err: GatewayError, dialect: Dialect) -> dict[str, object]:
-    if dialect is Dialect.ANTHROPIC:
-        return {"type": "error", "error": {"type": err.anthropic_type, "message": err.message}}
-    return {
-        "error": {"message": err.message, "type": err.openai_type, "param": None, "code": err.code}
-    }
-
-
-def render_json(err: GatewayError, dialect: Dialect) -> bytes:
-    """The body of an HTTP error response."""
-    return orjson.dumps(_body(err, dialect))
-
-
-def render_sse(err: GatewayError, dialect: Dialect) -> bytes:
-    """One complete SSE error event: the last thing a broken stream sends."""
-    payload = orjson.dumps(_body(err, dialect))
-    if dialect is Dialect.ANTHROPIC:
-        return b"event: error\ndata: " + payload + b"\n\n"
-    return b"data: " + payload + b"\n\n"

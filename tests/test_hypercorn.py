@@ -1,0 +1,141 @@
+"""The Hypercorn guards: each one works, and each fault still exists without it.
+
+Every guard's test runs twice: guarded (must pass) and with Hypercorn as
+released (``xfail(strict=True)``: the fault must still show). When a Hypercorn
+release fixes a fault, its unguarded run passes, the strict xfail fails the
+suite, and the guard can be deleted from ``trioproxy/server/hypercorn.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import h11
+import hypercorn.config
+import pytest
+import trio
+from hypercorn.events import RawData
+from hypercorn.protocol.events import Body, EndBody, Response
+from hypercorn.protocol.h11 import H11Protocol
+
+from tests.conftest import chat, eventually, running
+from trioproxy.observe.debug import task_names
+from trioproxy.server import hypercorn as guards
+from trioproxy.testing.rawclient import RawClient, request
+
+
+@pytest.fixture(params=["guarded", "unguarded"])
+def hypercorn_as(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Hypercorn with every guard, or as released (guards back afterwards)."""
+    guards.install_hypercorn_guards()
+    if request.param == "unguarded":
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="the Hypercorn fault this guard covers")
+        )
+        guards.uninstall_hypercorn_guards()
+        # open_gateway installs the guards; keep them out for this test.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(guards, "install_hypercorn_guards", lambda *names: None)
+            patch.setattr("trioproxy.server.serve.install_hypercorn_guards", lambda: None)
+            yield request.param
+        guards.install_hypercorn_guards()
+    else:
+        yield request.param
+
+
+def _protocol(sent: list[Any]) -> H11Protocol:
+    """An H11Protocol that has read one request, writing to ``sent``."""
+
+    async def send(event: Any) -> None:
+        sent.append(event)
+
+    proto = H11Protocol.__new__(H11Protocol)
+    proto.config = hypercorn.config.Config()
+    proto.keep_alive_requests = 0
+    proto.send = send
+    proto.connection = h11.Connection(h11.SERVER)
+    proto.connection.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert isinstance(proto.connection.next_event(), h11.Request)
+    return proto
+
+
+async def test_the_head_goes_out_in_one_write_with_the_first_body_bytes(hypercorn_as: str) -> None:
+    sent: list[Any] = []
+    proto = _protocol(sent)
+    await proto.stream_send(
+        Response(stream_id=1, headers=[(b"content-type", b"text/event-stream")], status_code=200)
+    )
+    assert sent == []  # held until the first bytes
+    await proto.stream_send(Body(stream_id=1, data=b"data: 1\n\n"))
+    await proto.stream_send(Body(stream_id=1, data=b"data: 2\n\n"))
+    await proto.stream_send(EndBody(stream_id=1))
+    writes = [e.data for e in sent if isinstance(e, RawData)]
+    assert len(writes) == 3
+    assert writes[0].startswith(b"HTTP/1.1 200 ") and writes[0].endswith(b"data: 1\n\n\r\n")
+    assert b"data: 2" in writes[1] and writes[2] == b"0\r\n\r\n"
+
+
+async def test_an_error_response_without_a_body_still_goes_out() -> None:
+    guards.install_hypercorn_guards()
+    sent: list[Any] = []
+    proto = _protocol(sent)
+    await proto._send_error_response(400)
+    (write,) = [e.data for e in sent if isinstance(e, RawData)]
+    assert write.startswith(b"HTTP/1.1 400 ") and write.endswith(b"\r\n\r\n")
+
+
+async def test_an_internal_hypercorn_error_ends_one_connection_not_the_worker(
+    hypercorn_as: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hypercorn #225, found by the fuzz test: the error response to a malformed
+    body raced Hypercorn's own send_eof (BusyResourceError) and stopped the
+    whole server. The race is made deterministic here."""
+
+    async def racing_error_response(self: object, status_code: int) -> None:
+        raise trio.BusyResourceError("another task is currently sending data on this SocketStream")
+
+    async with running() as (gw, _):
+        with monkeypatch.context() as patch:
+            patch.setattr(H11Protocol, "_send_error_response", racing_error_response)
+            host, port = gw.url.removeprefix("http://").split(":")
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(b"GARBAGE\r\n\r\n")
+                with trio.fail_after(5):
+                    assert await stream.receive_some(100) == b""  # that connection ends
+        ok = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t2-i0"))
+        assert ok.status == 200 and ok.body.endswith(b"data: [DONE]\n\n")
+
+
+async def test_closed_keep_alive_connections_do_not_linger(hypercorn_as: str) -> None:
+    """Found by chaos (no_orphan_tasks): a keep-alive connection closed by its
+    client kept its task and socket for keep_alive_timeout (75 s here)."""
+    async with running() as (gw, _):
+        client = await RawClient.connect(gw.url)
+        await client.send_request("GET", "/healthz")
+        assert (await client.read_response()).status == 200
+        await eventually(lambda: task_names().get("_idle_timeout", 0) == 1)  # idle, kept alive
+        await client.close()
+        await eventually(lambda: task_names().get("_idle_timeout", 0) == 0, timeout=2)
+
+
+def test_an_untested_hypercorn_release_is_refused_with_one_line() -> None:
+    guards.check_hypercorn_version("0.18.0")
+    guards.check_hypercorn_version("0.17.3")
+    with pytest.raises(guards.UnsupportedHypercorn, match=r"^Hypercorn 0\.19\.0 is not supported"):
+        guards.check_hypercorn_version("0.19.0")
+
+
+def test_uninstall_puts_hypercorn_back() -> None:
+    from hypercorn.trio.tcp_server import TCPServer
+
+    guards.install_hypercorn_guards()
+    patched = (TCPServer.run, H11Protocol._send_h11_event)
+    assert set(guards.uninstall_hypercorn_guards()) == set(guards.GUARDS)
+    assert (TCPServer.run, H11Protocol._send_h11_event) != patched
+    guards.install_hypercorn_guards()
+    assert (TCPServer.run.__name__, H11Protocol._send_h11_event.__name__) == (
+        "guarded_run",
+        "_send_h11_event",
+    )

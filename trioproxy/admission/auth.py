@@ -1,0 +1,145 @@
+"""API keys: who may call, which models, how many streams, how many requests a minute.
+
+Rules:
+- The config holds only the SHA-256 of each key (``trioproxy keys new`` prints a
+  key once, with its TOML block). Keys are compared by hash in constant time
+  (``hmac.compare_digest`` against every configured hash).
+- Clients send ``Authorization: Bearer KEY`` (OpenAI) or ``x-api-key: KEY``
+  (Anthropic). A gateway with keys never forwards them upstream.
+- 401 for a missing or unknown key, 403 for a model the key may not use, 429 when
+  the key's own stream limiter is full or its requests-per-minute are used up;
+  each in the route's dialect. A key never appears in logs, errors or records:
+  only its ``name`` does.
+- No keys configured = open mode: allowed on loopback only, unless
+  ``allow_open_public = true`` (checked at start-up by the config).
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError, Forbidden, Overloaded, Unauthorized
+from .limits import StreamLimiter
+
+__all__ = ["ApiKey", "KeyRing", "new_key", "parse_keys"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    sha256: str
+    max_streams: int = 0  # 0: only the global limit applies
+    models: tuple[str, ...] = ("*",)
+    rpm: int = 0  # 0: no requests-per-minute limit
+
+
+def parse_keys(raw: Iterable[Mapping[str, Any]]) -> tuple[ApiKey, ...]:
+    keys = []
+    for entry in raw:
+        unknown = set(entry) - {"name", "sha256", "max_streams", "models", "rpm"}
+        name, digest = entry.get("name"), entry.get("sha256")
+        if unknown:
+            raise ConfigError(f"[[keys]] {name!r}: unknown option(s) {sorted(unknown)}")
+        if not isinstance(name, str) or not name:
+            raise ConfigError("[[keys]] needs a name")
+        if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
+            raise ConfigError(f"[[keys]] {name}: sha256 must be 64 hex digits (the key's hash)")
+        models = entry.get("models", ["*"])
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise ConfigError(f"[[keys]] {name}: models must be a list of names or patterns")
+        for field in ("max_streams", "rpm"):
+            value = entry.get(field, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"[[keys]] {name}: {field} must be an integer >= 0")
+        keys.append(
+            ApiKey(
+                name,
+                digest.lower(),
+                entry.get("max_streams", 0),
+                tuple(models),
+                entry.get("rpm", 0),
+            )
+        )
+    if len({k.name for k in keys}) != len(keys):
+        raise ConfigError("[[keys]] names must be unique")
+    return tuple(keys)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
+
+
+def new_key(name: str) -> tuple[str, str]:
+    """A fresh random key and the TOML block that admits it."""
+    key = "tp-" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    block = f'[[keys]]\nname = "{name}"\nsha256 = "{digest}"\nmodels = ["*"]\nmax_streams = 0\nrpm = 0\n'
+    return key, block
+
+
+def _presented(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            return value[7:].strip()
+        if name == b"x-api-key":
+            return value.strip()
+    return None
+
+
+class KeyRing:
+    def __init__(self, keys: tuple[ApiKey, ...]) -> None:
+        self.keys = keys
+        self._digests = [(k, k.sha256.encode()) for k in keys]
+        self._limiters = {k.name: StreamLimiter(k.max_streams, 0) for k in keys if k.max_streams}
+        self._recent = {k.name: collections.deque[float](maxlen=k.rpm) for k in keys if k.rpm}
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def authenticate(self, headers: list[tuple[bytes, bytes]]) -> ApiKey:
+        presented = _presented(headers)
+        if not presented:
+            raise Unauthorized("missing API key: send Authorization: Bearer KEY or x-api-key")
+        digest = hashlib.sha256(presented).hexdigest().encode()
+        found = None
+        for key, expected in self._digests:  # every hash, constant time each
+            if hmac.compare_digest(digest, expected):
+                found = key
+        if found is None:
+            raise Unauthorized("invalid API key")
+        return found
+
+    def allows(self, key: ApiKey, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, p) for p in key.models)
+
+    def authorize(self, key: ApiKey, model: str | None) -> None:
+        if model is None or self.allows(key, model):
+            return
+        raise Forbidden(f"key {key.name!r} may not use model {model!r}")
+
+    def admit(self, key: ApiKey, now: float) -> None:
+        """Requests-per-minute: a sliding window of the key's last ``rpm`` requests;
+        ``now`` in seconds on any monotonic clock (the gateway passes trio's)."""
+        recent = self._recent.get(key.name)
+        if recent is None:
+            return
+        if len(recent) == recent.maxlen and now - recent[0] < 60:
+            raise Overloaded(
+                f"key {key.name!r} is over its {key.rpm} requests per minute",
+                retry_after=max(1, int(60 - (now - recent[0])) + 1),
+            )
+        recent.append(now)
+
+    def limiter(self, key: ApiKey) -> StreamLimiter | None:
+        return self._limiters.get(key.name)

@@ -1,0 +1,75 @@
+"""Introspection for ``GET /debug/state`` and ``GET /debug/records``.
+
+Off unless ``debug_endpoints = true``: the state names upstream URLs and the
+records name models and request ids. ``trioproxy chaos`` and the tests read the
+cancellation invariants from here: active requests, limiter tokens, channel
+occupancy, detached work, the trio task count and the process RSS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import trio
+
+from ..routing.providers import ProviderStatistics
+
+__all__ = ["debug_state", "rss_bytes", "task_names"]
+
+
+def task_names() -> dict[str, int]:
+    """Every task of this trio run (walked from the root task), counted by name."""
+    names: dict[str, int] = {}
+    stack = [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        if task is None:
+            continue
+        name = task.name.rsplit(".", 1)[-1]
+        names[name] = names.get(name, 0) + 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return names
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def debug_state(
+    statistics: Any,
+    channels: Iterable[trio.MemoryChannelStatistics],
+    providers: Sequence[ProviderStatistics],
+    upstreams: Mapping[str, list[str]],
+    records_kept: int,
+    config: Mapping[str, Any],
+) -> dict[str, Any]:
+    """``statistics``: the gateway's frozen statistics record; ``channels``: the
+    relay channel of each exchange being relayed."""
+    tasks = task_names()
+    buffered = [ch.current_buffer_used for ch in channels]
+    return {
+        **dataclasses.asdict(statistics),
+        "channels": {
+            "open": len(buffered),
+            "buffered_chunks": sum(buffered),
+            "max_buffered": max(buffered, default=0),
+            "capacity_each": config.get("channel_size"),
+        },
+        "tasks": sum(tasks.values()),
+        "task_names": tasks,
+        "rss_bytes": rss_bytes(),
+        "upstreams": dict(upstreams),
+        "providers": [dataclasses.asdict(p) for p in providers],
+        "records_kept": records_kept,
+        "config": dict(config),
+    }

@@ -1,0 +1,290 @@
+"""Signed receipts of exchanges: built after the stream, signed and stored off the hot path.
+
+What a receipt proves: that this gateway (the holder of the Ed25519 key named by
+``key_id``) relayed a request whose body hashes to ``request_sha256`` and sent
+the client exactly the bytes hashing to ``response_sha256``, with the stated
+model, route, outcome and timing. What it does not prove: what the model server
+computed (only the upstream's own signature, when fetched, speaks for that),
+nor that the client received every byte (a hang-up loses bytes in flight).
+
+Canonical form: the receipt object serialised as JSON with sorted keys and no
+whitespace (``orjson`` with ``OPT_SORT_KEYS``); the signature is Ed25519 over
+those bytes, base64-encoded.
+
+Resource handling: hand-offs are bounded by ``max_pending_receipts``; when full
+the receipt is dropped, counted and logged (the request never waits). Signing
+and storage run as detached work in the service nursery and are drained on
+graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..relay.exchange import CompletionRecord
+from .detached import DetachedWork
+from .store import ReceiptStore, Row
+
+__all__ = [
+    "KeyError_",
+    "ReceiptService",
+    "ReceiptStatistics",
+    "Signer",
+    "build_receipt",
+    "canonical",
+    "key_id_of",
+    "verify_receipt",
+]
+
+log = logging.getLogger("trioproxy.receipts")
+
+
+class KeyError_(RuntimeError):
+    """The signing key cannot be used (bad permissions or content)."""
+
+
+def canonical(receipt: dict[str, Any]) -> bytes:
+    return orjson.dumps(receipt, option=orjson.OPT_SORT_KEYS)
+
+
+def key_id_of(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+class Signer:
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self._private = private
+        self.public = private.public_key()
+        self.key_id = key_id_of(self.public)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Signer:
+        """Generate the key on first start (mode 0600); refuse a key file that
+        other users can read."""
+        if path.exists():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                raise KeyError_(
+                    f"signing key {path} is readable by others (mode {mode:o}): chmod 600 it"
+                )
+            try:
+                private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            except ValueError as exc:
+                raise KeyError_(f"signing key {path} is not a PEM private key: {exc}") from None
+            if not isinstance(private, Ed25519PrivateKey):
+                raise KeyError_(f"signing key {path} is not an Ed25519 key")
+            return cls(private)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        private = Ed25519PrivateKey.generate()
+        pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another worker process created it first
+            time.sleep(0.2)
+            return cls.load_or_create(path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        log.info(
+            "generated a new receipt signing key %s (key_id %s)",
+            path,
+            key_id_of(private.public_key()),
+        )
+        return cls(private)
+
+    def sign(self, data: bytes) -> str:
+        return base64.b64encode(self._private.sign(data)).decode()
+
+    def public_key_document(self) -> dict[str, str]:
+        pem = self.public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        raw = self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return {
+            "key_id": self.key_id,
+            "signing_algo": "ed25519",
+            "public_key_pem": pem.decode(),
+            "public_key_base64": base64.b64encode(raw).decode(),
+        }
+
+
+def build_receipt(record: CompletionRecord) -> dict[str, Any]:
+    return {
+        "id": record.completion_id or record.request_id,
+        "request_id": record.request_id,
+        "model": record.model,
+        "provider": record.provider or "none",
+        "route": record.route,
+        "request_sha256": record.request_sha256,
+        "response_sha256": record.response_sha256,
+        "created": record.created,
+        "completed": record.created + record.duration_ms / 1000,
+        "usage": record.usage,
+        "outcome": record.outcome,
+        "truncated": record.outcome != "done",
+    }
+
+
+def verify_receipt(document: dict[str, Any], public: Ed25519PublicKey) -> str | None:
+    """None if the signed document is valid for ``public``, else the reason."""
+    try:
+        signature = base64.b64decode(document["signature"], validate=True)
+        receipt = document["receipt"]
+    except (KeyError, TypeError, ValueError):
+        return "not a signed receipt document (needs 'receipt' and a base64 'signature')"
+    if document.get("key_id") not in (None, key_id_of(public)):
+        return f"receipt was signed with key {document.get('key_id')}, not {key_id_of(public)}"
+    try:
+        public.verify(signature, canonical(receipt))
+    except InvalidSignature:
+        return "signature does not match the receipt"
+    return None
+
+
+class _Slot:
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: Exception | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptStatistics:
+    pending: int
+    stored: int
+    failed: int
+    dropped: int
+
+
+class ReceiptService:
+    """Hands records to detached signing + storage; answers lookups."""
+
+    def __init__(
+        self,
+        signer: Signer,
+        store: ReceiptStore,
+        detached: DetachedWork,
+        max_pending: int,
+        sign_truncated: bool = True,
+    ) -> None:
+        self.signer = signer
+        self.store = store
+        self._detached = detached
+        self._max_pending = max_pending
+        self._sign_truncated = sign_truncated
+        self._queue: list[tuple[Row, _Slot]] = []
+        self._flushing = False
+        self.pending: set[str] = set()  # receipt ids and request ids, finished but not stored
+        self._pending = 0
+        self._stored = 0
+        self._failed = 0
+        self._dropped = 0
+
+    def statistics(self) -> ReceiptStatistics:
+        return ReceiptStatistics(self._pending, self._stored, self._failed, self._dropped)
+
+    def submit(self, record: CompletionRecord) -> None:
+        """Called as a request ends; never awaits."""
+        if record.response_sha256 is None or record.outcome in ("bad_request", "rejected_overload"):
+            return  # nothing was relayed
+        if record.outcome != "done" and not self._sign_truncated:
+            return
+        receipt = build_receipt(record)
+        if self._pending >= self._max_pending:
+            self._dropped += 1
+            log.error(
+                "receipt queue full (%d): dropped receipt %s", self._max_pending, receipt["id"]
+            )
+            return
+        keys = (receipt["id"], record.request_id)
+        if not self._detached.submit(self._sign_and_store, receipt, keys, name="receipt"):
+            self._dropped += 1
+            return
+        self.pending.update(keys)
+        self._pending += 1
+
+    async def _sign_and_store(self, receipt: dict[str, Any], keys: tuple[str, str]) -> None:
+        try:
+            document = {
+                "receipt": receipt,
+                "signature": self.signer.sign(canonical(receipt)),
+                "signing_algo": "ed25519",
+                "key_id": self.signer.key_id,
+            }
+            row = (receipt["id"], receipt["request_id"], receipt["created"], orjson.dumps(document))
+            await self._commit(row)
+            self._stored += 1
+        except Exception:
+            self._failed += 1
+            log.exception("storing receipt %s failed", receipt["id"])
+        finally:
+            self.pending.difference_update(keys)
+            self._pending -= 1
+
+    async def _commit(self, row: Row) -> None:
+        """Group commit: the first job to find no write in progress writes every
+        queued row in one batch (one thread hop, one transaction), again until
+        the queue is empty; the others wait for their row's batch. A failed
+        batch is retried row by row, so one bad row fails alone."""
+        slot = _Slot()
+        self._queue.append((row, slot))
+        if not self._flushing:
+            self._flushing = True
+            try:
+                while self._queue:
+                    batch, self._queue = self._queue, []
+                    await self._write(batch)
+            finally:
+                self._flushing = False
+        await slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+
+    async def _write(self, batch: list[tuple[Row, _Slot]]) -> None:
+        try:
+            await self.store.put_many([row for row, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0][1].error = exc
+            else:
+                for item in batch:
+                    await self._write([item])
+                return
+        for _, slot in batch:
+            slot.done.set()
+
+    async def lookup(self, key: str) -> tuple[int, bytes | None]:
+        """(200, document) | (202, None) while pending | (404, None)."""
+        if key in self.pending:
+            return 202, None
+        document = await self.store.get(key)
+        return (200, document) if document is not None else (404, None)
+
+    async def prune_forever(self, ttl_days: float, every: float = 3600.0) -> None:
+        while True:
+            try:
+                removed = await self.store.prune(time.time() - ttl_days * 86400)
+                if removed:
+                    log.info("pruned %d receipts older than %s days", removed, ttl_days)
+            except Exception:
+                log.exception("pruning receipts failed")
+            await trio.sleep(every)

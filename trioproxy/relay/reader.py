@@ -1,0 +1,306 @@
+"""The upstream reader: one task per exchange, failover over attempts, bytes into the channel.
+
+Rules:
+- Bytes are passed through: the client gets exactly the upstream's bytes. The
+  sans-IO framer (:mod:`trioproxy.relay.sse`) only finds event boundaries
+  (first event, usage, final event).
+- Before the first byte is handed to the client, a failure moves on to the
+  next provider of the request's plan (:mod:`trioproxy.routing.failover`); when
+  none is left the writer answers an HTTP error. The reader sets
+  ``Exchange.committed`` as it puts the response head in the channel, together
+  with the first body bytes: the point of no return. After it, one SSE error
+  event in the route's dialect ends the stream.
+- Timers (``ttft_timeout``, ``idle_timeout``, ``max_stream_duration``, and
+  ``request_timeout`` for a whole response) wrap the upstream read only, one
+  cancel scope whose deadline moves with each event. Waiting for room in the
+  channel is not upstream idle time: the deadline is lifted meanwhile. A
+  channel full for ``client_stall_timeout`` is a slow client.
+- Outcomes: the reader decides how the upstream side ended
+  (``Exchange.upstream_outcome``); the writer makes it the exchange's outcome.
+
+Resource handling: the upstream body is closed however the read ends (its
+``aclose`` never awaits: it runs in a cancelled scope too) and the connection
+with it; the exchange's slots are released in the reader's ``finally``, the
+moment the upstream side is over, whatever the client is doing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import suppress
+
+import httpx
+import orjson
+import trio
+
+from .. import dialects
+from ..config import Config
+from ..errors import (
+    GatewayError,
+    Outcome,
+    SlowClient,
+    StreamTooLong,
+    UpstreamBroken,
+    UpstreamIdleTimeout,
+    UpstreamRateLimited,
+    UpstreamTTFTTimeout,
+)
+from ..routing.failover import Target, UpstreamRequest, with_failover
+from ..upstream.body import body_of
+from .exchange import Exchange
+from .sse import SSEFramer, SSEFramingError, is_heartbeat
+from .writer import Start
+
+__all__ = ["UpstreamReader", "parse_retry_after"]
+
+_STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_PASSED_RESPONSE_HEADERS = frozenset({b"retry-after", b"x-request-id", b"openai-processing-ms"})
+_MAX_RETRY_AFTER = 3600
+
+
+def parse_retry_after(value: str) -> int | None:
+    """Seconds from a ``Retry-After`` of ASCII digits (capped); None otherwise."""
+    if value.isascii() and value.isdigit():
+        return min(int(value), _MAX_RETRY_AFTER)
+    return None
+
+
+def _passed_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
+    return [
+        (name.lower(), value)
+        for name, value in response.headers.raw
+        if name.lower() in _PASSED_RESPONSE_HEADERS
+    ]
+
+
+class UpstreamReader:
+    """Reads one exchange's upstream side into ``send_ch`` (the relay's channel)."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        config: Config,
+        request: UpstreamRequest,
+        ex: Exchange,
+        send_ch: trio.MemorySendChannel[bytes | Start],
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.request = request
+        self.ex = ex
+        self.send_ch = send_ch
+
+    async def run(self, relay_scope: trio.CancelScope) -> None:
+        """The task: every attempt, then close the channel and release the slots.
+
+        Error handling: a :class:`GatewayError` is recorded in the exchange (the
+        writer renders it); ``Cancelled`` propagates.
+        """
+        ex, config = self.ex, self.config
+        async with self.send_ch:
+            try:
+                ex.upstream_outcome = await with_failover(
+                    self.request, ex, config.max_attempts, config.eject_after, config.cooldown,
+                    self._attempt,
+                )  # fmt: skip
+            except GatewayError as err:
+                ex.error = err
+                ex.upstream_outcome = err.outcome
+            finally:
+                ex.upstream_closed_at = trio.current_time()
+                ex.release_slots()
+            if isinstance(ex.error, SlowClient):
+                # The writer is stuck in a send to a client that does not read
+                # (Hypercorn shields socket writes): end the exchange without it.
+                ex.settle(ex.upstream_outcome)
+                relay_scope.cancel()
+
+    async def _attempt(self, target: Target) -> Outcome:
+        """One provider's attempt: ``DONE``, or ``UPSTREAM_ERROR`` for an upstream
+        HTTP error relayed as is; raises for everything else. The TTFT (or
+        whole-request) timer starts with each attempt."""
+        ex, config = self.ex, self.config
+        now = trio.current_time()
+        timeout = config.ttft_timeout if ex.stream else config.request_timeout
+        first_deadline = now + (timeout or math.inf)
+        if ex.upstream_sent_at is None:  # the first attempt: time the gateway added
+            ex.upstream_sent_at = now
+        request = self.request
+        stream = self.client.stream(
+            request.method, target.url, headers=target.headers, content=target.body
+        )
+        with trio.CancelScope(deadline=first_deadline) as head_scope:
+            response = await stream.__aenter__()
+        if head_scope.cancelled_caught:
+            raise self._first_timeout()
+        try:  # entered: the response is closed however this ends
+            ex.upstream_status = response.status_code
+            content_type = response.headers.get("content-type", "")
+            if response.status_code == 200 and content_type.startswith("text/event-stream"):
+                await self._relay_events(response, first_deadline)
+                return Outcome.DONE
+            if response.status_code == 429:
+                ex.retry_after = parse_retry_after(response.headers.get("retry-after", ""))
+                if target.retry_429:
+                    raise UpstreamRateLimited(
+                        f"provider {target.provider} answered 429", ex.retry_after
+                    )
+            await self._relay_whole(response, first_deadline)
+            return Outcome.DONE if response.status_code < 400 else Outcome.UPSTREAM_ERROR
+        finally:  # the body's aclose never awaits: this runs in a cancelled scope too
+            await stream.__aexit__(None, None, None)
+
+    def _first_timeout(self) -> GatewayError:
+        if self.ex.stream:
+            return UpstreamTTFTTimeout("upstream sent no event within ttft_timeout")
+        return UpstreamTTFTTimeout("upstream did not answer within request_timeout")
+
+    async def _deliver_when_room(self, item: bytes | Start) -> None:
+        """The channel is full: the client is slower than the upstream. Wait for
+        room at most ``client_stall_timeout`` (this wait is not upstream idle time)."""
+        stall = self.config.client_stall_timeout
+        with trio.move_on_after(stall or math.inf) as cs:
+            await self.send_ch.send(item)
+        if cs.cancelled_caught:
+            raise SlowClient(f"client read nothing for {stall} s")
+
+    async def _deliver(self, item: bytes | Start) -> None:
+        try:
+            self.send_ch.send_nowait(item)
+        except trio.WouldBlock:
+            await self._deliver_when_room(item)
+
+    async def _relay_events(self, response: httpx.Response, first_deadline: float) -> None:
+        ex, config = self.ex, self.config
+        framer = SSEFramer(config.max_event_bytes)
+        end_by = ex.started + config.max_stream_duration if config.max_stream_duration else math.inf
+        # One scope for the whole read loop; its deadline moves with each event.
+        read_scope = trio.CancelScope(deadline=min(first_deadline, end_by))
+        body = body_of(response)
+        try:
+            with read_scope:
+                await self._read_events(body, read_scope, end_by, framer, response)
+        except SSEFramingError as exc:
+            raise UpstreamBroken(f"upstream sent a malformed event stream: {exc}") from None
+        finally:
+            await body.aclose()  # no checkpoint: runs in a cancelled scope too
+            ex.partial_event = framer.buffered > 0
+        if read_scope.cancelled_caught:
+            if trio.current_time() >= end_by:
+                raise StreamTooLong("stream exceeded max_stream_duration")
+            if ex.first_event_at is None:
+                raise UpstreamTTFTTimeout("upstream sent no event within ttft_timeout")
+            raise UpstreamIdleTimeout(f"upstream sent no event for {config.idle_timeout} s")
+        if not ex.chunks:
+            raise UpstreamBroken("upstream ended the event stream without sending anything")
+
+    async def _read_events(
+        self,
+        body: AsyncIterator[bytes],
+        read_scope: trio.CancelScope,
+        end_by: float,
+        framer: SSEFramer,
+        response: httpx.Response,
+    ) -> None:
+        ex, send_ch = self.ex, self.send_ch
+        idle = self.config.idle_timeout or math.inf
+        hb_progress = self.config.heartbeat_resets_idle
+        arrivals = ex.metrics.arrivals if ex.metrics is not None else None
+        started = False
+        async for chunk in body:
+            now = trio.current_time()
+            if arrivals is not None:
+                arrivals.append(now)
+            ex.bytes_in += len(chunk)
+            if not ex.chunks:
+                ex.first_chunk_at = now
+            ex.chunks += 1
+            blocks = framer.feed(chunk)
+            if blocks:
+                progress = False
+                before = ex.events
+                for block in blocks:
+                    if is_heartbeat(block):
+                        progress = progress or hb_progress
+                        continue
+                    progress = True
+                    ex.events += 1
+                    if ex.first_block is None:
+                        ex.first_block = block
+                        ex.first_event_at = now
+                    if b'"usage"' in block:
+                        ex.usage_block = block
+                    if dialects.is_final(block):
+                        ex.final_event = True
+                if ex.events > before:
+                    ex.events_read(ex.events - before, now)
+                if progress and ex.first_event_at is not None:
+                    read_scope.deadline = min(now + idle, end_by)
+            if not started:
+                started = True
+                headers = [*_STREAM_HEADERS, *_passed_headers(response)]
+                send_ch.send_nowait(Start(200, headers))  # the channel is empty
+                ex.committed = True  # from here on, no failover
+            try:  # no coroutine and no checkpoint per chunk while there is room
+                send_ch.send_nowait(chunk)
+            except trio.WouldBlock:
+                # Waiting for the client is not upstream idle time: lift the
+                # deadline, then give the upstream at least a full idle window.
+                deadline, read_scope.deadline = read_scope.deadline, math.inf
+                await self._deliver_when_room(chunk)
+                read_scope.deadline = max(deadline, min(trio.current_time() + idle, end_by))
+
+    async def _relay_whole(self, response: httpx.Response, deadline: float) -> None:
+        """A non-SSE response (non-streaming call, or an upstream error): read it
+        whole (bounded), then relay status, content type and body at once."""
+        ex, config = self.ex, self.config
+        parts: list[bytes] = []
+        size = 0
+        limit = config.max_response_bytes
+        body = body_of(response)
+        try:
+            with trio.CancelScope(deadline=deadline) as scope:
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > limit:
+                        raise UpstreamBroken(f"upstream response exceeds {limit} bytes")
+                    parts.append(chunk)
+        finally:
+            await body.aclose()
+        if scope.cancelled_caught:
+            raise self._first_timeout()
+        data = b"".join(parts)
+        ex.bytes_in = size
+        if response.status_code >= 500:
+            # The upstream failed: the client gets a 502 in its dialect that quotes it.
+            detail = data[:500].decode("utf-8", "replace")
+            raise UpstreamBroken(f"upstream returned HTTP {response.status_code}: {detail}")
+        content_type = response.headers.get("content-type", "application/json")
+        if (
+            response.status_code < 400
+            and self.request.parse_body
+            and content_type.startswith("application/json")
+        ):
+            with suppress(orjson.JSONDecodeError):
+                ex.body_json = orjson.loads(data)
+        # Time the gateway added: before the upstream request, and after its body.
+        upstream_done = trio.current_time()
+        ex.first_chunk_at = upstream_done
+        if ex.metrics is not None:
+            ex.metrics.arrivals.append(upstream_done)
+        added = (ex.upstream_sent_at or ex.started) - ex.started
+        overhead_ms = b"%.3f" % ((added + trio.current_time() - upstream_done) * 1000)
+        headers = [
+            (b"content-type", content_type.encode("latin-1")),
+            (b"content-length", str(len(data)).encode()),
+            (b"x-trioproxy-overhead-ms", overhead_ms),
+            *_passed_headers(response),
+        ]
+        ex.committed = True
+        await self._deliver(Start(response.status_code, headers))
+        await self._deliver(data)

@@ -1,0 +1,84 @@
+"""The per-request relay: one nursery, three tasks, one bounded channel.
+
+::
+
+    request nursery (one per request, cancelled by whichever task ends it)
+    ├── upstream reader ── UpstreamBody ──► memory channel (channel_size)
+    │     (reader.py) TTFT / idle timers wrap        │
+    │     only the upstream read; releases the       ▼
+    │     slots the moment the upstream side ends
+    ├── client writer (writer.py) ◄── drains greedily, one ASGI send per drain
+    └── disconnect watcher ── blocked on ASGI receive(); http.disconnect cancels
+                              the nursery, which closes the upstream connection
+
+Rules:
+- The handler took the exchange's slots and moved it to ``admitted``;
+  :meth:`Relay.run` moves it to ``relaying`` and returns once it is settled.
+- Hypercorn never cancels the app when a client leaves: the watcher, blocked in
+  ``receive()`` for the whole stream, is how a hang-up is learnt. It records
+  ``client_disconnect`` only if nothing was decided yet, then cancels the
+  nursery: the reader's cancellation closes the upstream connection at once.
+
+Resource handling: memory per stream is bounded by ``channel_size`` chunks plus
+one partial event of at most ``max_event_bytes``. Every task lives in the
+request's nursery; nothing outlives :meth:`Relay.run`.
+"""
+
+from __future__ import annotations
+
+import httpx
+import trio
+
+from ..asgi import Receive, Send
+from ..config import Config
+from ..routing.failover import UpstreamRequest
+from .exchange import Exchange, Phase
+from .reader import UpstreamReader
+from .writer import Start, write_client
+
+__all__ = ["Relay", "UpstreamRequest"]
+
+
+class Relay:
+    """One exchange's relay; ``channel_statistics()`` for ``/debug/state``."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        config: Config,
+        request: UpstreamRequest,
+        ex: Exchange,
+        extra_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self.ex = ex
+        self._extra_headers = extra_headers
+        self._send_ch, self._recv_ch = trio.open_memory_channel[bytes | Start](config.channel_size)
+        self._reader = UpstreamReader(client, config, request, ex, self._send_ch)
+
+    def channel_statistics(self) -> trio.MemoryChannelStatistics:
+        return self._send_ch.statistics()
+
+    async def run(self, send: Send, receive: Receive) -> None:
+        """Run the exchange to its end.
+
+        Error handling: nothing escapes but ``Cancelled`` from an enclosing scope
+        (graceful shutdown); every other ending is recorded in the exchange.
+        """
+        ex = self.ex
+        ex.move(Phase.RELAYING)
+        async with trio.open_nursery() as nursery:
+            scope = nursery.cancel_scope
+            nursery.start_soon(self._watch_disconnect, receive, scope, name="disconnect-watcher")
+            nursery.start_soon(self._reader.run, scope, name="upstream-reader")
+            nursery.start_soon(
+                write_client, send, self._recv_ch, ex, self._extra_headers, scope,
+                name="client-writer",
+            )  # fmt: skip
+
+    async def _watch_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.ex.hung_up(trio.current_time())
+                scope.cancel()
+                return

@@ -1,0 +1,131 @@
+"""The client side of the relay: the writer task and HTTP error responses.
+
+The writer is the only task that calls the ASGI ``send`` of a relayed request.
+It drains the channel greedily: whatever has already arrived goes out in one
+``send`` (it never waits to batch), and the last data shares its ``send`` with
+the end of the body. The head (:class:`Start`) is sent when the reader commits
+to a response, i.e. together with the first body bytes.
+
+Error handling: if the channel closes before a head, the upstream side failed
+before any byte reached the client: the writer answers an HTTP error in the
+route's dialect. If it closes after, the writer appends one SSE error event (and
+first ends an event the upstream left unfinished, so the client's parser stays
+in sync).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from ..asgi import Send
+from ..dialects import render_json, render_sse
+from ..errors import GatewayError, UpstreamBroken
+from .exchange import Exchange
+
+__all__ = ["Start", "send_error", "write_client"]
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The response head, sent by the reader just before the first body bytes."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+
+async def write_client(
+    send: Send,
+    recv_ch: trio.MemoryReceiveChannel[bytes | Start],
+    ex: Exchange,
+    extra_headers: list[tuple[bytes, bytes]],
+    scope: trio.CancelScope,
+) -> None:
+    """The task: the head, then the body as it arrives, then the end (or an error)."""
+    async with recv_ch:
+        try:
+            head = await recv_ch.receive()
+        except trio.EndOfChannel:
+            # The upstream side failed before any byte: an HTTP error response.
+            err = ex.error or UpstreamBroken("upstream ended without a response")
+            ex.status = err.status
+            ex.settle(ex.upstream_outcome)
+            await send_error(send, err, extra_headers, ex)
+            scope.cancel()
+            return
+        assert isinstance(head, Start)
+        ex.status = head.status
+        await send(
+            {
+                "type": "http.response.start",
+                "status": head.status,
+                "headers": head.headers + extra_headers,
+            }
+        )
+        closed = False
+        while not closed:
+            try:
+                body = await recv_ch.receive()
+            except trio.EndOfChannel:
+                break
+            assert isinstance(body, bytes)
+            if ex.first_byte_at is None:
+                ex.first_byte_at = trio.current_time()
+            more: list[bytes] = []
+            try:  # drain greedily: what has already arrived goes out in one send
+                while True:
+                    more.append(recv_ch.receive_nowait())  # type: ignore[arg-type]
+            except trio.WouldBlock:
+                pass
+            except trio.EndOfChannel:
+                closed = True
+            if more:
+                body = b"".join([body, *more])
+            try:
+                if closed:
+                    await _finish(send, ex, body)
+                    scope.cancel()
+                    return
+                ex.sent(body)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            finally:  # also when a hang-up cancels the send: the bytes were handed over
+                if ex.metrics is not None:
+                    ex.metrics.delivered(1 + len(more), trio.current_time())
+        await _finish(send, ex, b"")
+    scope.cancel()
+
+
+async def _finish(send: Send, ex: Exchange, body: bytes) -> None:
+    """The last send of a started response; appends the error event if any."""
+    if ex.upstream_outcome is None:
+        # The reader was cancelled (a hang-up or shutdown) and closed the channel:
+        # never end such a response as if it were complete. Let Cancelled out.
+        await trio.lowlevel.checkpoint()
+        return
+    if ex.error is not None:
+        tail = render_sse(ex.error, ex.dialect)
+        if ex.partial_event:
+            tail = b"\n\n" + tail  # end the upstream's unfinished event first
+        body += tail
+    ex.settle(ex.upstream_outcome)
+    ex.sent(body)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(
+    send: Send, err: GatewayError, extra_headers: list[tuple[bytes, bytes]], ex: Exchange
+) -> None:
+    """An HTTP error response in the exchange's dialect."""
+    body = render_json(err, ex.dialect)
+    ex.sent(body)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra_headers,
+    ]
+    retry_after = getattr(err, "retry_after", None)
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

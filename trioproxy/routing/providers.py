@@ -1,0 +1,254 @@
+"""Providers: the upstream model servers, their credentials and their health.
+
+Rules:
+- A provider is one ``[[providers]]`` table: ``name``, ``kind`` (``openai`` |
+  ``anthropic``), ``base_url``, ``api_key_env`` (the credential is read from
+  that environment variable at start-up, never from the file), ``models``
+  (names or ``*`` patterns), ``aliases`` (``client_name = "upstream_name"``),
+  ``weight``, ``max_streams`` and extra ``headers``. The legacy
+  ``openai_upstreams`` / ``anthropic_upstreams`` lists become providers that
+  serve every model (``*``).
+- Health is passive, learnt from real requests (sans-IO: every method takes
+  ``now``). ``eject_after`` consecutive failures (connect error, reset, 5xx,
+  TTFT or idle timeout) eject the provider for ``cooldown`` seconds; then one
+  trial request is let through: success makes it healthy, failure ejects it
+  again. A 429 is not a failure: it sets a "not before" window from its
+  ``Retry-After`` in which the provider is chosen only if no other can be.
+- ``max_streams`` bounds the streams in flight to one provider (0 = only the
+  global limit); a full provider is skipped, not waited for.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["Provider", "ProviderSpec", "ProviderStatistics", "legacy_specs", "parse_providers"]
+
+KINDS = ("openai", "anthropic")
+MAX_WEIGHT = 1000  # round robin unrolls one period of sum(weights) turns per pool
+_OPTIONS = frozenset(
+    {"name", "kind", "base_url", "api_key_env", "models", "aliases", "weight", "max_streams",
+     "headers"}
+)  # fmt: skip
+# Headers a provider's config may not set: hop-by-hop ones and those the gateway owns.
+_RESERVED_HEADERS = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
+     "content-length", "content-type", "authorization", "x-api-key", "proxy-authorization"}
+)  # fmt: skip
+
+
+_URL = re.compile(r"https?://[^\s/?#@]+(/[^\s?#]*)?")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field name
+
+
+def _bad_value(value: str) -> bool:
+    return any(c in value for c in "\r\n\0") or value != value.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    name: str
+    kind: str
+    base_url: str
+    api_key_env: str = ""
+    models: tuple[str, ...] = ("*",)
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    weight: int = 1
+    max_streams: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def upstream_model(self, model: str) -> str | None:
+        """The name this provider knows ``model`` by, or None if it does not serve it."""
+        alias = self.aliases.get(model)
+        if alias is not None:
+            return alias
+        if any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models):
+            return model
+        return None
+
+
+def _strings(name: str, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"[[providers]] {name}: {key} must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _table(name: str, key: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and v for k, v in value.items()
+    ):
+        raise ConfigError(f"[[providers]] {name}: {key} must be a table of strings")
+    return dict(value)
+
+
+def _positive_int(name: str, key: str, value: Any, minimum: int, maximum: int = 1 << 20) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ConfigError(
+            f"[[providers]] {name}: {key} must be an integer from {minimum} to {maximum}"
+        )
+    return value
+
+
+def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...]:
+    specs = []
+    for entry in raw:
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError("[[providers]] needs a name")
+        unknown = sorted(set(entry) - _OPTIONS)
+        if unknown:
+            raise ConfigError(f"[[providers]] {name}: unknown option(s) {unknown}")
+        kind = entry.get("kind", "openai")
+        if kind not in KINDS:
+            raise ConfigError(f"[[providers]] {name}: kind must be openai or anthropic")
+        base_url = entry.get("base_url")
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"[[providers]] {name}: base_url must start with http(s)://")
+        key_env = entry.get("api_key_env", "")
+        if not isinstance(key_env, str):
+            raise ConfigError(f"[[providers]] {name}: api_key_env must be a variable name")
+        if not _URL.fullmatch(base_url):
+            raise ConfigError(f"[[providers]] {name}: base_url {base_url!r} is not a URL")
+        headers = _table(name, "headers", entry.get("headers", {}))
+        reserved = sorted(h for h in headers if h.lower() in _RESERVED_HEADERS)
+        if reserved:
+            raise ConfigError(f"[[providers]] {name}: headers may not set {reserved}")
+        bad = sorted(k for k, v in headers.items() if not _TOKEN.fullmatch(k) or _bad_value(v))
+        if bad:
+            raise ConfigError(f"[[providers]] {name}: invalid header name or value: {bad}")
+        specs.append(
+            ProviderSpec(
+                name=name,
+                kind=kind,
+                base_url=base_url.rstrip("/"),
+                api_key_env=key_env,
+                models=_strings(name, "models", entry.get("models", ["*"])),
+                aliases=_table(name, "aliases", entry.get("aliases", {})),
+                weight=_positive_int(name, "weight", entry.get("weight", 1), 1, MAX_WEIGHT),
+                max_streams=_positive_int(name, "max_streams", entry.get("max_streams", 0), 0),
+                headers={k.lower(): v for k, v in headers.items()},
+            )
+        )
+    if len({s.name for s in specs}) != len(specs):
+        raise ConfigError("[[providers]] names must be unique")
+    return tuple(specs)
+
+
+def legacy_specs(openai: Iterable[str], anthropic: Iterable[str]) -> tuple[ProviderSpec, ...]:
+    """``openai_upstreams`` / ``anthropic_upstreams``: providers serving every model."""
+    urls = [("openai", u) for u in openai] + [("anthropic", u) for u in anthropic]
+    return tuple(
+        ProviderSpec(name=url.split("://", 1)[-1].split("/", 1)[0] + f"/{kind}", kind=kind,
+                     base_url=url)
+        for kind, url in urls
+    )  # fmt: skip
+
+
+def read_credential(spec: ProviderSpec, environ: Mapping[str, str] = os.environ) -> str | None:
+    if not spec.api_key_env:
+        return None
+    value = environ.get(spec.api_key_env, "").strip()
+    if not value:
+        raise ConfigError(
+            f"provider {spec.name}: environment variable {spec.api_key_env} is not set"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatistics:
+    name: str
+    kind: str
+    state: str  # healthy | ejected | trial
+    in_flight: int
+    consecutive_failures: int
+    requests: int
+    failures: int
+    ejections: int
+    retry_after_s: float  # seconds left of a 429's Retry-After window
+
+
+class Provider:
+    """One provider's runtime state: streams in flight and passive health."""
+
+    def __init__(self, spec: ProviderSpec, credential: str | None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.credential = credential
+        self.in_flight = 0
+        self.consecutive_failures = 0
+        self.ejected_until = 0.0  # 0: not ejected
+        self.trial_out = False  # the one trial request after a cooldown is running
+        self.not_before = 0.0  # a 429's Retry-After window ends here
+        self.requests = 0
+        self.failures = 0
+        self.ejections = 0
+
+    def state(self, now: float) -> str:
+        if not self.ejected_until:
+            return "healthy"
+        return "trial" if now >= self.ejected_until else "ejected"
+
+    def healthy(self, now: float) -> bool:
+        """Could serve a request (ignoring capacity and Retry-After)."""
+        return not self.ejected_until or (now >= self.ejected_until and not self.trial_out)
+
+    def has_room(self) -> bool:
+        """Below ``max_streams``."""
+        return not self.spec.max_streams or self.in_flight < self.spec.max_streams
+
+    def admits(self, now: float) -> bool:
+        """Healthy, outside a 429's Retry-After window, below ``max_streams``."""
+        return self.healthy(now) and now >= self.not_before and self.has_room()
+
+    def begin(self, now: float) -> None:
+        """Take a stream on this provider (the caller checked :meth:`admits`,
+        or :meth:`has_room` when no provider admits a request)."""
+        self.in_flight += 1
+        self.requests += 1
+        if self.ejected_until and now >= self.ejected_until:
+            self.trial_out = True  # after the cooldown: this request is the one trial
+
+    def end(self, now: float, ok: bool | None, eject_after: int, cooldown: float) -> bool:
+        """Release the stream; ``ok`` is None when the request says nothing
+        about health (cancelled, 429, slow client). True if it was ejected now."""
+        self.in_flight -= 1
+        trial, self.trial_out = self.trial_out, False
+        if ok is None:
+            return False
+        if ok:
+            self.consecutive_failures = 0
+            self.ejected_until = 0.0
+            return False
+        self.failures += 1
+        self.consecutive_failures += 1
+        if trial or (eject_after and self.consecutive_failures >= eject_after):
+            already = self.ejected_until > now  # a stream that began before the ejection
+            self.ejected_until = max(self.ejected_until, now + cooldown)
+            if not already:
+                self.ejections += 1
+                return True
+        return False
+
+    def rate_limited(self, now: float, retry_after: float) -> None:
+        self.not_before = max(self.not_before, now + retry_after)
+
+    def statistics(self, now: float) -> ProviderStatistics:
+        return ProviderStatistics(
+            name=self.name,
+            kind=self.spec.kind,
+            state=self.state(now),
+            in_flight=self.in_flight,
+            consecutive_failures=self.consecutive_failures,
+            requests=self.requests,
+            failures=self.failures,
+            ejections=self.ejections,
+            retry_after_s=round(max(0.0, self.not_before - now), 3),
+        )

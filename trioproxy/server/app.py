@@ -1,0 +1,390 @@
+"""The ASGI application: lifespan, dispatch, and the end of every request.
+
+Request order (the tree reads the same way): the gateway's own endpoints
+(:mod:`.endpoints`) → admission (:mod:`trioproxy.admission`: route, key, body,
+limits) → routing (:mod:`trioproxy.routing`: the request's plan of providers)
+→ the relay (:mod:`trioproxy.relay`: upstream → channel → client) → the
+record, made exactly once → receipts, metrics and hooks
+(:mod:`trioproxy.receipts`, :mod:`trioproxy.observe`).
+
+Resource handling: the lifespan task owns the two long-lived resources of a
+worker: the upstream ``httpx.AsyncClient`` and the service nursery. On shutdown
+(after Hypercorn has let in-flight requests finish within ``graceful_timeout``),
+pending detached work is drained before the client closes.
+
+Error handling: every error a client can cause or meet is rendered in the
+route's dialect (:mod:`trioproxy.errors`); an unexpected exception in a
+handler is logged, answered with a 500 if nothing was sent yet, and never
+reaches Hypercorn's worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from ..admission.auth import KeyRing, parse_keys
+from ..admission.limits import LimiterStatistics, StreamLimiter
+from ..admission.routes import ROUTES, ParsedBody, Route, forward_headers, session_key, validate
+from ..asgi import Receive, Scope, Send, already_disconnected, read_body, request_id, send_json
+from ..config import Config
+from ..dialects import dialect_for_path, render_sse
+from ..errors import GatewayError, GatewayShutdown, MethodNotAllowed, NotFound, Outcome
+from ..observe.debug import debug_state
+from ..observe.metrics import Gauges, Metrics
+from ..receipts.detached import DetachedStatistics, DetachedWork, open_detached_work
+from ..receipts.service import KeyError_, ReceiptService, Signer
+from ..receipts.store import ReceiptStore, open_store
+from ..relay.exchange import CompletionRecord, Exchange, Phase, StreamMetrics
+from ..relay.run import Relay
+from ..relay.writer import send_error
+from ..routing.failover import UpstreamRequest
+from ..routing.pools import Router
+from ..upstream.client import open_upstream_client
+from . import endpoints
+
+__all__ = ["CompletionHook", "Gateway", "GatewayStatistics"]
+
+log = logging.getLogger("trioproxy")
+access_log = logging.getLogger("trioproxy.access")
+
+CompletionHook = Callable[[CompletionRecord], Awaitable[None]]
+_RECENT_RECORDS = 20_000
+_SHUTDOWN_SEND_TIMEOUT = 1.0  # s: bound on the shielded error event at shutdown
+# Options a running gateway takes from a re-read config (SIGHUP); the rest need a restart.
+_RELOADABLE = (
+    "providers", "openai_upstreams", "anthropic_upstreams", "routing_strategy", "max_attempts",
+    "eject_after", "cooldown", "sticky_header", "sticky_user_field",
+)  # fmt: skip
+_DEBUG_CONFIG = (
+    "ttft_timeout", "idle_timeout", "client_stall_timeout", "max_streams", "channel_size",
+    "heartbeat_resets_idle", "max_attempts",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatistics:
+    ready: bool
+    active_requests: int
+    requests_total: int
+    outcomes: dict[str, int]
+    limiter: LimiterStatistics
+    detached: DetachedStatistics | None
+
+
+class Gateway:
+    """The trioproxy ASGI app. ``hooks`` run as detached work after each request."""
+
+    def __init__(self, config: Config, hooks: Sequence[CompletionHook] = ()) -> None:
+        self.config = config
+        self.hooks = tuple(hooks)
+        self.limiter = StreamLimiter(config.max_streams, config.queue_timeout)
+        self.keyring = KeyRing(parse_keys(config.keys))
+        self.router = Router(config.provider_specs, config.routing_strategy)
+        self._sticky_header = config.sticky_header.lower().encode("latin-1")
+        self.client: httpx.AsyncClient | None = None
+        self.detached: DetachedWork | None = None
+        self.receipts: ReceiptService | None = None
+        self.ready = False
+        self.active: dict[Exchange, Relay | None] = {}  # a relay once admitted
+        # Recent records for /debug/records (chaos reads outcomes from it); bounded.
+        self.recent: collections.deque[CompletionRecord] | None = (
+            collections.deque(maxlen=_RECENT_RECORDS) if config.debug_endpoints else None
+        )
+        self._total = 0
+        self._outcomes: dict[str, int] = {}
+        self.metrics = (
+            Metrics(self._gauges, lambda now: self.router.statistics(now))
+            if config.metrics
+            else None
+        )
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply a re-read config's providers and routing options (SIGHUP).
+
+        In-flight requests finish on the providers they planned with; new ones
+        use the new pools. Providers whose table is unchanged keep their health.
+        Returns the other options that changed: they need a restart.
+
+        Error handling: raises :class:`~trioproxy.config.ConfigError` (a bad
+        table, a missing credential) and then changes nothing.
+        """
+        router = Router(new.provider_specs, new.routing_strategy, previous=self.router)
+        changes = {name: getattr(new, name) for name in _RELOADABLE}
+        self.router = router
+        self._sticky_header = new.sticky_header.lower().encode("latin-1")
+        old, self.config = self.config, self.config.replace(**changes)
+        return [
+            name
+            for name, value in old.options().items()
+            if name not in _RELOADABLE and value != getattr(new, name)
+        ]
+
+    def statistics(self) -> GatewayStatistics:
+        return GatewayStatistics(
+            ready=self.ready,
+            active_requests=len(self.active),
+            requests_total=self._total,
+            outcomes=dict(self._outcomes),
+            limiter=self.limiter.statistics(),
+            detached=self.detached.statistics() if self.detached else None,
+        )
+
+    def _gauges(self) -> Gauges:
+        stats = self.statistics()
+        return Gauges(
+            active_requests=stats.active_requests,
+            limiter_in_use=stats.limiter.borrowed_tokens,
+            limiter_waiting=stats.limiter.tasks_waiting,
+            detached_pending=stats.detached.pending if stats.detached else 0,
+            receipts_pending=self.receipts.statistics().pending if self.receipts else 0,
+        )
+
+    def _debug_state(self) -> dict[str, Any]:
+        providers = self.router.providers
+        return debug_state(
+            self.statistics(),
+            [r.channel_statistics() for r in self.active.values() if r is not None],
+            self.router.statistics(trio.current_time()),
+            {
+                kind: [p.spec.base_url for p in providers if p.spec.kind == kind]
+                for kind in ("openai", "anthropic")
+            },
+            len(self.recent) if self.recent is not None else 0,
+            {name: getattr(self.config, name) for name in _DEBUG_CONFIG},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websocket: not served
+            await send({"type": "websocket.close", "code": 1003})
+
+    # -- lifespan -------------------------------------------------------------
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        cfg = self.config
+        store = None
+        try:
+            signer, store = await self._open_receipts()
+        except (KeyError_, OSError, sqlite3.Error) as exc:
+            log.error("cannot start: %s", exc)
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        try:
+            async with (
+                open_upstream_client(cfg) as client,
+                trio.open_nursery() as background,  # long-running chores, cancelled at the end
+            ):
+                async with open_detached_work(
+                    cfg.max_pending_detached, cfg.detached_concurrency, cfg.drain_timeout
+                ) as detached:
+                    if signer is not None and store is not None:
+                        self.receipts = ReceiptService(
+                            signer, store, detached, cfg.max_pending_receipts, cfg.sign_truncated
+                        )
+                        background.start_soon(
+                            self.receipts.prune_forever, cfg.receipt_ttl_days, name="receipt-pruner"
+                        )
+                    self.client, self.detached, self.ready = client, detached, True
+                    await send({"type": "lifespan.startup.complete"})
+                    message = await receive()
+                    self.ready = False
+                # Detached work (receipts included) is drained by now.
+                background.cancel_scope.cancel()
+        finally:
+            self.client = None
+            if store is not None:
+                with trio.CancelScope(shield=True):
+                    await store.aclose()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _open_receipts(self) -> tuple[Signer | None, ReceiptStore | None]:
+        cfg = self.config
+        if not cfg.receipts:
+            return None, None
+        data_dir = Path(cfg.data_dir)
+        key_path = Path(cfg.signing_key_path) if cfg.signing_key_path else data_dir / "signing.key"
+        signer = await trio.to_thread.run_sync(Signer.load_or_create, key_path)
+        return signer, await open_store(cfg.receipt_store, data_dir)
+
+    # -- requests -------------------------------------------------------------
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path == "/healthz":
+            return await send_json(send, 200, {"status": "ok"})
+        if path == "/readyz":
+            ready = self.ready and self.client is not None
+            return await endpoints.readyz(send, ready, self.router, trio.current_time())
+        if path.startswith(("/v1/signature/", "/v1/attestation/")) and scope["method"] == "GET":
+            if self.keyring and path.startswith("/v1/signature/"):
+                try:
+                    self.keyring.authenticate(scope["headers"])
+                except GatewayError as err:
+                    return await endpoints.send_error_json(send, err)
+            return await endpoints.receipt(send, path, self.receipts)
+        if path == "/metrics" and self.metrics is not None:
+            return await endpoints.send_metrics(send, self.metrics)
+        if path.startswith("/debug/") and self.config.debug_endpoints:
+            if path == "/debug/state":
+                return await send_json(send, 200, self._debug_state())
+            if path == "/debug/records" and self.recent is not None:
+                return await send_json(send, 200, list(self.recent))
+        route = ROUTES.get(path)
+        ex = Exchange(
+            request_id=request_id(scope),
+            route=route.name if route else "unknown",
+            method=scope["method"],
+            started=trio.current_time(),
+            dialect=route.dialect if route else dialect_for_path(path),
+            metrics=StreamMetrics() if self.metrics is not None else None,
+        )
+        extra = [(b"x-trioproxy-request-id", ex.request_id.encode())]
+        self.active[ex] = None
+        try:
+            try:
+                relay = await self._admit(ex, route, scope, receive, send, extra)
+            except GatewayError as err:
+                ex.status = err.status
+                ex.fail(err)
+                await send_error(send, err, extra, ex)
+                return
+            if relay is None:
+                return  # answered already, or the client left
+            if already_disconnected(receive):  # never start upstream work for a gone client
+                ex.hung_up(trio.current_time())
+                return
+            self.active[ex] = relay
+            await relay.run(send, receive)
+        except BaseException as exc:
+            await self._abort(exc, ex, send, extra)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            ex.release_slots()  # no-op unless the relay never started
+            del self.active[ex]
+            self._finish(ex)
+
+    async def _admit(
+        self,
+        ex: Exchange,
+        route: Route | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+    ) -> Relay | None:
+        """Route, key, body, limits, plan: the relay to run, or None when the
+        request was answered here (or its client left). Raises GatewayError."""
+        path = scope["path"]
+        if route is None:
+            raise NotFound(f"unknown route {scope['method']} {path}")
+        if scope["method"] != route.method:
+            raise MethodNotAllowed(f"{path} accepts {route.method} only")
+        key = self.keyring.authenticate(scope["headers"]) if self.keyring else None
+        ex.key = key.name if key else None
+        if route.name == "models" and await endpoints.list_models(
+            send, self.router, self.keyring, key, extra
+        ):
+            ex.status = 200
+            ex.settle(Outcome.DONE)
+            return None
+        body = await read_body(scope, receive, self.config.max_body_bytes)
+        if body is None:  # the client left before sending its whole body
+            ex.hung_up(trio.current_time())
+            return None
+        parsed = validate(route, body)
+        ex.request_sha256 = hashlib.sha256(body).hexdigest()
+        ex.response_hash = hashlib.sha256()
+        ex.model, ex.stream = parsed.model, parsed.stream
+        if key is not None:
+            self.keyring.authorize(key, parsed.model)
+            self.keyring.admit(key, trio.current_time())
+            key_limiter = self.keyring.limiter(key)
+            if key_limiter is not None:
+                await key_limiter.acquire(ex)
+                ex.held.append(key_limiter)
+        upstream = self._upstream_request(route, scope, body, parsed, ex.request_id)
+        assert self.client is not None
+        await self.limiter.acquire(ex)
+        ex.held.append(self.limiter)
+        ex.move(Phase.ADMITTED)
+        return Relay(self.client, self.config, upstream, ex, extra)
+
+    def _upstream_request(
+        self, route: Route, scope: Scope, body: bytes, parsed: ParsedBody, rid: str
+    ) -> UpstreamRequest:
+        kind = route.upstream_kind
+        if kind == "any":
+            kind = "openai" if self.router.has("openai") else "anthropic"
+        pool = self.router.pool(kind, parsed.model)
+        return UpstreamRequest(
+            method=route.method,
+            path=route.upstream_path,
+            headers=forward_headers(scope["headers"], parsed.stream, request_id=rid),
+            body=body,
+            body_json=parsed.json,
+            plan=pool.plan(session_key(scope["headers"], self._sticky_header, parsed, self.config)),
+            dialect=route.dialect,
+            parse_body=route.parse_response,
+        )
+
+    async def _abort(
+        self, exc: BaseException, ex: Exchange, send: Send, extra: list[tuple[bytes, bytes]]
+    ) -> None:
+        """The handler was cancelled (graceful shutdown) or hit a bug: tell the
+        client in its dialect if anyone is listening, within a bounded shield."""
+        if ex.outcome is not None:
+            return
+        shutdown = not isinstance(exc, Exception)
+        if not shutdown:
+            log.exception("unexpected error in request %s", ex.request_id, exc_info=exc)
+        err = (
+            GatewayShutdown("gateway is shutting down")
+            if shutdown
+            else GatewayError("internal gateway error")
+        )
+        ex.fail(err)
+        with trio.move_on_after(_SHUTDOWN_SEND_TIMEOUT, shield=True):
+            if ex.status and ex.stream:  # response started: end it with an error event
+                event = render_sse(err, ex.dialect)
+                ex.sent(event)
+                await send({"type": "http.response.body", "body": event})
+            elif not ex.status:
+                ex.status = err.status
+                await send_error(send, err, extra, ex)
+
+    def _finish(self, ex: Exchange) -> None:
+        """Record the outcome exactly once, log one access line, hand off."""
+        ex.ended = trio.current_time()
+        if ex.outcome is None:  # a bug: recorded rather than lost
+            log.error("request %s ended without an outcome", ex.request_id)
+            ex.settle(ex.upstream_outcome or Outcome.UNKNOWN)
+        record = CompletionRecord.from_exchange(ex)
+        self._total += 1
+        outcome = record.outcome.value
+        self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+        if self.recent is not None:
+            self.recent.append(record)
+        if self.config.access_log:
+            access_log.info("%s", record.to_json().decode())
+        if self.metrics is not None:
+            self.metrics.observe(record, ex.metrics)
+        if self.receipts is not None:
+            self.receipts.submit(record)
+        if self.detached is not None:
+            for hook in self.hooks:
+                self.detached.submit(hook, record, name="completion-hook")

@@ -1,0 +1,177 @@
+"""Guards around Hypercorn's trio worker (0.17-0.18): each found by our tests or bench.
+
+This is the one module that touches Hypercorn's private names.
+
+Rules:
+- Each guard wraps one Hypercorn method, keeps its behaviour but for the one
+  fault it names. Importing this module changes nothing: the server installs
+  the guards when it starts serving (:func:`install_hypercorn_guards`, from
+  :mod:`trioproxy.server.serve`), after :func:`check_hypercorn_version`
+  refused a release they were not read against (``TESTED_HYPERCORN``; also
+  bounded in ``pyproject.toml``). :func:`uninstall_hypercorn_guards` puts
+  Hypercorn back as it was.
+- Each guard has a strict-xfail test in ``tests/test_hypercorn.py`` that runs
+  Hypercorn without it and shows the fault is still there: when a Hypercorn
+  release fixes one, that test passes, fails as strict xfail, and tells us the
+  guard can go.
+
+The guards:
+
+1. ``_end_idle_wait_on_eof``: a closed idle keep-alive connection kept its task
+   and CLOSE_WAIT socket for ``keep_alive_timeout`` (found by chaos).
+2. ``_contain_connection_errors``: Hypercorn #225, one connection's internal error
+   stopped the whole worker (found by the HTTP fuzz test).
+3. ``_coalesce_head_with_first_body``: Hypercorn writes the response head and
+   each body part as separate socket writes; a stream's head now goes out in the
+   same write as its first bytes (found by profiling time to first byte).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import h11
+import trio
+
+__all__ = [
+    "GUARDS",
+    "TESTED_HYPERCORN",
+    "UnsupportedHypercorn",
+    "check_hypercorn_version",
+    "install_hypercorn_guards",
+    "uninstall_hypercorn_guards",
+]
+
+log = logging.getLogger("trioproxy")
+_Patch = tuple[type, str, Any]  # (class, method name, replacement)
+
+TESTED_HYPERCORN = ("0.17", "0.18")  # major.minor releases the guards were read against
+
+
+class UnsupportedHypercorn(RuntimeError):
+    """The installed Hypercorn is not a release the guards were read against."""
+
+
+def check_hypercorn_version(version: str | None = None) -> None:
+    """Refuse a Hypercorn release the guards were not read against (one clear line)."""
+    version = version or importlib.metadata.version("hypercorn")
+    if ".".join(version.split(".")[:2]) not in TESTED_HYPERCORN:
+        raise UnsupportedHypercorn(
+            f"Hypercorn {version} is not supported: trioproxy's guards were read against "
+            f"{', '.join(TESTED_HYPERCORN)} (pip install 'hypercorn>=0.17,<0.19')"
+        )
+
+
+def _end_idle_wait_on_eof() -> _Patch:
+    """Guard against a Hypercorn trio-worker linger (0.18): when a client closes
+    an idle keep-alive connection, ``TCPServer.run`` leaves its read loop but its
+    task group still waits for the keep-alive idle task, so the connection's task
+    and its CLOSE_WAIT socket stay for ``keep_alive_timeout``. Found by ``trioproxy
+    chaos`` (invariant ``no_orphan_tasks``). Stopping the idle task once the read
+    loop has ended lets the connection close at once."""
+    from hypercorn.trio.tcp_server import TCPServer
+
+    read_data = TCPServer._read_data
+
+    async def _read_data(self: Any) -> None:
+        await read_data(self)
+        await self.idle_task.stop()
+
+    return TCPServer, "_read_data", _read_data
+
+
+def _contain_connection_errors() -> _Patch:
+    """Guard against Hypercorn issue #225 (an unexpected error in one connection
+    ends the whole worker). Found by ``tests/test_fuzz.py``: a malformed chunked
+    body arriving while the app's response closes the connection makes
+    Hypercorn's error response race its own ``send_eof`` on the socket
+    (``trio.BusyResourceError``), which escaped ``serve_listeners`` and stopped
+    the server. Here such an error ends that connection only, and is logged."""
+    from hypercorn.trio.tcp_server import TCPServer
+
+    run = TCPServer.run
+
+    async def guarded_run(self: Any) -> None:
+        try:
+            await run(self)
+        except* Exception as group:  # Cancelled is not an Exception: it propagates
+            log.warning("connection ended by an internal Hypercorn error: %r", group.exceptions)
+            with trio.move_on_after(1, shield=True):
+                await self.stream.aclose()
+
+    return TCPServer, "run", guarded_run
+
+
+def _coalesce_head_with_first_body() -> _Patch:
+    """One socket write for a response's head and its first body bytes.
+
+    Hypercorn's h11 protocol turns ``http.response.start`` into a socket write
+    at once, and the first ``http.response.body`` into another: two sends, two
+    trips through its write lock, for every response. The relay only ever sends
+    a head together with the first bytes (a ``Start`` is queued with them), so
+    the head is held here until the connection's next h11 event (body, end of
+    message) and written with it. Error handling: as Hypercorn's own, a
+    ``LocalProtocolError`` after the peer's error state sends nothing more than
+    the held head.
+    """
+    from hypercorn.events import RawData
+    from hypercorn.protocol.h11 import H11Protocol
+
+    send_event = H11Protocol._send_h11_event
+
+    async def _send_h11_event(self: Any, event: Any) -> None:
+        head: bytes | None = getattr(self, "_trioproxy_head", None)
+        if isinstance(event, h11.Response) and head is None:
+            try:
+                self._trioproxy_head = self.connection.send(event)
+            except h11.LocalProtocolError:
+                if self.connection.their_state != h11.ERROR:
+                    raise
+            return
+        if head is None:
+            await send_event(self, event)
+            return
+        self._trioproxy_head = None
+        try:
+            data = self.connection.send(event) or b""
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+            data = b""
+        await self.send(RawData(data=head + data))
+
+    return H11Protocol, "_send_h11_event", _send_h11_event
+
+
+GUARDS: dict[str, Callable[[], _Patch]] = {
+    "end_idle_wait_on_eof": _end_idle_wait_on_eof,
+    "contain_connection_errors": _contain_connection_errors,
+    "coalesce_head_with_first_body": _coalesce_head_with_first_body,
+}
+_installed: dict[str, tuple[type, str, Any]] = {}  # guard -> (class, name, original)
+
+
+def install_hypercorn_guards(names: tuple[str, ...] = tuple(GUARDS)) -> None:
+    """Install the named guards (all by default), once each per process.
+
+    Error handling: raises :class:`UnsupportedHypercorn` for an untested release.
+    """
+    check_hypercorn_version()
+    for name in names:
+        if name in _installed:
+            continue
+        owner, attr, replacement = GUARDS[name]()
+        _installed[name] = (owner, attr, owner.__dict__[attr])
+        setattr(owner, attr, replacement)
+
+
+def uninstall_hypercorn_guards() -> tuple[str, ...]:
+    """Put Hypercorn back as it was; returns the guards that were installed."""
+    names = tuple(_installed)
+    for name in reversed(names):
+        owner, attr, original = _installed.pop(name)
+        setattr(owner, attr, original)
+    return names

@@ -1,0 +1,217 @@
+"""Serving the gateway with Hypercorn's trio worker (the I/O edge).
+
+Hypercorn settings that matter for SSE, fixed here rather than left to defaults:
+``read_timeout=None`` (an SSE client sends nothing mid-stream: a read timeout
+would fake a disconnect), ``backlog`` raised (bursts), ``graceful_timeout`` from
+config (in-flight streams get that long on shutdown), HTTP/1.1 and h2c as
+Hypercorn offers them.
+
+:func:`open_gateway` starts a gateway (and, when no upstream is configured, the
+built-in mock upstream) inside the caller's trio run and returns its URL: the
+tests, ``chaos`` and ``bench`` use it. :func:`run_gateway` is ``trioproxy
+serve``: SIGINT/SIGTERM start a graceful shutdown; ``workers > 1`` runs
+Hypercorn's multi-process supervisor.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import hypercorn.config
+import hypercorn.trio
+import orjson
+import trio
+
+from ..config import Config, parse_bind
+from ..errors import ConfigError
+from .app import CompletionHook, Gateway
+from .hypercorn import install_hypercorn_guards
+
+if TYPE_CHECKING:  # the built-in mock is test tooling: imported when it is served
+    from ..testing.mock_scripts import Fault
+    from ..testing.mock_upstream import MockUpstream
+
+__all__ = ["RunningGateway", "hypercorn_config", "open_gateway", "run_gateway", "worker_app"]
+
+log = logging.getLogger("trioproxy")
+_CONFIG_ENV = "TRIOPROXY_WORKER_CONFIG"
+
+
+def hypercorn_config(config: Config) -> hypercorn.config.Config:
+    hc = hypercorn.config.Config()
+    hc.bind = [config.bind]
+    hc.read_timeout = None
+    hc.backlog = config.backlog
+    hc.graceful_timeout = config.graceful_timeout
+    hc.keep_alive_timeout = 75
+    hc.workers = config.workers
+    hc.worker_class = "trio"
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.startup_timeout = 30
+    hc.shutdown_timeout = config.graceful_timeout + config.drain_timeout + 5
+    return hc
+
+
+def mock_fault(config: Config) -> Fault:
+    from ..testing.mock_scripts import Fault
+
+    opts = dict(config.mock_options)
+    return Fault(
+        tokens=int(opts.get("tokens", 16)),
+        itl_ms=float(opts.get("itl_ms", 20.0)),
+        ttft_ms=float(opts.get("ttft_ms", 0.0)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RunningGateway:
+    url: str
+    app: Gateway
+    mock: MockUpstream | None
+    shutdown: trio.Event
+
+
+@asynccontextmanager
+async def open_gateway(
+    config: Config,
+    hooks: Sequence[CompletionHook] = (),
+    *,
+    mock_fault_defaults: Fault | None = None,
+) -> AsyncIterator[RunningGateway]:
+    """Serve a gateway in this trio run until the block exits (then shut down
+    gracefully). With no upstream configured, a mock upstream is started too.
+
+    Error handling: :class:`~trioproxy.server.hypercorn.UnsupportedHypercorn`
+    before anything starts, for a Hypercorn release the guards do not know."""
+    install_hypercorn_guards()
+    async with trio.open_nursery() as mock_nursery:
+        mock = None
+        if not config.has_upstreams:
+            from ..testing.mock_upstream import serve_mock
+
+            host, _ = parse_bind(config.bind)
+            mock = await mock_nursery.start(
+                serve_mock, host, 0, mock_fault_defaults or mock_fault(config)
+            )
+            config = config.replace(
+                openai_upstreams=(mock.base_url + "/v1",), anthropic_upstreams=(mock.base_url,)
+            )
+        app = Gateway(config, hooks)
+        shutdown = trio.Event()
+        hc = hypercorn_config(config)
+        hc.workers = 1  # one process here; run_gateway handles workers > 1
+        serve = functools.partial(
+            hypercorn.trio.serve, cast(Any, app), hc, shutdown_trigger=shutdown.wait
+        )
+        async with trio.open_nursery() as server_nursery:
+            binds: list[str] = await server_nursery.start(serve)
+            try:
+                yield RunningGateway(binds[0], app, mock, shutdown)
+            finally:
+                shutdown.set()
+        # Hypercorn has shut down (streams finished, detached work drained):
+        # only now may the mock upstream go.
+        mock_nursery.cancel_scope.cancel()
+
+
+async def _serve_until_signal(config: Config, reload: Callable[[], Config] | None) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async with open_gateway(config) as gw:
+            if gw.mock is not None:
+                log.warning(
+                    "no upstream configured: serving the built-in mock upstream at %s",
+                    gw.mock.base_url,
+                )
+            log.info("trioproxy listening on %s", gw.url)
+            if not config.keys:
+                log.warning(
+                    "OPEN MODE: no API keys configured, anyone who can reach %s may use it "
+                    "(add [[keys]]: trioproxy keys new --name NAME)",
+                    gw.url,
+                )
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    _reload(gw, reload)
+                    continue
+                log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
+                break
+
+
+def _reload(gw: RunningGateway, reload: Callable[[], Config] | None) -> None:
+    """SIGHUP: re-read the config file; apply providers and routing; keep serving."""
+    if reload is None:
+        log.warning("SIGHUP: no config file to re-read (serve --config FILE)")
+        return
+    try:
+        new = reload()
+        if not new.has_upstreams and gw.mock is not None:  # still the built-in mock
+            current = gw.app.config
+            new = new.replace(
+                openai_upstreams=current.openai_upstreams,
+                anthropic_upstreams=current.anthropic_upstreams,
+            )
+        restart = gw.app.reload(new)
+    except ConfigError as exc:
+        log.error("SIGHUP: config not reloaded, still serving the previous one: %s", exc)
+        return
+    names = ", ".join(p.name for p in gw.app.router.providers)
+    log.info("SIGHUP: config reloaded; providers: %s", names)
+    if restart:
+        log.warning("SIGHUP: changed options that need a restart: %s", ", ".join(restart))
+
+
+def run_gateway(config: Config, reload: Callable[[], Config] | None = None) -> None:
+    """``trioproxy serve``: blocks until SIGINT/SIGTERM and graceful shutdown.
+    With one worker, SIGHUP calls ``reload`` for a fresh config and applies its
+    providers and routing options (:meth:`Gateway.reload`)."""
+    if config.workers <= 1:
+        trio.run(_serve_until_signal, config, reload)
+        return
+    from hypercorn.run import run as hypercorn_run
+
+    if not config.has_upstreams:
+        config = _start_mock_thread(config)
+    os.environ[_CONFIG_ENV] = orjson.dumps(config.options()).decode()
+    hc = hypercorn_config(config)
+    hc.application_path = "trioproxy.server.serve:worker_app()"
+    hypercorn_run(hc)
+
+
+def worker_app() -> Gateway:
+    """The app of one worker process of ``serve --workers N``."""
+    install_hypercorn_guards()
+    values = orjson.loads(os.environ[_CONFIG_ENV])
+    for key in ("openai_upstreams", "anthropic_upstreams", "keys", "providers"):
+        values[key] = tuple(values[key])
+    return Gateway(Config(**values))
+
+
+def _start_mock_thread(config: Config) -> Config:
+    """Multi-worker mode without upstreams: the mock runs in a thread of the parent."""
+    from ..testing.mock_upstream import serve_mock
+
+    host, _ = parse_bind(config.bind)
+    ready: list[MockUpstream] = []
+    started = threading.Event()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            ready.append(await nursery.start(serve_mock, host, 0, mock_fault(config)))
+            started.set()
+
+    threading.Thread(target=trio.run, args=(main,), daemon=True, name="mock-upstream").start()
+    started.wait(10)
+    mock = ready[0]
+    log.warning("no upstream configured: serving the built-in mock upstream at %s", mock.base_url)
+    return config.replace(
+        openai_upstreams=(mock.base_url + "/v1",), anthropic_upstreams=(mock.base_url,)
+    )

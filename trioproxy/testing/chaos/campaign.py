@@ -1,0 +1,205 @@
+"""Running a chaos campaign: processes, concurrency, settling, collecting.
+
+Resource handling: in local mode the mock upstream and the gateway are child
+processes (``python -m trioproxy ...``) owned by :func:`open_local_gateway`;
+they are terminated (SIGTERM, then SIGKILL after 10 s) when the block exits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import trio
+
+from ..rawclient import request
+from .plan import Limits, Run, RunResult, execute, plan
+from .report import Observed, build_report
+
+__all__ = ["open_local_gateway", "run_campaign"]
+
+LOCAL_CONFIG = """
+debug_endpoints = true
+access_log = false
+ttft_timeout = 1.0
+idle_timeout = 0.3
+client_stall_timeout = 0.5
+channel_size = 4
+max_streams = 2048
+graceful_timeout = 5.0
+data_dir = "{data_dir}"
+"""
+# One provider of each kind per --providers, all on the one mock. With one each,
+# faults eject it and the pool runs in panic; with more, ejection is off so that
+# every failure before the first byte fails over (hang-ups land mid-failover too).
+PROVIDER_TABLES = """
+[[providers]]
+name = "openai-{i}"
+base_url = "{mock}/v1"
+[[providers]]
+name = "anthropic-{i}"
+kind = "anthropic"
+base_url = "{mock}"
+"""
+
+
+async def _get(url: str, path: str) -> Any:
+    response = await request(url, "GET", path)
+    if response.status != 200:
+        raise RuntimeError(f"GET {url}{path} answered {response.status}: {response.body[:200]!r}")
+    return response.json()
+
+
+async def _wait_ready(url: str, path: str, proc: trio.Process) -> None:
+    with trio.fail_after(30):
+        while True:
+            if proc.returncode is not None:
+                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before ready")
+            try:
+                if (await request(url, "GET", path)).status == 200:
+                    return
+            except OSError:
+                pass
+            await trio.sleep(0.05)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def open_local_gateway(providers: int = 1) -> AsyncIterator[str]:
+    """A mock upstream and a gateway (debug endpoints on) as child processes,
+    with ``providers`` providers of each kind."""
+    python = [sys.executable, "-m", "trioproxy"]
+    mock_port, gw_port = _free_port(), _free_port()
+    mock_url = f"http://127.0.0.1:{mock_port}"
+    gw_url = f"http://127.0.0.1:{gw_port}"
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        data_dir = tempfile.mkdtemp(prefix="trioproxy-chaos-")
+        f.write(LOCAL_CONFIG.format(data_dir=data_dir))
+        if providers > 1:
+            f.write("eject_after = 0\n")
+        for i in range(providers):
+            f.write(PROVIDER_TABLES.format(mock=mock_url, i=i))
+    procs: list[trio.Process] = []
+    try:
+        mock_cmd = [*python, "mock-upstream", "--bind", f"127.0.0.1:{mock_port}"]
+        gw_cmd = [*python, "serve", "--config", f.name, "--bind", f"127.0.0.1:{gw_port}"]
+        for cmd in (mock_cmd, gw_cmd):
+            procs.append(await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL))
+        await _wait_ready(mock_url, "/mock/stats", procs[0])
+        await _wait_ready(gw_url, "/readyz", procs[1])
+        yield gw_url
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        with trio.move_on_after(10, shield=True):
+            for proc in procs:
+                await proc.wait()
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+        os.unlink(f.name)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def _settle(url: str) -> dict[str, Any]:
+    """The gateway's state once nothing is in flight (or after 20 s)."""
+    with trio.move_on_after(20):
+        while True:
+            state: dict[str, Any] = await _get(url, "/debug/state")
+            detached = state["detached"] or {}
+            if state["active_requests"] == 0 and not detached.get("pending"):
+                # Let Hypercorn's connection tasks of closed clients end.
+                await trio.sleep(0.2)
+                return dict(await _get(url, "/debug/state"))
+            await trio.sleep(0.05)
+    return dict(await _get(url, "/debug/state"))
+
+
+async def run_campaign(
+    gateway: str | None,
+    runs: int,
+    concurrency: int,
+    seed: int,
+    progress: Any = None,
+    providers: int = 1,
+) -> dict[str, Any]:
+    if gateway is None:
+        async with open_local_gateway(providers) as url:
+            return await _campaign(url, runs, concurrency, seed, progress)
+    return await _campaign(gateway.rstrip("/"), runs, concurrency, seed, progress)
+
+
+async def _campaign(
+    url: str, runs: int, concurrency: int, seed: int, progress: Any
+) -> dict[str, Any]:
+    state = await _get(url, "/debug/state")
+    cfg = state["config"]
+    per_kind = max(len(urls) for urls in state["upstreams"].values())
+    limits = Limits(
+        cfg["ttft_timeout"],
+        cfg["idle_timeout"],
+        cfg["client_stall_timeout"],
+        min(cfg["max_attempts"], per_kind),
+    )
+    mock_url = state["upstreams"]["anthropic"][0] if state["upstreams"]["anthropic"] else None
+    if mock_url is None:
+        mock_url = state["upstreams"]["openai"][0].removesuffix("/v1")
+    await _get(mock_url, "/mock/stats")  # the upstream must be a trioproxy mock
+
+    async def peer_closed(index: int) -> None:
+        # Polling another process: there is no event to wait on here.
+        while not await _get(mock_url, f"/mock/peer-closes?tag={index}"):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+    # Warm up (pool connections, imports), then take the baseline.
+    async with trio.open_nursery() as nursery:
+        for i in range(min(concurrency, 16)):
+            body = {"model": f"mock-t2-i0-x{10**9 + i}", "messages": [], "stream": True}
+            nursery.start_soon(request, url, "POST", "/v1/chat/completions", body)
+    baseline = await _settle(url)
+
+    planned = plan(runs, seed, limits)
+    results: list[RunResult] = []
+    limiter = trio.CapacityLimiter(concurrency)
+    started = time.monotonic()
+
+    async def one(run: Run) -> None:
+        async with limiter:
+            results.append(await execute(run, url, limits, peer_closed))
+            if progress is not None:
+                progress(len(results), len(planned))
+
+    async with trio.open_nursery() as nursery:
+        for run in planned:
+            nursery.start_soon(one, run)
+    duration = time.monotonic() - started
+    final = await _settle(url)
+    observed = Observed(
+        baseline=baseline,
+        final=final,
+        records=list(await _get(url, "/debug/records")),
+        mock_stats=dict(await _get(mock_url, "/mock/stats")),
+        peer_closes=list(await _get(mock_url, "/mock/peer-closes")),
+    )
+    results.sort(key=lambda r: r.run.index)
+    return build_report(seed, planned, results, observed, duration, concurrency)
+
+
+def write_report(report: dict[str, Any], path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))

@@ -1,0 +1,202 @@
+"""``trioproxy chaos``: a seeded campaign of upstream faults  x  client behaviours.
+
+Each run pairs an upstream fault (chosen through the mock's model name) with a
+client behaviour, and states up front which outcomes the gateway may record for
+that pair. Runs go over real sockets to a gateway whose upstream is a
+``trioproxy mock-upstream``; with no ``--gateway`` both are started here as
+separate processes, so the gateway's task count and RSS are its own.
+
+A plan depends only on the seed: ``--seed S`` replays a campaign exactly (the
+interleaving of concurrent runs on the machine is, of course, not replayed).
+Invariants and the report are in :mod:`trioproxy.chaos_report`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..rawclient import RawClient
+
+__all__ = ["BEHAVIOURS", "FAULTS", "Limits", "Run", "RunResult", "execute", "plan"]
+
+FAULTS = ("none", "stall", "drop", "slow_ttft", "e500", "e429", "malformed", "heartbeat_only")
+BEHAVIOURS = (
+    "read_all",
+    "disconnect_after",
+    "disconnect_before_headers",
+    "read_slowly",
+    "never_read",
+)
+FAULT_OUTCOME = {
+    "none": "done",
+    "stall": "upstream_idle_timeout",
+    "drop": "upstream_error",
+    "slow_ttft": "upstream_ttft_timeout",
+    "e500": "upstream_error",
+    "e429": "upstream_error",
+    "malformed": "done",  # passed through: the gateway parses no event mid-stream
+    "heartbeat_only": "upstream_ttft_timeout",
+    "flood": "slow_client",
+}
+# Faults that can end the exchange within a few ms: a client closing right
+# after its request may lose the race against them.
+_FAST = {"e500", "e429", "drop"}
+_RACE_MS = 25
+_HEAD_EVENTS = {"chat": 1, "messages": 3}  # data events before the first token
+_TAIL_EVENTS = {"chat": 2, "messages": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The gateway's timeouts, read from its /debug/state."""
+
+    ttft_timeout: float
+    idle_timeout: float
+    client_stall_timeout: float
+    attempts: int = 1  # providers a request may try (each with its own TTFT timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    index: int
+    request_id: str
+    route: str  # chat | messages
+    fault: str
+    behaviour: str
+    model: str
+    events_available: int  # data events the client can get before the fault
+    k: int  # disconnect after k events (disconnect_after)
+    expected: frozenset[str]
+
+
+@dataclass(slots=True)
+class RunResult:
+    run: Run
+    status: int = 0
+    events: int = 0
+    closed_mono: float | None = None  # when the client hung up mid-exchange
+    idle_error_ms: float | None = None  # stall: error event arrival - last data - idle
+    client_error: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+def plan(runs: int, seed: int, limits: Limits) -> list[Run]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(runs):
+        fault, behaviour = rng.choice(FAULTS), rng.choice(BEHAVIOURS)
+        route = rng.choice(("chat", "messages"))
+        n, itl, k_fault = rng.randint(20, 40), rng.choice((5, 10)), rng.randint(3, 12)
+        head, tail = _HEAD_EVENTS[route], _TAIL_EVENTS[route]
+        spec = {
+            "none": (f"t{n}-i{itl}", head + n + tail),
+            "stall": (f"t{n}-i{itl}-stall{k_fault}", head + k_fault),
+            "drop": (f"t{n}-i{itl}-drop{k_fault}", head + k_fault),
+            "slow_ttft": (f"t5-f{int(limits.ttft_timeout * 1000) + 400}", 0),
+            "e500": ("e500", 0),
+            "e429": ("e429", 0),
+            "malformed": (f"t{n}-i{itl}-bad{k_fault}", head + n + 1 + tail),
+            "heartbeat_only": ("hb0-p50", 0),
+        }
+        options, available = spec[fault]
+        if behaviour == "never_read" and fault == "none":
+            fault, options = "flood", "t400000-i0"  # more than socket buffers hold
+        k = rng.randint(1, 6)
+        outcome = FAULT_OUTCOME[fault]
+        if behaviour == "disconnect_after":
+            # Events come itl ms apart; the fault follows the last one at once.
+            # Closer than _RACE_MS, the hang-up and the fault race each other.
+            margin = _RACE_MS // itl
+            if k < available - margin:
+                expected = {"client_disconnect"}
+            elif k > available + 1:
+                expected = {outcome}
+            else:
+                expected = {"client_disconnect", outcome}
+        elif behaviour == "disconnect_before_headers":
+            expected = {"client_disconnect"} | ({outcome} if fault in _FAST else set())
+        else:
+            expected = {outcome}
+        out.append(
+            Run(
+                index=i,
+                request_id=f"chaos-{seed}-{i}",
+                route=route,
+                fault=fault,
+                behaviour=behaviour,
+                model=f"mock-{options}-x{i}",
+                events_available=available,
+                k=k,
+                expected=frozenset(expected),
+            )
+        )
+    return out
+
+
+def _body(run: Run) -> dict[str, Any]:
+    messages = [{"role": "user", "content": "chaos"}]
+    body: dict[str, Any] = {"model": run.model, "messages": messages, "stream": True}
+    if run.route == "messages":
+        body["max_tokens"] = 64
+    return body
+
+
+def _path(run: Run) -> str:
+    return "/v1/messages" if run.route == "messages" else "/v1/chat/completions"
+
+
+async def execute(run: Run, url: str, limits: Limits, peer_closed: Any) -> RunResult:
+    """Drive one run; ``peer_closed(tag)`` waits until the mock saw a hang-up for it."""
+    result = RunResult(run)
+    read_size = 512 if run.behaviour == "read_slowly" else 65536
+    client = await RawClient.connect(url, read_size)
+    try:
+        await client.send_request(
+            "POST", _path(run), _body(run), headers=[("x-request-id", run.request_id)]
+        )
+        if run.behaviour == "disconnect_before_headers":
+            return result
+        if run.behaviour == "never_read":
+            await _never_read(run, limits, peer_closed)
+            return result
+        with trio.fail_after(limits.ttft_timeout * limits.attempts + limits.idle_timeout * 3 + 30):
+            await _read(client, run, result, limits)
+    except (trio.TooSlowError, OSError, trio.BrokenResourceError, ValueError) as exc:
+        result.client_error = f"{type(exc).__name__}: {exc}"
+    finally:
+        await client.close()
+        result.closed_mono = client.closed_mono
+    return result
+
+
+async def _never_read(run: Run, limits: Limits, peer_closed: Any) -> None:
+    if run.fault == "flood":  # hold until the gateway gave up on us (it must)
+        with trio.move_on_after(limits.client_stall_timeout + 30):
+            await peer_closed(run.index)
+        return
+    # Small responses fit in socket buffers: the exchange ends on its own.
+    await trio.sleep(max(limits.ttft_timeout * limits.attempts, limits.idle_timeout) + 1.0)
+
+
+async def _read(client: RawClient, run: Run, result: RunResult, limits: Limits) -> None:
+    result.status, _ = await client.response_head()
+    last_data: float | None = None
+    async with aclosing(client.body_chunks()) as chunks:
+        async for at, chunk in chunks:
+            blocks = chunk.count(b"\n\n")
+            data_events = chunk.count(b"data:")
+            if b"_timeout" in chunk and last_data is not None and run.fault == "stall":
+                result.idle_error_ms = (at - last_data - limits.idle_timeout) * 1000
+            elif data_events:
+                last_data = at
+            result.events += min(blocks, data_events)
+            if run.behaviour == "disconnect_after" and result.events >= run.k:
+                return  # hang up mid-stream
+            if run.behaviour == "read_slowly":
+                await trio.sleep(0.005)

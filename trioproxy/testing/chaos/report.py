@@ -1,0 +1,231 @@
+"""Invariants and the report of a chaos campaign (pure functions over collected data).
+
+The invariants, each checked after the campaign has settled:
+
+1. ``streams_released``: no active request, the stream limiter's borrowed
+   tokens back to 0, and no provider counts a stream in flight.
+2. ``upstream_streams_closed``: the mock upstream has no stream in progress;
+   connections still open are idle keep-alive ones (at most ``max_streams``).
+3. ``one_outcome_per_request``: every run has exactly one outcome record, and
+   ``outcomes_match``: that outcome is one the run's fault  x  behaviour allows.
+4. ``no_orphan_tasks``: the gateway's trio task count is back to its baseline
+   (Hypercorn's transient per-connection keep-alive timers aside).
+5. ``detached_drained``: no detached work pending, none failed, the service
+   nursery alive (the gateway still ready).
+6. ``rss_bounded``: gateway RSS after the campaign ≤ baseline + ``RSS_SLACK``.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .plan import Run, RunResult
+
+__all__ = [
+    "RSS_SLACK",
+    "Invariant",
+    "Observed",
+    "build_report",
+    "check_invariants",
+    "format_report",
+]
+
+RSS_SLACK = 64 << 20  # bytes of RSS growth allowed over the baseline
+
+
+@dataclass(frozen=True, slots=True)
+class Invariant:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What the campaign collected from the gateway and the mock."""
+
+    baseline: dict[str, Any]  # /debug/state before the runs
+    final: dict[str, Any]  # /debug/state after settling
+    records: list[dict[str, Any]]  # /debug/records
+    mock_stats: dict[str, Any]  # /mock/stats
+    peer_closes: list[dict[str, Any]]  # /mock/peer-closes
+
+
+def check_invariants(runs: Sequence[Run], observed: Observed) -> list[Invariant]:
+    final, base = observed.final, observed.baseline
+    by_id: dict[str, list[str]] = collections.defaultdict(list)
+    for record in observed.records:
+        by_id[record["request_id"]].append(record["outcome"])
+    missing = [r.request_id for r in runs if len(by_id[r.request_id]) == 0]
+    doubled = [r.request_id for r in runs if len(by_id[r.request_id]) > 1]
+    wrong = [
+        f"{r.request_id} {r.fault} x {r.behaviour}: {by_id[r.request_id][0]} not in {sorted(r.expected)}"
+        for r in runs
+        if len(by_id[r.request_id]) == 1 and by_id[r.request_id][0] not in r.expected
+    ]
+    limiter, detached, mock = final["limiter"], final["detached"] or {}, observed.mock_stats
+    provider_streams = sum(p["in_flight"] for p in final.get("providers", []))
+    return [
+        Invariant(
+            "streams_released",
+            final["active_requests"] == 0
+            and limiter["borrowed_tokens"] == 0
+            and provider_streams == 0,
+            f"active={final['active_requests']} borrowed={limiter['borrowed_tokens']} "
+            f"provider in_flight={provider_streams}",
+        ),
+        Invariant(
+            "upstream_streams_closed",
+            mock["streams_active"] == 0
+            and mock["open_connections"] <= final["config"]["max_streams"],
+            f"mock streams_active={mock['streams_active']} "
+            f"open (idle keep-alive) connections={mock['open_connections']}",
+        ),
+        Invariant(
+            "one_outcome_per_request",
+            not missing and not doubled,
+            f"missing={missing[:5]} doubled={doubled[:5]}",
+        ),
+        Invariant("outcomes_match", not wrong, "; ".join(wrong[:10]) or f"{len(runs)} runs"),
+        Invariant(
+            "no_orphan_tasks",
+            _stable_tasks(final) == _stable_tasks(base),
+            f"tasks baseline={base['tasks']} after={final['tasks']}"
+            + _task_diff(base.get("task_names", {}), final.get("task_names", {})),
+        ),
+        Invariant(
+            "detached_drained",
+            detached.get("pending") == 0 and detached.get("failed") == 0 and final["ready"],
+            f"detached={detached} ready={final['ready']}",
+        ),
+        Invariant(
+            "rss_bounded",
+            final["rss_bytes"] <= base["rss_bytes"] + RSS_SLACK,
+            f"rss baseline={base['rss_bytes'] >> 20} MiB after={final['rss_bytes'] >> 20} MiB "
+            f"(bound +{RSS_SLACK >> 20} MiB)",
+        ),
+    ]
+
+
+def _stable_tasks(state: dict[str, Any]) -> int:
+    # Hypercorn's per-connection keep-alive timer ends a moment after the
+    # request that reads the state arrived: not a task this count is about.
+    names: dict[str, int] = state.get("task_names") or {}
+    return int(state["tasks"]) - names.get("_idle_timeout", 0)
+
+
+def _task_diff(before: dict[str, int], after: dict[str, int]) -> str:
+    diff = {
+        name: after.get(name, 0) - before.get(name, 0)
+        for name in set(before) | set(after)
+        if after.get(name, 0) != before.get(name, 0)
+    }
+    return f" changed: {diff}" if diff else ""
+
+
+def _quantiles(values: Iterable[float]) -> dict[str, float | int]:
+    xs = sorted(values)
+    if not xs:
+        return {"n": 0}
+
+    def q(p: float) -> float:
+        return round(xs[min(len(xs) - 1, int(p * len(xs)))], 3)
+
+    return {"n": len(xs), "p50": q(0.5), "p99": q(0.99), "max": round(xs[-1], 3)}
+
+
+def cancel_latencies(
+    results: Sequence[RunResult], observed: Observed
+) -> list[tuple[float, RunResult]]:
+    """Client hang-up → upstream connection closed (seen at the mock), in ms,
+    for runs whose recorded outcome is ``client_disconnect``."""
+    outcome = {r["request_id"]: r["outcome"] for r in observed.records}
+    closes = {c["model"].rsplit("-x", 1)[-1]: c["mono"] for c in observed.peer_closes}
+    out = []
+    for res in results:
+        seen = closes.get(str(res.run.index))
+        if outcome.get(res.run.request_id) == "client_disconnect" and seen and res.closed_mono:
+            out.append(((seen - res.closed_mono) * 1000, res))
+    return out
+
+
+def build_report(
+    seed: int,
+    runs: Sequence[Run],
+    results: Sequence[RunResult],
+    observed: Observed,
+    duration: float,
+    concurrency: int,
+) -> dict[str, Any]:
+    outcome = {r["request_id"]: r["outcome"] for r in observed.records}
+    table: dict[str, dict[str, dict[str, int]]] = {}
+    for run in runs:
+        cell = table.setdefault(run.fault, {}).setdefault(run.behaviour, {})
+        got = outcome.get(run.request_id, "missing")
+        cell[got] = cell.get(got, 0) + 1
+    invariants = check_invariants(runs, observed)
+    latencies = cancel_latencies(results, observed)
+    return {
+        "seed": seed,
+        "runs": len(runs),
+        "concurrency": concurrency,
+        "duration_s": round(duration, 2),
+        "table": table,
+        "cancel_latency_ms": _quantiles(ms for ms, _ in latencies),
+        "slowest_cancellations": [
+            f"{ms:.1f} ms {r.run.request_id} {r.run.fault} x {r.run.behaviour}"
+            for ms, r in sorted(latencies, key=lambda p: -p[0])[:5]
+        ],
+        "idle_timeout_fire_error_ms": _quantiles(
+            r.idle_error_ms for r in results if r.idle_error_ms is not None
+        ),
+        "failovers": {
+            "attempts_moved_on": sum(len(r.get("failovers", ())) for r in observed.records),
+            "requests": sum(1 for r in observed.records if r.get("failovers")),
+        },
+        "client_errors": [
+            f"{r.run.request_id}: {r.client_error}" for r in results if r.client_error
+        ][:20],
+        "invariants": [asdict(i) for i in invariants],
+        "passed": all(i.ok for i in invariants),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"trioproxy chaos: {report['runs']} runs, concurrency {report['concurrency']}, "
+        f"seed {report['seed']}, {report['duration_s']} s",
+        "",
+        f"{'fault':<15} {'behaviour':<26} outcomes",
+    ]
+    for fault, row in sorted(report["table"].items()):
+        for behaviour, cell in sorted(row.items()):
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(cell.items()))
+            lines.append(f"{fault:<15} {behaviour:<26} {counts}")
+    lat, idle = report["cancel_latency_ms"], report["idle_timeout_fire_error_ms"]
+    lines += [
+        "",
+        "cancellation latency (client close -> upstream close at the mock), ms: "
+        + ", ".join(f"{k} {v}" for k, v in lat.items()),
+        *("  slowest: " + s for s in report["slowest_cancellations"]),
+        "idle-timeout firing error (fired - configured, at the client), ms: "
+        + ", ".join(f"{k} {v}" for k, v in idle.items()),
+        f"failovers before the first byte: {report['failovers']['attempts_moved_on']} "
+        f"in {report['failovers']['requests']} requests",
+        "",
+        "invariants:",
+    ]
+    for inv in report["invariants"]:
+        lines.append(f"  [{'PASS' if inv['ok'] else 'FAIL'}] {inv['name']}: {inv['detail']}")
+    if report["client_errors"]:
+        lines += [
+            "",
+            "client-side errors (first 20):",
+            *("  " + e for e in report["client_errors"]),
+        ]
+    lines.append("")
+    lines.append("ALL INVARIANTS HOLD" if report["passed"] else "INVARIANTS FAILED")
+    return "\n".join(lines)

@@ -1,0 +1,209 @@
+"""An httpx transport of our own: HTTP/1.1 over trio sockets, O(1) keep-alive pool.
+
+Why: httpcore's ``AsyncConnectionPool`` walks every pooled connection (expiry,
+idleness, a socket readability poll) on every request and every release. With
+hundreds of live streams that bookkeeping took 75% of the gateway's core. Here
+each origin keeps a LIFO list of idle connections: taking and returning one is
+O(1), and only the connection being reused is checked.
+
+Rules:
+- HTTP/1.1 only (a cancelled HTTP/2 stream never reaches the server as a reset).
+- A connection goes back to the pool only after its whole body was read and
+  the server allowed keep-alive. Any other ending (cancellation, error, an early
+  ``aclose``) closes its socket at once, synchronously: the upstream sees the
+  close without waiting for a checkpoint.
+- A request is never sent twice once its bytes may have reached the server (a
+  model server bills the generation it started). A reused connection the
+  server already closed is detected before writing (readable idle socket = EOF
+  or junk) and replaced; a write that fails on a reused connection (the peer had
+  reset it) is retried once on a new one. A request that was written and got
+  no response fails: :class:`~trioproxy.errors.UpstreamBroken`.
+- Cookies: the ``Cookie`` request header is never sent and ``Set-Cookie`` is
+  dropped from responses, so no client (and no cookie jar) ever holds one.
+- No read timeout: the relay owns the TTFT and idle timers.
+- One TLS context per transport, built on first use.
+
+Error handling: every library error (``OSError``, trio's stream errors,
+``ssl.SSLError``, a :class:`~trioproxy.upstream.http11.ProtocolError`) is
+mapped here, once, to the gateway's hierarchy: ``UpstreamUnreachable`` while
+connecting, ``UpstreamBroken`` after. httpx passes them through unchanged.
+
+The body is an :class:`UpstreamBody` (a plain async iterator, one piece per
+socket read, chunk payloads joined); the relay takes it from the response's
+public ``extensions`` (:func:`body_of`), skipping httpx's wrappers.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+from ..errors import UpstreamBroken, UpstreamUnreachable
+from .body import BODY_EXTENSION, Conn, UpstreamBody
+from .http11 import MAX_HEAD, Head, ProtocolError, parse_head, request_head
+
+__all__ = ["PoolStatistics", "UpstreamTransport"]
+
+READ_SIZE = 65536
+Origin = tuple[bytes, bytes, int]
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    idle: int
+    active: int
+    opened: int
+    reused: int
+
+
+class UpstreamTransport(httpx.AsyncBaseTransport):
+    def __init__(
+        self,
+        connect_timeout: float = 10.0,
+        keepalive_expiry: float = 30.0,
+        max_idle_per_origin: int = 1024,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._idle: dict[Origin, list[Conn]] = {}
+        self._connect_timeout = connect_timeout
+        self._expiry = keepalive_expiry
+        self._max_idle = max_idle_per_origin
+        self._ssl = ssl_context
+        self._active = 0
+        self._opened = 0
+        self._reused = 0
+
+    def statistics(self) -> PoolStatistics:
+        idle = sum(len(conns) for conns in self._idle.values())
+        return PoolStatistics(idle, self._active, self._opened, self._reused)
+
+    async def aclose(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+    # -- pool -----------------------------------------------------------------
+    def _take_idle(self, origin: Origin) -> Conn | None:
+        conns = self._idle.get(origin)
+        now = trio.current_time()
+        while conns:
+            conn = conns.pop()
+            if now - conn.idle_since > self._expiry:
+                for old in [conn, *conns]:  # LIFO: everything below is older
+                    old.close()
+                conns.clear()
+                return None
+            if conn.looks_dead():
+                conn.close()
+                continue
+            self._reused += 1
+            return conn
+        return None
+
+    def release(self, conn: Conn, reusable: bool) -> None:
+        self._active -= 1
+        conns = self._idle.setdefault(conn.origin, [])
+        if reusable and not conn.buf and len(conns) < self._max_idle:
+            conn.idle_since = trio.current_time()
+            conns.append(conn)
+        else:
+            conn.close()
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
+
+    async def _connect(self, origin: Origin) -> Conn:
+        scheme, host, port = origin
+        where = f"{host.decode()}:{port}"
+        try:
+            with trio.fail_after(self._connect_timeout):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(host.decode(), port)
+                if scheme == b"https":
+                    tls = trio.SSLStream(stream, self._tls(), server_hostname=host.decode())
+                    await tls.do_handshake()
+                    stream = tls
+        except trio.TooSlowError:
+            raise UpstreamUnreachable(f"timed out connecting to upstream {where}") from None
+        except (*_STREAM_ERRORS, ssl.SSLError) as exc:
+            raise UpstreamUnreachable(f"cannot connect to upstream {where}: {exc}") from None
+        self._opened += 1
+        return Conn(stream, origin)
+
+    # -- exchange -------------------------------------------------------------
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        port = url.port or (443 if url.raw_scheme == b"https" else 80)
+        origin: Origin = (url.raw_scheme, url.raw_host, port)
+        body = await request.aread()
+        headers = [(n, v) for n, v in request.headers.raw if n.lower() != b"cookie"]
+        data = request_head(request.method.encode(), url.raw_path, headers) + body
+        conn = self._take_idle(origin)
+        if conn is not None and not await self._write(conn, data):
+            conn = None  # the peer had reset the reused connection: nothing was read
+        if conn is None:
+            conn = await self._connect(origin)
+            if not await self._write(conn, data):
+                raise UpstreamBroken("upstream connection failed while sending the request")
+        try:
+            head = await _read_head(conn)
+        except BaseException:
+            self._active -= 1
+            conn.close()
+            raise
+        stream = UpstreamBody(self.release, conn, head)
+        return httpx.Response(
+            head.status,
+            headers=[(n, v) for n, v in head.headers if n.lower() != b"set-cookie"],
+            stream=stream,
+            extensions={"http_version": b"HTTP/1.1", BODY_EXTENSION: stream},
+            request=request,
+        )
+
+    async def _write(self, conn: Conn, data: bytes) -> bool:
+        """Send the request; False (connection closed) if the write failed."""
+        self._active += 1
+        try:
+            await conn.stream.send_all(data)
+        except _STREAM_ERRORS:
+            self._active -= 1
+            conn.close()
+            return False
+        except BaseException:
+            self._active -= 1
+            conn.close()
+            raise
+        return True
+
+
+async def _read_head(conn: Conn) -> Head:
+    buf = conn.buf
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            try:
+                head = parse_head(buf[:end])
+            except ProtocolError as exc:
+                raise UpstreamBroken(f"upstream sent an invalid response: {exc}") from None
+            buf = buf[end + 4 :]
+            if 100 <= head.status < 200:  # informational: the real head follows
+                continue
+            conn.buf = buf
+            return head
+        if len(buf) > MAX_HEAD:
+            raise UpstreamBroken("upstream response head too large")
+        try:
+            data = await conn.stream.receive_some(READ_SIZE)
+        except _STREAM_ERRORS:
+            data = b""
+        if not data:
+            if not buf:
+                raise UpstreamBroken("upstream closed the connection without a response")
+            raise UpstreamBroken("upstream closed the connection mid-head")
+        buf += data
