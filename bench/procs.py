@@ -99,7 +99,9 @@ def start_mock() -> Proc:
     return Proc("mock", f"http://127.0.0.1:{port}", popen)
 
 
-def start_trioproxy(mock_url: str, metrics: bool = True) -> Proc:
+def start_trioproxy(mock_url: str, metrics: bool = True, tree: Path | None = None) -> Proc:
+    """A gateway on the proxy core; ``tree``: run the trioproxy of another
+    checkout (its root first on PYTHONPATH), e.g. to compare two commits."""
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="trioproxy-bench-"))
     config = workdir / "trioproxy.toml"
@@ -110,9 +112,10 @@ def start_trioproxy(mock_url: str, metrics: bool = True) -> Proc:
         f'data_dir = "{workdir}"\n'
     )
     cmd = [sys.executable, "-m", "trioproxy", "serve", "--config", str(config)]
+    env = {**os.environ, "PYTHONPATH": str(tree)} if tree is not None else None
     popen = subprocess.Popen(
         [*cmd, "--bind", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, preexec_fn=lambda: _pin(PROXY_CORES),
+        stderr=subprocess.DEVNULL, preexec_fn=lambda: _pin(PROXY_CORES), env=env, cwd=workdir,
     )  # fmt: skip
     wait_port(port)
     return Proc("trioproxy", f"http://127.0.0.1:{port}", popen, workdir)

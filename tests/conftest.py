@@ -9,7 +9,7 @@ when it reads and when it hangs up.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,13 +26,17 @@ Exchange.strict = True
 
 
 async def eventually(
-    predicate: Callable[[], bool], timeout: float = 5.0, poll: float = 0.005
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, poll: float = 0.005
 ) -> None:
-    """Wait until ``predicate()`` holds (checked every ``poll`` s), failing the
-    test after ``timeout`` s. For state another process or a socket peer
-    changes, where nothing can be awaited; never a fixed sleep instead."""
+    """Wait until ``predicate()`` holds (checked every ``poll`` s; it may be a
+    coroutine function), failing the test after ``timeout`` s. For state another
+    process or a socket peer changes, where nothing can be awaited; the one
+    polling loop of the suite, never a fixed sleep instead."""
     with trio.fail_after(timeout):
-        while not predicate():
+        while True:
+            result = predicate()
+            if result if isinstance(result, bool) else await result:
+                return
             await trio.sleep(poll)
 
 
@@ -67,10 +71,27 @@ class Recorder:
         return self.records
 
 
+class MovableClock:
+    """Trio's clock plus an offset the test moves: the gateway's health and rpm
+    clock in tests of cooldowns and windows (the relay's timers keep real time)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return trio.current_time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 @asynccontextmanager
-async def running(**overrides: Any) -> AsyncIterator[tuple[RunningGateway, Recorder]]:
+async def running(
+    clock: MovableClock | None = None, **overrides: Any
+) -> AsyncIterator[tuple[RunningGateway, Recorder]]:
     recorder = Recorder()
-    async with open_gateway(make_config(**overrides), [recorder]) as gw:
+    config = make_config(**overrides)
+    async with open_gateway(config, [recorder], clock=clock or trio.current_time) as gw:
         yield gw, recorder
 
 

@@ -7,13 +7,12 @@ import io
 import pathlib
 
 import pytest
-import trio
 
-from tests.conftest import chat, open_mocks, provider, running
+from tests.conftest import chat, eventually, open_mocks, provider, running
 from trioproxy.admission.auth import KeyRing, new_key, parse_keys
 from trioproxy.cli import main as cli
 from trioproxy.config import load_config
-from trioproxy.errors import ConfigError
+from trioproxy.errors import ConfigError, Overloaded
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.rawclient import RawClient, request
 
@@ -85,9 +84,7 @@ async def test_model_allow_list_concurrency_and_rpm_per_key(tmp_path: pathlib.Pa
         )
         assert other.status == 200
         await client.close()
-        with trio.fail_after(5):
-            while gw.app.limiter.statistics().borrowed_tokens:
-                await trio.sleep(0.01)
+        await eventually(lambda: gw.app.limiter.statistics().borrowed_tokens == 0, timeout=5)
         # bob: rpm = 3. Counted so far: the stream and the 429 (not the 403): one more
         # passes, the next is over the limit.
         chat_path = "/v1/chat/completions"
@@ -163,3 +160,17 @@ async def test_listed_models_are_those_the_key_may_use(tmp_path: pathlib.Path) -
             alice = await request(gw.url, "GET", "/v1/models", None, _bearer(ALICE))
             assert [m["id"] for m in alice.json()["data"]] == ["claude-x", "mock-t2"]
             assert (await request(gw.url, "GET", "/v1/models")).status == 401
+
+
+def test_rpm_is_a_sliding_window_on_the_injected_clock() -> None:
+    (bob,) = parse_keys([{"name": "bob", "sha256": "0" * 64, "rpm": 2}])
+    ring = KeyRing((bob,))
+    ring.admit(bob, 100.0)
+    ring.admit(bob, 130.0)
+    with pytest.raises(Overloaded) as over:
+        ring.admit(bob, 159.5)  # the first of the window is 59.5 s old
+    assert over.value.retry_after == 1
+    ring.admit(bob, 160.0)  # 60 s after the first: it has left the window
+    with pytest.raises(Overloaded) as over:
+        ring.admit(bob, 170.0)
+    assert over.value.retry_after == 21  # the 130 s request leaves at 190 s

@@ -7,6 +7,9 @@ import subprocess
 import sys
 
 import orjson
+import pytest
+
+pytestmark = pytest.mark.slow  # not in `make quick`
 
 
 def _run(*args: str) -> str:

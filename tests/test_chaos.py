@@ -11,6 +11,8 @@ from trioproxy.testing.chaos.campaign import run_campaign
 from trioproxy.testing.chaos.plan import BEHAVIOURS, FAULTS, Limits, plan
 from trioproxy.testing.chaos.report import RSS_SLACK, Observed, check_invariants, format_report
 
+pytestmark = pytest.mark.slow  # not in `make quick`
+
 LIMITS = Limits(ttft_timeout=1.0, idle_timeout=0.3, client_stall_timeout=0.5)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from tests.conftest import chat, running
+from tests.conftest import chat, eventually, running
 from trioproxy.receipts.detached import open_detached_work
 from trioproxy.relay.exchange import CompletionRecord
 from trioproxy.testing.rawclient import RawClient
@@ -63,15 +63,13 @@ async def test_hand_off_runs_after_the_stream_ended_and_never_delays_it() -> Non
         await client.close()
         assert response.body.endswith(b"data: [DONE]\n\n")
         assert gw.app.detached is not None
-        with trio.fail_after(5):  # the hand-off happens as the handler returns
-            while gw.app.detached.statistics().failed < 1:
-                await trio.sleep(0.01)
+        await eventually(
+            lambda: gw.app.detached.statistics().failed >= 1, timeout=5
+        )  # the hand-off happens as the handler returns
         assert seen == []
         assert gw.app.detached.statistics().pending == 1  # slow_hook, still blocked
         release.set()
-        with trio.fail_after(5):
-            while not seen:
-                await trio.sleep(0.01)
+        await eventually(lambda: bool(seen), timeout=5)
         assert seen[0].outcome == "done"
         # The server keeps serving after the failing hook.
         client = await RawClient.connect(gw.url)

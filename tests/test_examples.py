@@ -6,7 +6,11 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from trioproxy.config import load_config
+
+pytestmark = pytest.mark.slow  # not in `make quick`
 
 EXAMPLES = pathlib.Path(__file__).parent.parent / "examples"
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.conftest import chat, events_of, open_mocks, provider, running
+from tests.conftest import MovableClock, chat, events_of, eventually, open_mocks, provider, running
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.rawclient import RawClient, request
 
@@ -117,14 +117,15 @@ def _messages(model: str) -> dict[str, Any]:
 
 
 async def test_ejection_then_recovery_after_the_cooldown() -> None:
+    clock = MovableClock()
     async with open_mocks(Fault(error_status=500), Fault(tokens=3)) as (sick, well):
         overrides = {
             "providers": (provider("sick", sick), provider("well", well)),
             "eject_after": 2,
-            "cooldown": 0.5,
+            "cooldown": 30.0,
             "debug_endpoints": True,
         }
-        async with running(**overrides) as (gw, _):
+        async with running(clock, **overrides) as (gw, _):
             for _ in range(6):
                 ok = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
                 assert ok.status == 200  # every request served: failover hides the sick one
@@ -139,12 +140,17 @@ async def test_ejection_then_recovery_after_the_cooldown() -> None:
                 in metrics
             )
             sick.defaults = Fault(tokens=3)  # the sick provider recovers
-            await trio.sleep(0.6)  # the configured cooldown passes
+            clock.advance(29.9)  # inside the cooldown: still skipped
+            for _ in range(2):
+                ok = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
+                assert ok.status == 200
+            assert sick.statistics().requests_total == 2
+            clock.advance(0.2)  # the cooldown has passed
             for _ in range(2):  # round robin: one of two plans starts at "sick" (the trial)
                 ok = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
                 assert ok.status == 200
             assert sick.statistics().requests_total == 3
-            assert gw.app.router.providers[0].state(trio.current_time()) == "healthy"
+            assert gw.app.router.providers[0].state(clock()) == "healthy"
 
 
 async def test_every_provider_ejected_still_serves_and_readyz_names_the_pool() -> None:
@@ -274,8 +280,7 @@ async def test_a_full_provider_is_skipped_and_a_hang_up_gives_its_stream_back() 
             await client.close()
             with trio.fail_after(5):
                 await first.wait_peer_close()  # the upstream stream was cancelled...
-                while a.in_flight:
-                    await trio.sleep(0.01)
+            await eventually(lambda: not a.in_flight)
             assert a.consecutive_failures == 0  # ...and a hang-up says nothing about health
 
 

@@ -6,6 +6,7 @@ import httpx
 import orjson
 import trio
 
+from tests.conftest import eventually
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.mock_upstream import serve_mock
 
@@ -32,9 +33,7 @@ async def test_mock_streams_faults_and_counts_connections() -> None:
             stats = (await client.get("/mock/stats")).json()
             assert stats["requests_total"] == 4
             assert stats["streams_active"] == 0
-        with trio.fail_after(2):
-            while mock.statistics().open_connections:
-                await trio.sleep(0.01)
+        await eventually(lambda: mock.statistics().open_connections == 0, timeout=2)
         assert mock.statistics().connections_total == 2  # keep-alive reused, drop closed
         nursery.cancel_scope.cancel()
 

@@ -14,7 +14,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.conftest import chat, running, streaming_bodies
+from tests.conftest import chat, eventually, running, streaming_bodies
 from trioproxy.cli import main as cli
 from trioproxy.receipts.service import KeyError_, Signer
 from trioproxy.receipts.store import MemoryStore, SQLiteStore
@@ -128,9 +128,7 @@ async def test_client_disconnect_gets_a_truncated_receipt_over_the_delivered_byt
         document = await _receipt(gw.url, headers[b"x-trioproxy-request-id"].decode())
         receipt = document["receipt"]
         assert receipt["truncated"] is True and receipt["outcome"] == "client_disconnect"
-        with trio.fail_after(5):
-            while receipt["id"] not in gw.mock.transcripts:
-                await trio.sleep(0.01)
+        await eventually(lambda: receipt["id"] in gw.mock.transcripts, timeout=5)
         delivered = gw.mock.transcripts[receipt["id"]][: record.bytes_out]
         assert receipt["response_sha256"] == hashlib.sha256(delivered).hexdigest()
 
@@ -144,13 +142,12 @@ async def test_store_errors_are_counted_and_other_receipts_unaffected() -> None:
         assert (bad.status, good.status) == (200, 200)
         document = await _receipt(gw.url, good.headers[b"x-trioproxy-request-id"].decode())
         assert document["receipt"]["outcome"] == "done"
-        with trio.fail_after(5):
-            while gw.app.receipts.statistics().failed < 1:
-                await trio.sleep(0.01)
+        await eventually(lambda: gw.app.receipts.statistics().failed >= 1, timeout=5)
         stats = gw.app.receipts.statistics()
         assert (stats.failed, stats.stored, stats.pending) == (1, 1, 0)
 
 
+@pytest.mark.slow
 async def test_shutdown_drains_100_pending_receipts_into_sqlite(tmp_path: pathlib.Path) -> None:
     ids: list[str] = []
     async with running(receipt_store="sqlite", data_dir=str(tmp_path)) as (gw, _):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import anthropic
 import openai
+import pytest
 import trio
 
 from tests.conftest import running
 from trioproxy.testing.mock_scripts import WORDS
+
+pytestmark = pytest.mark.slow  # not in `make quick`
 
 EXPECTED = "".join(WORDS[i % len(WORDS)] + " " for i in range(12))
 

@@ -12,12 +12,15 @@ import tempfile
 from contextlib import aclosing
 
 import orjson
+import pytest
 import trio
 
-from tests.conftest import chat, events_of, open_mocks, running
+from tests.conftest import chat, events_of, eventually, open_mocks, running
 from trioproxy.relay.exchange import CompletionRecord
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.rawclient import RawClient, request
+
+pytestmark = pytest.mark.slow  # not in `make quick`
 
 
 async def test_graceful_shutdown_lets_streams_finish_and_drains_detached_work() -> None:
@@ -76,14 +79,13 @@ def _free_port() -> int:
 
 
 async def _wait_ready(url: str) -> None:
-    with trio.fail_after(20):
-        while True:
-            try:
-                if (await request(url, "GET", "/readyz")).status == 200:
-                    return
-            except OSError:
-                pass
-            await trio.sleep(0.1)
+    async def ready() -> bool:
+        try:
+            return (await request(url, "GET", "/readyz")).status == 200
+        except OSError:
+            return False
+
+    await eventually(ready, timeout=20, poll=0.1)
 
 
 async def _serve_and_sigterm(*args: str) -> tuple[int, str]:
@@ -146,13 +148,15 @@ async def test_sigterm_with_50_live_streams(tmp_path: pathlib.Path) -> None:
             assert (await client.response_head())[0] == 200
             clients.append(client)
         proc.send_signal(signal.SIGTERM)
-        with trio.fail_after(5):  # the listener closes: new connections are refused
-            while True:
-                try:
-                    (await RawClient.connect(url)).stream.socket.close()
-                    await trio.sleep(0.02)
-                except OSError:
-                    break
+
+        async def refused() -> bool:  # the listener closes: new connections are refused
+            try:
+                (await RawClient.connect(url)).stream.socket.close()
+            except OSError:
+                return True
+            return False
+
+        await eventually(refused, poll=0.02)
         bodies: list[bytes] = []
 
         async def finish(client: RawClient) -> None:
@@ -207,9 +211,7 @@ async def test_sighup_reloads_providers_and_a_bad_file_changes_nothing(
             served_by_first = first.statistics().requests_total
             config.write_text("max_attempts = 0\n")  # invalid: must change nothing
             proc.send_signal(signal.SIGHUP)
-            with trio.fail_after(10):
-                while "config not reloaded" not in log_path.read_text():
-                    await trio.sleep(0.05)
+            await eventually(lambda: "config not reloaded" in log_path.read_text(), timeout=10)
             before = second.statistics().requests_total
             assert (await request(url, "POST", "/v1/chat/completions", chat("m"))).status == 200
             assert second.statistics().requests_total == before + 1

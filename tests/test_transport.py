@@ -9,9 +9,11 @@ import httpx
 import pytest
 import trio
 
+from trioproxy.config import Config
 from trioproxy.errors import UpstreamBroken, UpstreamUnreachable
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.mock_upstream import serve_mock
+from trioproxy.upstream.client import open_upstream_client
 from trioproxy.upstream.transport import UpstreamTransport
 
 CHAT = {"model": "mock-t5-i0", "messages": [], "stream": True}
@@ -64,17 +66,20 @@ async def _read_request(stream: trio.SocketStream) -> None:
 
 
 async def test_stale_keep_alive_connection_is_replaced() -> None:
+    closed = trio.Event()
+
     async def one_request_then_close(stream: trio.SocketStream) -> None:
         await _read_request(stream)
         await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         await stream.aclose()  # keep-alive advertised, but the server closes
+        closed.set()
 
     async with trio.open_nursery() as nursery:
         url = await _scripted_server(one_request_then_close, nursery)
         transport = UpstreamTransport()
         async with httpx.AsyncClient(transport=transport) as client:
             assert (await client.get(url)).text == "ok"
-            await trio.sleep(0.05)
+            await closed.wait()
             assert (await client.get(url)).text == "ok"
             assert transport.statistics().opened == 2
         nursery.cancel_scope.cancel()
@@ -101,3 +106,67 @@ async def test_close_delimited_body_and_errors() -> None:
             with pytest.raises(UpstreamUnreachable, match="cannot connect"):
                 await client.get("http://127.0.0.1:1/")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_that_reached_the_upstream_is_never_sent_twice() -> None:
+    """The attack on billing: an upstream that reads a POST on a reused keep-alive
+    connection, then closes without answering. Resending it on a new connection
+    would start (and bill) a second generation."""
+    received: list[bytes] = []
+
+    async def answer_once_then_read_and_close(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        received.append(b"first")
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await _read_request(stream)  # the second request arrived ...
+        received.append(b"second")
+        await stream.aclose()  # ... and the connection ends without a response
+
+    async with trio.open_nursery() as nursery:
+        url = await _scripted_server(answer_once_then_read_and_close, nursery)
+        transport = UpstreamTransport()
+        async with httpx.AsyncClient(transport=transport) as client:
+            assert (await client.post(url, content=b"{}")).text == "ok"
+            with pytest.raises(UpstreamBroken, match="without a response"):
+                await client.post(url, content=b"{}")
+            assert received == [b"first", b"second"]
+            assert transport.statistics().opened == 1  # no new connection, no resend
+        nursery.cancel_scope.cancel()
+
+
+async def test_upstream_cookies_are_never_stored_nor_sent() -> None:
+    """The attack on tenant isolation: an upstream sets a cookie while serving one
+    tenant; the next request (any tenant) through the gateway's one client must
+    carry no Cookie. A Cookie header handed to the client is not sent either."""
+    requests: list[bytes] = []
+
+    async def set_cookie(stream: trio.SocketStream) -> None:
+        while True:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                more = await stream.receive_some(65536)
+                if not more:
+                    return
+                data += more
+            requests.append(data.lower())
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nset-cookie: session=tenant-a; Path=/\r\n"
+                b"set-cookie: other=1\r\ncontent-length: 2\r\n\r\nok"
+            )
+
+    async with trio.open_nursery() as nursery:
+        url = await _scripted_server(set_cookie, nursery)
+        async with open_upstream_client(Config(bind="127.0.0.1:0")) as client:
+            first = await client.post(url + "/v1/chat/completions", content=b"{}")
+            assert "set-cookie" not in first.headers
+            await client.post(url + "/v1/chat/completions", content=b"{}")
+            await client.post(url + "/v1/x", content=b"{}", headers={"cookie": "forged=1"})
+            assert len(client.cookies) == 0
+        assert len(requests) == 3
+        assert not [r for r in requests if b"\r\ncookie:" in r]
+        nursery.cancel_scope.cancel()
+
+
+def test_one_tls_context_per_transport() -> None:
+    transport = UpstreamTransport()
+    assert transport._tls() is transport._tls()  # built once, on first use

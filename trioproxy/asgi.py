@@ -1,6 +1,6 @@
 """ASGI plumbing shared by the server and the relay: the callable types, reading
-a bounded body, JSON responses, request ids, and the non-blocking check for a
-hang-up that is already queued. It knows nothing of exchanges or the relay."""
+a bounded body, JSON responses, request ids. It knows nothing of exchanges or
+the relay, nor of the server behind ``receive`` and ``send``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import trio
 
 from .errors import BadRequest, PayloadTooLarge
 
@@ -17,7 +16,6 @@ __all__ = [
     "Receive",
     "Scope",
     "Send",
-    "already_disconnected",
     "read_body",
     "request_id",
     "send_json",
@@ -34,22 +32,6 @@ def request_id(scope: dict[str, Any]) -> str:
         if name == b"x-request-id" and 0 < len(value) <= 128:
             return str(value.decode("latin-1"))
     return "tp-" + secrets.token_hex(12)
-
-
-def already_disconnected(receive: Receive) -> bool:
-    """Has the client's hang-up already been queued? Hypercorn's ``receive`` is a
-    memory channel's bound ``receive``: its ``receive_nowait`` peeks without
-    blocking and without a cancelled-scope poll (Hypercorn issue #210). Under
-    another server this check is skipped and the relay's watcher still sees it."""
-    receive_nowait = getattr(getattr(receive, "__self__", None), "receive_nowait", None)
-    if receive_nowait is None:
-        return False
-    try:
-        message = receive_nowait()
-    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-        return False
-    # After a complete body only http.disconnect can follow.
-    return bool(message.get("type") == "http.disconnect")
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:

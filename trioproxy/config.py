@@ -29,7 +29,7 @@ class Config:
     workers: int = 1
     backlog: int = 2048
     graceful_timeout: float = 30.0  # s: in-flight streams get this long on shutdown
-    # --- providers and routing (see trioproxy.providers, trioproxy.pools) -----
+    # --- providers and routing (see trioproxy.routing) -----
     providers: tuple[Mapping[str, Any], ...] = ()  # [[providers]] tables
     openai_upstreams: tuple[str, ...] = ()  # shorthand: providers serving every model
     anthropic_upstreams: tuple[str, ...] = ()  # base URLs; /v1/messages is appended
@@ -67,7 +67,7 @@ class Config:
     receipt_ttl_days: float = 30.0
     max_pending_receipts: int = 1024  # more are dropped, counted and logged
     sign_truncated: bool = True  # receipts for streams that ended early too
-    # --- API keys (see trioproxy.auth) ----------------------------------------
+    # --- API keys (see trioproxy.admission.auth)--------------------------------------
     keys: tuple[Mapping[str, Any], ...] = ()  # [[keys]] tables: name, sha256, models, ...
     allow_open_public: bool = False  # no keys on a non-loopback bind is refused unless true
     # --- misc ---------------------------------------------------------------

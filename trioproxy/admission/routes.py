@@ -119,7 +119,7 @@ def validate(route: Route, body: bytes) -> ParsedBody:
 # Client headers relayed upstream as they are; everything else is dropped:
 # hop-by-hop headers, and the client's credentials (Authorization, x-api-key),
 # which are the gateway's business. The provider's credential is added per
-# attempt (trioproxy.failover.target_for).
+# attempt (trioproxy.routing.failover.target_for).
 _FORWARDED = frozenset(
     {
         b"anthropic-version",

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -48,7 +47,7 @@ class _StateCollector(Collector):
     def __init__(
         self,
         gauges: Callable[[], Gauges],
-        providers: Callable[[float], Sequence[ProviderStatistics]],
+        providers: Callable[[], Sequence[ProviderStatistics]],
     ) -> None:
         self._gauges = gauges
         self._providers = providers
@@ -69,10 +68,9 @@ class _StateCollector(Collector):
             "trioproxy_receipts_pending", "Receipts not stored yet", g.receipts_pending
         )
         try:
-            now = trio.current_time()
+            providers = self._providers()
         except RuntimeError:  # registration (auto_describe) runs outside trio
-            now = 0.0
-        providers = self._providers(now)
+            providers = []
         healthy = GaugeMetricFamily(
             "trioproxy_provider_healthy", "1 unless ejected", labels=["provider"]
         )
@@ -120,7 +118,7 @@ class Metrics:
     def __init__(
         self,
         gauges: Callable[[], Gauges],
-        providers: Callable[[float], Sequence[ProviderStatistics]],
+        providers: Callable[[], Sequence[ProviderStatistics]],
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry

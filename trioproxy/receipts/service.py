@@ -35,9 +35,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..config import Config
 from ..relay.exchange import CompletionRecord
 from .detached import DetachedWork
-from .store import ReceiptStore, Row
+from .store import ReceiptStore, Row, open_store
 
 __all__ = [
     "KeyError_",
@@ -46,6 +47,7 @@ __all__ = [
     "Signer",
     "build_receipt",
     "canonical",
+    "open_signer_and_store",
     "key_id_of",
     "verify_receipt",
 ]
@@ -288,3 +290,17 @@ class ReceiptService:
             except Exception:
                 log.exception("pruning receipts failed")
             await trio.sleep(every)
+
+
+async def open_signer_and_store(config: Config) -> tuple[Signer | None, ReceiptStore | None]:
+    """The signing key (made on first start) and the receipt store, or (None, None)
+    when receipts are off. Error handling: :class:`KeyError_`, ``OSError``,
+    ``sqlite3.Error`` for a key or store that cannot be used."""
+    if not config.receipts:
+        return None, None
+    data_dir = Path(config.data_dir)
+    key_path = (
+        Path(config.signing_key_path) if config.signing_key_path else data_dir / "signing.key"
+    )
+    signer = await trio.to_thread.run_sync(Signer.load_or_create, key_path)
+    return signer, await open_store(config.receipt_store, data_dir)

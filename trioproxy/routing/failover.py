@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
-import trio
 
 from .. import dialects
 from ..dialects import Dialect
@@ -125,9 +124,10 @@ async def with_failover(
     none could be tried at all (every provider at its ``max_streams``).
     """
     plan = request.plan
+    now = plan.clock
     last: GatewayError | None = None
     for n in range(max_attempts):
-        member = plan.take(trio.current_time())
+        member = plan.take(now())
         if member is None:
             break
         if last is not None:  # moving on from the failed attempt
@@ -135,17 +135,17 @@ async def with_failover(
         provider = member.provider
         verdict: bool | None = None
         try:  # from take() on, the provider counts this stream: end() must follow
-            retry_429 = n + 1 < max_attempts and plan.has_next(trio.current_time())
+            retry_429 = n + 1 < max_attempts and plan.has_next(now())
             target = target_for(request, member, retry_429)
             ex.provider, ex.upstream, ex.attempts = provider.name, target.url, n + 1
             outcome = await attempt(target)
             verdict = True
             if ex.upstream_status == 429:  # relayed as is (no other provider to try)
-                provider.rate_limited(trio.current_time(), ex.retry_after or 1)
+                provider.rate_limited(now(), ex.retry_after or 1)
                 verdict = None
             return outcome
         except UpstreamRateLimited as err:
-            provider.rate_limited(trio.current_time(), err.retry_after or 1)
+            provider.rate_limited(now(), err.retry_after or 1)
             last = err
         except _UNHEALTHY as err:
             verdict = False
@@ -153,7 +153,7 @@ async def with_failover(
                 raise
             last = err
         finally:
-            if provider.end(trio.current_time(), verdict, eject_after, cooldown):
+            if provider.end(now(), verdict, eject_after, cooldown):
                 log.warning(
                     "provider %s ejected for %s s after %d consecutive failures",
                     provider.name, cooldown, provider.consecutive_failures,

@@ -25,8 +25,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+
+import trio
 
 from ..errors import ConfigError, NotFound, Overloaded
 from .providers import Provider, ProviderSpec, ProviderStatistics, read_credential
@@ -66,7 +68,15 @@ def _score(session: bytes, member: Member) -> float:
 
 
 class Pool:
-    def __init__(self, kind: str, model: str | None, members: list[Member], strategy: str):
+    def __init__(
+        self,
+        kind: str,
+        model: str | None,
+        members: list[Member],
+        strategy: str,
+        clock: Callable[[], float],
+    ) -> None:
+        self.clock = clock
         self.kind = kind
         self.model = model
         self.members = members
@@ -94,6 +104,7 @@ class Plan:
 
     def __init__(self, pool: Pool, order: list[Member]) -> None:
         self.pool = pool
+        self.clock = pool.clock  # health time: trio's, or a test's
         self._order = order
         self._tried: set[str] = set()
 
@@ -140,9 +151,13 @@ class Router:
         strategy: str = "round_robin",
         environ: Mapping[str, str] | None = None,
         previous: Router | None = None,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         """``previous``: a router this one replaces (config reload). A provider
-        whose table did not change keeps its state: health, streams in flight."""
+        whose table did not change keeps its state: health, streams in flight.
+        ``clock``: the time health is judged by (cooldowns, Retry-After windows);
+        tests pass one they can move."""
+        self.clock = clock
         if strategy not in STRATEGIES:
             raise ConfigError(f"routing_strategy must be one of {', '.join(STRATEGIES)}")
         self.strategy = strategy
@@ -178,7 +193,7 @@ class Router:
             if not self.has(kind):
                 raise NotFound(f"no {kind} provider is configured on this gateway")
             raise NotFound(f"model {model!r} is not served by this gateway")
-        pool = Pool(kind, model, members, self.strategy)
+        pool = Pool(kind, model, members, self.strategy, self.clock)
         if len(self._pools) >= MAX_CACHED_POOLS:
             self._pools.pop(next(iter(self._pools)))  # oldest first
         self._pools[key] = pool

@@ -26,7 +26,6 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,15 +34,14 @@ import trio
 from ..admission.auth import KeyRing, parse_keys
 from ..admission.limits import LimiterStatistics, StreamLimiter
 from ..admission.routes import ROUTES, ParsedBody, Route, forward_headers, session_key, validate
-from ..asgi import Receive, Scope, Send, already_disconnected, read_body, request_id, send_json
+from ..asgi import Receive, Scope, Send, read_body, request_id, send_json
 from ..config import Config
 from ..dialects import dialect_for_path, render_sse
 from ..errors import GatewayError, GatewayShutdown, MethodNotAllowed, NotFound, Outcome
 from ..observe.debug import debug_state
 from ..observe.metrics import Gauges, Metrics
 from ..receipts.detached import DetachedStatistics, DetachedWork, open_detached_work
-from ..receipts.service import KeyError_, ReceiptService, Signer
-from ..receipts.store import ReceiptStore, open_store
+from ..receipts.service import KeyError_, ReceiptService, open_signer_and_store
 from ..relay.exchange import CompletionRecord, Exchange, Phase, StreamMetrics
 from ..relay.run import Relay
 from ..relay.writer import send_error
@@ -51,6 +49,7 @@ from ..routing.failover import UpstreamRequest
 from ..routing.pools import Router
 from ..upstream.client import open_upstream_client
 from . import endpoints
+from .hypercorn import already_disconnected
 
 __all__ = ["CompletionHook", "Gateway", "GatewayStatistics"]
 
@@ -84,12 +83,20 @@ class GatewayStatistics:
 class Gateway:
     """The trioproxy ASGI app. ``hooks`` run as detached work after each request."""
 
-    def __init__(self, config: Config, hooks: Sequence[CompletionHook] = ()) -> None:
+    def __init__(
+        self,
+        config: Config,
+        hooks: Sequence[CompletionHook] = (),
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        """``clock``: the time provider health and per-key rpm are judged by
+        (trio's; tests pass one they can move)."""
         self.config = config
+        self.clock = clock
         self.hooks = tuple(hooks)
         self.limiter = StreamLimiter(config.max_streams, config.queue_timeout)
         self.keyring = KeyRing(parse_keys(config.keys))
-        self.router = Router(config.provider_specs, config.routing_strategy)
+        self.router = Router(config.provider_specs, config.routing_strategy, clock=clock)
         self._sticky_header = config.sticky_header.lower().encode("latin-1")
         self.client: httpx.AsyncClient | None = None
         self.detached: DetachedWork | None = None
@@ -103,7 +110,7 @@ class Gateway:
         self._total = 0
         self._outcomes: dict[str, int] = {}
         self.metrics = (
-            Metrics(self._gauges, lambda now: self.router.statistics(now))
+            Metrics(self._gauges, lambda: self.router.statistics(self.clock()))
             if config.metrics
             else None
         )
@@ -118,7 +125,9 @@ class Gateway:
         Error handling: raises :class:`~trioproxy.config.ConfigError` (a bad
         table, a missing credential) and then changes nothing.
         """
-        router = Router(new.provider_specs, new.routing_strategy, previous=self.router)
+        router = Router(
+            new.provider_specs, new.routing_strategy, previous=self.router, clock=self.clock
+        )
         changes = {name: getattr(new, name) for name in _RELOADABLE}
         self.router = router
         self._sticky_header = new.sticky_header.lower().encode("latin-1")
@@ -154,7 +163,7 @@ class Gateway:
         return debug_state(
             self.statistics(),
             [r.channel_statistics() for r in self.active.values() if r is not None],
-            self.router.statistics(trio.current_time()),
+            self.router.statistics(self.clock()),
             {
                 kind: [p.spec.base_url for p in providers if p.spec.kind == kind]
                 for kind in ("openai", "anthropic")
@@ -179,7 +188,7 @@ class Gateway:
         cfg = self.config
         store = None
         try:
-            signer, store = await self._open_receipts()
+            signer, store = await open_signer_and_store(self.config)
         except (KeyError_, OSError, sqlite3.Error) as exc:
             log.error("cannot start: %s", exc)
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -212,15 +221,6 @@ class Gateway:
                     await store.aclose()
         await send({"type": "lifespan.shutdown.complete"})
 
-    async def _open_receipts(self) -> tuple[Signer | None, ReceiptStore | None]:
-        cfg = self.config
-        if not cfg.receipts:
-            return None, None
-        data_dir = Path(cfg.data_dir)
-        key_path = Path(cfg.signing_key_path) if cfg.signing_key_path else data_dir / "signing.key"
-        signer = await trio.to_thread.run_sync(Signer.load_or_create, key_path)
-        return signer, await open_store(cfg.receipt_store, data_dir)
-
     # -- requests -------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -228,7 +228,7 @@ class Gateway:
             return await send_json(send, 200, {"status": "ok"})
         if path == "/readyz":
             ready = self.ready and self.client is not None
-            return await endpoints.readyz(send, ready, self.router, trio.current_time())
+            return await endpoints.readyz(send, ready, self.router, self.clock())
         if path.startswith(("/v1/signature/", "/v1/attestation/")) and scope["method"] == "GET":
             if self.keyring and path.startswith("/v1/signature/"):
                 try:
@@ -312,7 +312,7 @@ class Gateway:
         ex.model, ex.stream = parsed.model, parsed.stream
         if key is not None:
             self.keyring.authorize(key, parsed.model)
-            self.keyring.admit(key, trio.current_time())
+            self.keyring.admit(key, self.clock())
             key_limiter = self.keyring.limiter(key)
             if key_limiter is not None:
                 await key_limiter.acquire(ex)

@@ -86,6 +86,7 @@ async def open_gateway(
     hooks: Sequence[CompletionHook] = (),
     *,
     mock_fault_defaults: Fault | None = None,
+    clock: Callable[[], float] = trio.current_time,
 ) -> AsyncIterator[RunningGateway]:
     """Serve a gateway in this trio run until the block exits (then shut down
     gracefully). With no upstream configured, a mock upstream is started too.
@@ -105,7 +106,7 @@ async def open_gateway(
             config = config.replace(
                 openai_upstreams=(mock.base_url + "/v1",), anthropic_upstreams=(mock.base_url,)
             )
-        app = Gateway(config, hooks)
+        app = Gateway(config, hooks, clock)
         shutdown = trio.Event()
         hc = hypercorn_config(config)
         hc.workers = 1  # one process here; run_gateway handles workers > 1

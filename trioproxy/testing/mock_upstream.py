@@ -8,7 +8,7 @@ while a stream is paused. Each streaming response runs with a watcher blocked on
 
 Routes: POST /v1/chat/completions, /v1/completions, /v1/responses,
 /v1/embeddings, /v1/messages; GET /v1/models; GET /mock/stats (counters as JSON).
-Faults are chosen per request by the model name (see :mod:`mock_scripts`).
+Faults are chosen per request by the model name (see :mod:`trioproxy.testing.mock_scripts`).
 """
 
 from __future__ import annotations

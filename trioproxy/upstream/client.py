@@ -3,7 +3,7 @@
 Rules:
 - One ``httpx.AsyncClient`` per worker process, opened inside ``trio.run`` by the
   lifespan (:func:`open_upstream_client`).
-- The transport is ours (:mod:`trioproxy.transport`): HTTP/1.1 only (a cancelled
+- The transport is ours (:mod:`trioproxy.upstream.transport`): HTTP/1.1 only (a cancelled
   HTTP/2 stream never sends RST_STREAM, httpcore #943, so the model server would
   keep generating; closing an HTTP/1.1 connection is understood by every
   server), an O(1) keep-alive pool, and no pool queue at all: every upstream

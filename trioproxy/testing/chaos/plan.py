@@ -8,7 +8,7 @@ separate processes, so the gateway's task count and RSS are its own.
 
 A plan depends only on the seed: ``--seed S`` replays a campaign exactly (the
 interleaving of concurrent runs on the machine is, of course, not replayed).
-Invariants and the report are in :mod:`trioproxy.chaos_report`.
+Invariants and the report are in :mod:`trioproxy.testing.chaos.report`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,83 @@
+"""Two trioproxy trees side by side: this checkout against another, interleaved.
+
+    .venv/bin/python -m bench.ab --base /path/to/other/checkout [--rounds 10] [--requests 1000]
+
+Both gateways run at once, pinned to the proxy core, on one mock upstream; the
+rounds alternate base, this, this, base, ... so the machine's drift hits both
+alike. Each run is the ``throughput`` scenario's shape. Reported: median
+tokens/s and proxy CPU per 1k tokens of each, and the median within-round
+ratio. Used to check that a change costs no throughput (the architecture
+issue's "within 5%"). Writes ``<out>/ab.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .procs import Proc, start_mock, start_trioproxy
+from .scenarios import SCENARIOS, measure
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, required=True, help="the other checkout's root")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--out", default="bench/out", type=Path)
+    args = parser.parse_args(argv)
+    sc = dataclasses.replace(SCENARIOS["throughput"], requests=args.requests)
+    procs: list[Proc] = []
+    runs: dict[str, list[dict[str, Any]]] = {"base": [], "this": []}
+    try:
+        mock = start_mock()
+        procs.append(mock)
+        gateways = {
+            "base": start_trioproxy(mock.url, tree=args.base.resolve()),
+            "this": start_trioproxy(mock.url, tree=Path(__file__).parent.parent.resolve()),
+        }
+        procs += gateways.values()
+        for i in range(args.rounds):
+            for label in ("base", "this") if i % 2 == 0 else ("this", "base"):
+                proc = gateways[label]
+                result = measure(proc, proc.url, sc, sc.requests, sc.concurrency, sc.warmup)
+                result.pop("ttft_all_ms", None)
+                runs[label].append(result)
+                print(
+                    f"round {i + 1}/{args.rounds} {label}: {result['tokens_per_s']:,.0f} tokens/s",
+                    file=sys.stderr,
+                )
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+    def med(label: str, key: str) -> float:
+        return float(statistics.median(r[key] for r in runs[label]))
+
+    paired = [
+        a["tokens_per_s"] / b["tokens_per_s"]
+        for a, b in zip(runs["this"], runs["base"], strict=True)
+    ]
+    summary = {
+        "rounds": args.rounds,
+        "requests_per_run": args.requests,
+        "tokens_per_s": {k: med(k, "tokens_per_s") for k in runs},
+        "cpu_s_per_1k_tokens": {k: med(k, "proxy_cpu_s_per_1k_tokens") for k in runs},
+        "this_over_base_paired_median": round(statistics.median(paired), 4),
+        "this_over_base_paired": [round(r, 3) for r in paired],
+        "tokens_per_s_all": {k: [round(r["tokens_per_s"]) for r in v] for k, v in runs.items()},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ab.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

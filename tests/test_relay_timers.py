@@ -1,0 +1,172 @@
+"""The relay's timers on trio's MockClock, over memory streams: exact, instant.
+
+The upstream is a scripted body of (delay, bytes) steps behind httpx's public
+``MockTransport``; the client is an ASGI send that records when each message
+went out (or blocks, for a client that stopped reading). Every timer fires at
+the second it must, not roughly: ``autojump_clock`` makes the test take no time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from trioproxy.config import Config
+from trioproxy.dialects import Dialect
+from trioproxy.errors import Outcome
+from trioproxy.relay.exchange import Exchange, Phase
+from trioproxy.relay.run import Relay
+from trioproxy.routing.failover import UpstreamRequest
+from trioproxy.routing.pools import Router
+from trioproxy.routing.providers import parse_providers
+
+EVENT = b'data: {"id":"c1","choices":[]}\n\n'
+HEARTBEAT = b": ping\n\n"
+Step = tuple[float, bytes]  # wait this long, then the upstream sends these bytes
+
+
+class ScriptedBody(httpx.AsyncByteStream):
+    def __init__(self, steps: list[Step]) -> None:
+        self.steps = steps
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for delay, data in self.steps:
+            await trio.sleep(delay)
+            yield data
+        await trio.sleep_forever()  # an upstream that never ends the stream
+
+
+class Client:
+    """The ASGI side: what was sent and when; a hang-up on demand; or a client
+    that stops reading after ``reads`` body messages (its send never returns)."""
+
+    def __init__(self, reads: float = math.inf) -> None:
+        self.messages: list[tuple[float, dict[str, Any]]] = []
+        self.reads = reads
+        self.gone = trio.Event()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            if self.reads <= 0:
+                await trio.sleep_forever()
+            self.reads -= 1
+        self.messages.append((trio.current_time(), message))
+
+    async def receive(self) -> dict[str, Any]:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    @property
+    def status(self) -> int:
+        return int(self.messages[0][1]["status"])
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for _, m in self.messages[1:])
+
+
+async def _relay(steps: list[Step], client: Client, **options: Any) -> Exchange:
+    config = Config(bind="127.0.0.1:0", **options)
+
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(0)
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=ScriptedBody(steps)
+        )
+
+    router = Router(parse_providers([{"name": "up", "base_url": "http://up/v1"}]), environ={})
+    request = UpstreamRequest(
+        method="POST", path="/chat/completions", headers={}, body=b"{}", body_json=None,
+        plan=router.pool("openai", "m").plan(), dialect=Dialect.OPENAI, parse_body=True,
+    )  # fmt: skip
+    ex = Exchange("r", "chat", "POST", trio.current_time(), stream=True, model="m")
+    ex.move(Phase.ADMITTED)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as http:
+        await Relay(http, config, request, ex, []).run(client.send, client.receive)
+    ex.ended = trio.current_time()
+    return ex
+
+
+async def test_ttft_timeout_fires_at_its_second_and_answers_an_http_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client = Client()
+    ex = await _relay([(70, EVENT)], client, ttft_timeout=60)
+    assert ex.outcome is Outcome.UPSTREAM_TTFT_TIMEOUT
+    assert client.status == 504 and b"ttft_timeout" in client.body
+    assert trio.current_time() == 60
+
+
+async def test_heartbeats_before_the_first_event_do_not_stop_the_ttft_timer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client = Client()
+    steps = [(10, HEARTBEAT)] * 10
+    ex = await _relay(steps, client, ttft_timeout=25, heartbeat_resets_idle=True)
+    assert ex.outcome is Outcome.UPSTREAM_TTFT_TIMEOUT and ex.first_event_at is None
+    assert trio.current_time() == 25
+
+
+async def test_idle_timeout_counts_from_the_last_event(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client = Client()
+    ex = await _relay([(1, EVENT), (5, EVENT), (40, EVENT)], client, idle_timeout=30)
+    assert ex.outcome is Outcome.UPSTREAM_IDLE_TIMEOUT
+    assert trio.current_time() == 36  # last event at 6 s + 30 s
+    assert client.status == 200 and client.body.endswith(b'"upstream_idle_timeout"}}\n\n')
+    assert client.body.count(EVENT) == 2
+
+
+@pytest.mark.parametrize(("resets", "ends_at"), [(False, 31), (True, 81)])
+async def test_heartbeats_reset_the_idle_timer_only_when_configured(
+    autojump_clock: trio.testing.MockClock, resets: bool, ends_at: float
+) -> None:
+    client = Client()
+    steps = [(1, EVENT), *[(10, HEARTBEAT)] * 5]  # heartbeats until 51 s, then silence
+    ex = await _relay(steps, client, idle_timeout=30, heartbeat_resets_idle=resets)
+    assert ex.outcome is Outcome.UPSTREAM_IDLE_TIMEOUT
+    assert trio.current_time() == ends_at
+
+
+async def test_max_stream_duration_ends_a_stream_that_never_stops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client = Client()
+    ex = await _relay([(1, EVENT)] * 100, client, max_stream_duration=10.5, idle_timeout=30)
+    assert ex.outcome is Outcome.MAX_DURATION
+    assert trio.current_time() == 10.5
+    assert client.body.count(EVENT) == 10 and b"max_stream_duration" in client.body
+
+
+async def test_a_client_that_stops_reading_is_cut_after_the_stall_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client = Client(reads=1)  # takes the first body message, then blocks (shielded write)
+    steps = [(1, EVENT)] * 50
+    ex = await _relay(steps, client, channel_size=2, client_stall_timeout=30, idle_timeout=5)
+    assert ex.outcome is Outcome.SLOW_CLIENT
+    # 1 s: sent; 2 s: stuck in the client's send; 3 s, 4 s: queued (channel full);
+    # 5 s: no room, the stall timer starts. The idle timer (5 s) never fires meanwhile.
+    assert trio.current_time() == 5 + 30
+    assert ex.upstream_closed_at == 35 and not ex.held
+
+
+async def test_a_hang_up_ends_the_relay_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    client = Client()
+
+    async def hang_up() -> None:
+        await trio.sleep(2.5)
+        client.gone.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hang_up)
+        ex = await _relay([(1, EVENT)] * 10, client)
+    assert ex.outcome is Outcome.CLIENT_DISCONNECT
+    assert ex.disconnected_at == ex.upstream_closed_at == 2.5
