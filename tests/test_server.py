@@ -92,9 +92,10 @@ async def _serve_and_sigterm(*args: str) -> tuple[int, str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "trioproxy", "serve", "--bind", f"127.0.0.1:{port}", *args]
+    state = tempfile.mkdtemp(prefix="trioproxy-serve-")  # no config file: its data goes there
     proc = subprocess.Popen(
-        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env={**os.environ}, text=True,
-        cwd=tempfile.mkdtemp(prefix="trioproxy-serve-"),  # its .trioproxy/ data goes there
+        cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=state,
+        env={**os.environ, "XDG_STATE_HOME": state},
     )  # fmt: skip
     try:
         await _wait_ready(url)

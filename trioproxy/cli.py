@@ -1,6 +1,10 @@
-"""Command line: ``trioproxy serve`` and ``trioproxy mock-upstream``.
+"""Command line: ``trioproxy serve``, ``chaos``, ``verify``, ``keys``, ``mock-upstream``.
 
-All user-facing output of the package goes through here (and logging).
+All user-facing output of the package goes through here (and logging). A
+start-up mistake is one line on stderr and a non-zero exit, never a traceback
+(``serve --debug`` shows it): exit 2 for a bad command line or config, 1 for a
+gateway that cannot start (port busy, permission denied, an unusable signing
+key). The grammar is :mod:`trioproxy.cli_args`.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import argparse
 import functools
 import logging
 import random
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,66 +23,15 @@ import trio
 
 if TYPE_CHECKING:
     from .testing.mock_scripts import Fault
+from .cli_args import build_parser
 from .config import load_config, parse_bind
 from .errors import ConfigError
+from .receipts.service import KeyError_, Signer, signing_key_path
 from .routing.providers import read_credential
 from .server.hypercorn import UnsupportedHypercorn, check_hypercorn_version
-from .server.serve import run_gateway
+from .server.serve import StartupError, run_gateway
 
 __all__ = ["main"]
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="trioproxy", description="LLM streaming gateway on trio + Hypercorn."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="TOML config file (see examples/trioproxy.toml)")
-    serve.add_argument("--bind", help="HOST:PORT (default 127.0.0.1:8080)")
-    serve.add_argument("--upstream", action="append", default=[], metavar="URL",
-                       help="OpenAI-compatible base URL ending in /v1 (repeatable)")  # fmt: skip
-    serve.add_argument("--anthropic-upstream", action="append", default=[], metavar="URL",
-                       help="Anthropic base URL; /v1/messages is appended (repeatable)")  # fmt: skip
-    serve.add_argument("--max-streams", type=int)
-    serve.add_argument("--idle-timeout", type=float, metavar="S")
-    serve.add_argument("--ttft-timeout", type=float, metavar="S")
-    serve.add_argument("--workers", type=int)
-    chaos = sub.add_parser(
-        "chaos", help="run a seeded fault x behaviour campaign, check invariants"
-    )
-    chaos.add_argument("--gateway", metavar="URL",
-                       help="a running gateway (debug_endpoints on, upstream a mock-upstream); "
-                       "default: start both here")  # fmt: skip
-    chaos.add_argument("--runs", type=int, default=300)
-    chaos.add_argument("--concurrency", type=int, default=16)
-    chaos.add_argument("--seed", type=int, help="default: random (printed)")
-    chaos.add_argument("--report", metavar="FILE", help="also write the report as JSON")
-    chaos.add_argument("--providers", type=int, default=1, metavar="N",
-                       help="without --gateway: N providers of each kind on the one mock "
-                            "(failover and ejection under chaos)")  # fmt: skip
-    verify = sub.add_parser("verify", help="check a receipt (from GET /v1/signature/ID)")
-    verify.add_argument("--receipt", required=True, metavar="FILE")
-    verify.add_argument("--request", metavar="FILE", help="the request body that was sent")
-    verify.add_argument("--response", metavar="FILE", help="the response bytes received")
-    key_source = verify.add_mutually_exclusive_group(required=True)
-    key_source.add_argument(
-        "--key", metavar="FILE", help="public key: PEM, or /v1/attestation/key JSON"
-    )
-    key_source.add_argument("--gateway", metavar="URL", help="fetch the key from this gateway")
-    keys = sub.add_parser("keys", help="API keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    keys_new = keys_sub.add_parser("new", help="print a new key once, and its [[keys]] block")
-    keys_new.add_argument("--name", required=True)
-    mock = sub.add_parser("mock-upstream", help="run the built-in mock LLM server")
-    mock.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default 127.0.0.1:8000)")
-    mock.add_argument("--tokens", type=int, default=16)
-    mock.add_argument("--itl-ms", type=float, default=20.0)
-    mock.add_argument("--ttft-ms", type=float, default=0.0)
-    mock.add_argument("--fault", default="", metavar="SPEC",
-                      help="default fault for every model not named mock-*, in the model-name "
-                           "syntax without 'mock-': e.g. e503, stall0, drop3, f2000-t5")  # fmt: skip
-    return parser
 
 
 def _setup_logging(level: str) -> None:
@@ -124,14 +78,14 @@ def _chaos(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "chaos":
             return _chaos(args)
         if args.command == "keys":
             from .admission.auth import new_key
 
-            key, block = new_key(args.name)
+            key, block = new_key(args.name or f"key-{secrets.token_hex(3)}")
             print(f"# the key (shown once; the gateway keeps only its hash):\n{key}\n")
             print("# add to the gateway's config file:")
             print(block, end="")
@@ -166,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "idle_timeout": args.idle_timeout,
             "ttft_timeout": args.ttft_timeout,
             "workers": args.workers,
+            "allow_open_public": args.allow_open_public,
         }
         config = load_config(args.config, **flags)
         for spec in config.provider_specs:  # a missing credential stops start-up here
@@ -174,8 +129,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UnsupportedHypercorn) as exc:
         print(f"trioproxy: {exc}", file=sys.stderr)
         return 2
+    if config.receipts:  # an unusable signing key is one line, before anything starts
+        try:
+            Signer.load_or_create(signing_key_path(config))
+        except KeyError_ as exc:
+            print(f"trioproxy: cannot start: {exc}", file=sys.stderr)
+            return 1
     _setup_logging(config.log_level)
     # SIGHUP re-reads the same file with the same flags.
     reload = functools.partial(load_config, args.config, **flags) if args.config else None
-    run_gateway(config, reload)
+    try:
+        run_gateway(config, reload)
+    except StartupError as exc:
+        if args.debug:
+            raise
+        print(f"trioproxy: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .admission.auth import ApiKey, parse_keys
+from .errors import ConfigError, unknown_options
 from .routing.pools import STRATEGIES
 from .routing.providers import ProviderSpec, legacy_specs, parse_providers
 
@@ -61,7 +63,10 @@ class Config:
     drain_timeout: float = 30.0  # s to drain detached work on shutdown
     # --- receipts (signed after the stream, stored off the hot path) ---------
     receipts: bool = True
-    data_dir: str = ".trioproxy"  # signing key and SQLite receipts live here
+    # Signing key and SQLite receipts live here. Default: ".trioproxy" beside the
+    # config file, or $XDG_STATE_HOME/trioproxy (~/.local/state/trioproxy) with
+    # no config file; a relative path in a config file is relative to that file.
+    data_dir: str = ""
     signing_key_path: str = ""  # default: <data_dir>/signing.key (mode 0600)
     receipt_store: str = "sqlite"  # sqlite | memory
     receipt_ttl_days: float = 30.0
@@ -80,6 +85,7 @@ class Config:
     # Every provider: the [[providers]] tables, then the URL shorthands (parsed
     # here and nowhere else).
     provider_specs: tuple[ProviderSpec, ...] = field(init=False, repr=False, compare=False)
+    api_keys: tuple[ApiKey, ...] = field(init=False, repr=False, compare=False)  # [[keys]]
 
     def __post_init__(self) -> None:
         parse_bind(self.bind)
@@ -126,6 +132,8 @@ class Config:
         if len({s.name for s in specs}) != len(specs):
             raise ConfigError("provider names must be unique")
         object.__setattr__(self, "provider_specs", specs)
+        object.__setattr__(self, "api_keys", parse_keys(self.keys))
+        object.__setattr__(self, "data_dir", str(_absolute(self.data_dir or _state_dir())))
 
     @property
     def has_upstreams(self) -> bool:
@@ -137,6 +145,16 @@ class Config:
     def options(self) -> dict[str, Any]:
         """The options this record was made from (``Config(**options())`` makes it again)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+
+def _state_dir() -> Path:
+    state = os.environ.get("XDG_STATE_HOME", "").strip()
+    base = Path(state) if state else Path.home() / ".local" / "state"
+    return base / "trioproxy"
+
+
+def _absolute(path: str | Path) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser()))
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(Config) if f.init}
@@ -197,12 +215,22 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
             raise ConfigError(f"{path}: {exc}") from exc
         unknown = sorted(set(raw) - set(_FIELD_TYPES))
         if unknown:
-            raise ConfigError(f"{path}: unknown option(s): {', '.join(unknown)}")
-        values.update({k: _coerce(k, v) for k, v in raw.items()})
+            raise ConfigError(f"{path}: {unknown_options(unknown, _FIELD_TYPES)}")
+        try:
+            values.update({k: _coerce(k, v) for k, v in raw.items()})
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        base = Path(path).parent  # the data dir goes beside the config file
+        values["data_dir"] = str(base / values.get("data_dir", ".trioproxy"))
     for key, value in overrides.items():
         if value is None or (isinstance(value, (list, tuple)) and not value):
             continue
         if key not in _FIELD_TYPES:
-            raise ConfigError(f"unknown option {key}")
+            raise ConfigError(unknown_options([key], _FIELD_TYPES))
         values[key] = _coerce(key, list(value) if isinstance(value, tuple) else value)
-    return Config(**values)
+    try:
+        return Config(**values)
+    except ConfigError as exc:
+        if path is None:
+            raise
+        raise ConfigError(f"{path}: {exc}") from None

@@ -28,7 +28,9 @@ This module imports no library.
 
 from __future__ import annotations
 
+import difflib
 import enum
+from collections.abc import Iterable
 
 __all__ = [
     "BadRequest",
@@ -50,6 +52,7 @@ __all__ = [
     "UpstreamRateLimited",
     "UpstreamTTFTTimeout",
     "UpstreamUnreachable",
+    "unknown_options",
 ]
 
 
@@ -74,6 +77,17 @@ class Outcome(enum.StrEnum):
 class ConfigError(ValueError):
     """The configuration file or a flag holds a value the gateway cannot use
     (start-up and SIGHUP reload; never raised while serving a request)."""
+
+
+def unknown_options(names: Iterable[str], known: Iterable[str]) -> str:
+    """``unknown option 'base_ur' (did you mean 'base_url'?)``, for each name."""
+    choices = sorted(known)
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        parts.append(f"unknown option {name!r}{hint}")
+    return "; ".join(parts)
 
 
 class GatewayError(Exception):

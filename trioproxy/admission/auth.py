@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, Forbidden, Overloaded, Unauthorized
+from ..errors import ConfigError, Forbidden, Overloaded, Unauthorized, unknown_options
 from .limits import StreamLimiter
 
 __all__ = ["ApiKey", "KeyRing", "new_key", "parse_keys"]
@@ -40,24 +40,28 @@ class ApiKey:
     rpm: int = 0  # 0: no requests-per-minute limit
 
 
+_KEY_OPTIONS = frozenset({"name", "sha256", "max_streams", "models", "rpm"})
+
+
 def parse_keys(raw: Iterable[Mapping[str, Any]]) -> tuple[ApiKey, ...]:
     keys = []
-    for entry in raw:
-        unknown = set(entry) - {"name", "sha256", "max_streams", "models", "rpm"}
+    for n, entry in enumerate(raw, 1):
         name, digest = entry.get("name"), entry.get("sha256")
-        if unknown:
-            raise ConfigError(f"[[keys]] {name!r}: unknown option(s) {sorted(unknown)}")
         if not isinstance(name, str) or not name:
-            raise ConfigError("[[keys]] needs a name")
+            raise ConfigError(f"[[keys]] #{n}: needs a name")
+        label = f"[[keys]] #{n} {name!r}"
+        unknown = sorted(set(entry) - _KEY_OPTIONS)
+        if unknown:
+            raise ConfigError(f"{label}: {unknown_options(unknown, _KEY_OPTIONS)}")
         if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
-            raise ConfigError(f"[[keys]] {name}: sha256 must be 64 hex digits (the key's hash)")
+            raise ConfigError(f"{label}: sha256 must be 64 hex digits (the key's hash)")
         models = entry.get("models", ["*"])
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-            raise ConfigError(f"[[keys]] {name}: models must be a list of names or patterns")
+            raise ConfigError(f"{label}: models must be a list of names or patterns")
         for field in ("max_streams", "rpm"):
             value = entry.get(field, 0)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"[[keys]] {name}: {field} must be an integer >= 0")
+                raise ConfigError(f"{label}: {field} must be an integer >= 0")
         keys.append(
             ApiKey(
                 name,
@@ -84,7 +88,14 @@ def new_key(name: str) -> tuple[str, str]:
     """A fresh random key and the TOML block that admits it."""
     key = "tp-" + secrets.token_urlsafe(32)
     digest = hashlib.sha256(key.encode()).hexdigest()
-    block = f'[[keys]]\nname = "{name}"\nsha256 = "{digest}"\nmodels = ["*"]\nmax_streams = 0\nrpm = 0\n'
+    block = (
+        f"[[keys]]\n"
+        f'name = "{name}"  # in access lines, records and metrics (never the key)\n'
+        f'sha256 = "{digest}"  # the key\'s hash: the gateway never stores the key\n'
+        f'models = ["*"]  # model names or patterns this key may use\n'
+        f"max_streams = 0  # concurrent streams of this key, 0 = unlimited (the global limit)\n"
+        f"rpm = 0  # requests per minute, 0 = unlimited\n"
+    )
     return key, block
 
 

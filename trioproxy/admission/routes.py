@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 
-from ..config import Config
 from ..dialects import Dialect
 from ..errors import BadRequest
 
@@ -150,7 +149,7 @@ def forward_headers(
 
 
 def session_key(
-    scope_headers: list[tuple[bytes, bytes]], header: bytes, parsed: ParsedBody, config: Config
+    scope_headers: list[tuple[bytes, bytes]], header: bytes, parsed: ParsedBody, user_field: bool
 ) -> bytes | None:
     """Sticky routing's key: the session header (``sticky_header``, lower case),
     else the OpenAI ``user`` field when ``sticky_user_field`` is on."""
@@ -158,6 +157,6 @@ def session_key(
         for name, value in scope_headers:
             if name == header and value:
                 return bytes(value)
-    if config.sticky_user_field and parsed.user:
+    if user_field and parsed.user:
         return b"user:" + parsed.user.encode()
     return None

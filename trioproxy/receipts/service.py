@@ -48,6 +48,7 @@ __all__ = [
     "build_receipt",
     "canonical",
     "open_signer_and_store",
+    "signing_key_path",
     "key_id_of",
     "verify_receipt",
 ]
@@ -86,12 +87,16 @@ class Signer:
                 )
             try:
                 private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            except ValueError as exc:
+            except TypeError:  # cryptography's word for "this key is encrypted"
+                raise KeyError_(
+                    f"signing key {path} is encrypted: give an unencrypted Ed25519 PEM (mode 0600)"
+                ) from None
+            except (ValueError, OSError) as exc:
                 raise KeyError_(f"signing key {path} is not a PEM private key: {exc}") from None
             if not isinstance(private, Ed25519PrivateKey):
                 raise KeyError_(f"signing key {path} is not an Ed25519 key")
             return cls(private)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         private = Ed25519PrivateKey.generate()
         pem = private.private_bytes(
             serialization.Encoding.PEM,
@@ -298,9 +303,12 @@ async def open_signer_and_store(config: Config) -> tuple[Signer | None, ReceiptS
     ``sqlite3.Error`` for a key or store that cannot be used."""
     if not config.receipts:
         return None, None
-    data_dir = Path(config.data_dir)
-    key_path = (
-        Path(config.signing_key_path) if config.signing_key_path else data_dir / "signing.key"
-    )
-    signer = await trio.to_thread.run_sync(Signer.load_or_create, key_path)
-    return signer, await open_store(config.receipt_store, data_dir)
+    signer = await trio.to_thread.run_sync(Signer.load_or_create, signing_key_path(config))
+    return signer, await open_store(config.receipt_store, Path(config.data_dir))
+
+
+def signing_key_path(config: Config) -> Path:
+    """``signing_key_path``, or ``<data_dir>/signing.key``."""
+    if config.signing_key_path:
+        return Path(config.signing_key_path)
+    return Path(config.data_dir) / "signing.key"

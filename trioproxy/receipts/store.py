@@ -11,6 +11,7 @@ thread never blocks on disk.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Protocol
@@ -84,7 +85,9 @@ class SQLiteStore:
     @classmethod
     async def open(cls, path: Path) -> SQLiteStore:
         def connect() -> sqlite3.Connection:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Created 0600 here: SQLite gives its -wal and -shm files the same mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, unknown_options
 
 __all__ = ["Provider", "ProviderSpec", "ProviderStatistics", "legacy_specs", "parse_providers"]
 
@@ -76,7 +76,7 @@ class ProviderSpec:
 
 def _strings(name: str, key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"[[providers]] {name}: {key} must be a list of non-empty strings")
+        raise ConfigError(f"{name}: {key} must be a list of non-empty strings")
     return tuple(value)
 
 
@@ -84,55 +84,54 @@ def _table(name: str, key: str, value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and k and v for k, v in value.items()
     ):
-        raise ConfigError(f"[[providers]] {name}: {key} must be a table of strings")
+        raise ConfigError(f"{name}: {key} must be a table of strings")
     return dict(value)
 
 
 def _positive_int(name: str, key: str, value: Any, minimum: int, maximum: int = 1 << 20) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise ConfigError(
-            f"[[providers]] {name}: {key} must be an integer from {minimum} to {maximum}"
-        )
+        raise ConfigError(f"{name}: {key} must be an integer from {minimum} to {maximum}")
     return value
 
 
 def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...]:
     specs = []
-    for entry in raw:
+    for n, entry in enumerate(raw, 1):
         name = entry.get("name")
         if not isinstance(name, str) or not name:
-            raise ConfigError("[[providers]] needs a name")
+            raise ConfigError(f"[[providers]] #{n}: needs a name")
+        label = f"[[providers]] #{n} {name!r}"
         unknown = sorted(set(entry) - _OPTIONS)
         if unknown:
-            raise ConfigError(f"[[providers]] {name}: unknown option(s) {unknown}")
+            raise ConfigError(f"{label}: {unknown_options(unknown, _OPTIONS)}")
         kind = entry.get("kind", "openai")
         if kind not in KINDS:
-            raise ConfigError(f"[[providers]] {name}: kind must be openai or anthropic")
+            raise ConfigError(f"{label}: kind must be openai or anthropic")
         base_url = entry.get("base_url")
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"[[providers]] {name}: base_url must start with http(s)://")
+            raise ConfigError(f"{label}: base_url must start with http(s)://")
         key_env = entry.get("api_key_env", "")
         if not isinstance(key_env, str):
-            raise ConfigError(f"[[providers]] {name}: api_key_env must be a variable name")
+            raise ConfigError(f"{label}: api_key_env must be a variable name")
         if not _URL.fullmatch(base_url):
-            raise ConfigError(f"[[providers]] {name}: base_url {base_url!r} is not a URL")
-        headers = _table(name, "headers", entry.get("headers", {}))
+            raise ConfigError(f"{label}: base_url {base_url!r} is not a URL")
+        headers = _table(label, "headers", entry.get("headers", {}))
         reserved = sorted(h for h in headers if h.lower() in _RESERVED_HEADERS)
         if reserved:
-            raise ConfigError(f"[[providers]] {name}: headers may not set {reserved}")
+            raise ConfigError(f"{label}: headers may not set {reserved}")
         bad = sorted(k for k, v in headers.items() if not _TOKEN.fullmatch(k) or _bad_value(v))
         if bad:
-            raise ConfigError(f"[[providers]] {name}: invalid header name or value: {bad}")
+            raise ConfigError(f"{label}: invalid header name or value: {bad}")
         specs.append(
             ProviderSpec(
                 name=name,
                 kind=kind,
                 base_url=base_url.rstrip("/"),
                 api_key_env=key_env,
-                models=_strings(name, "models", entry.get("models", ["*"])),
-                aliases=_table(name, "aliases", entry.get("aliases", {})),
-                weight=_positive_int(name, "weight", entry.get("weight", 1), 1, MAX_WEIGHT),
-                max_streams=_positive_int(name, "max_streams", entry.get("max_streams", 0), 0),
+                models=_strings(label, "models", entry.get("models", ["*"])),
+                aliases=_table(label, "aliases", entry.get("aliases", {})),
+                weight=_positive_int(label, "weight", entry.get("weight", 1), 1, MAX_WEIGHT),
+                max_streams=_positive_int(label, "max_streams", entry.get("max_streams", 0), 0),
                 headers={k.lower(): v for k, v in headers.items()},
             )
         )

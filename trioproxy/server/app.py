@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import trio
 
-from ..admission.auth import KeyRing, parse_keys
+from ..admission.auth import KeyRing
 from ..admission.limits import LimiterStatistics, StreamLimiter
 from ..admission.routes import ROUTES, ParsedBody, Route, forward_headers, session_key, validate
 from ..asgi import Receive, Scope, Send, read_body, request_id, send_json
@@ -95,7 +95,7 @@ class Gateway:
         self.clock = clock
         self.hooks = tuple(hooks)
         self.limiter = StreamLimiter(config.max_streams, config.queue_timeout)
-        self.keyring = KeyRing(parse_keys(config.keys))
+        self.keyring = KeyRing(config.api_keys)
         self.router = Router(config.provider_specs, config.routing_strategy, clock=clock)
         self._sticky_header = config.sticky_header.lower().encode("latin-1")
         self.client: httpx.AsyncClient | None = None
@@ -337,7 +337,11 @@ class Gateway:
             headers=forward_headers(scope["headers"], parsed.stream, request_id=rid),
             body=body,
             body_json=parsed.json,
-            plan=pool.plan(session_key(scope["headers"], self._sticky_header, parsed, self.config)),
+            plan=pool.plan(
+                session_key(
+                    scope["headers"], self._sticky_header, parsed, self.config.sticky_user_field
+                )
+            ),
             dialect=route.dialect,
             parse_body=route.parse_response,
         )

@@ -39,7 +39,14 @@ if TYPE_CHECKING:  # the built-in mock is test tooling: imported when it is serv
     from ..testing.mock_scripts import Fault
     from ..testing.mock_upstream import MockUpstream
 
-__all__ = ["RunningGateway", "hypercorn_config", "open_gateway", "run_gateway", "worker_app"]
+__all__ = [
+    "RunningGateway",
+    "StartupError",
+    "hypercorn_config",
+    "open_gateway",
+    "run_gateway",
+    "worker_app",
+]
 
 log = logging.getLogger("trioproxy")
 _CONFIG_ENV = "TRIOPROXY_WORKER_CONFIG"
@@ -133,6 +140,8 @@ async def _serve_until_signal(config: Config, reload: Callable[[], Config] | Non
                     gw.mock.base_url,
                 )
             log.info("trioproxy listening on %s", gw.url)
+            if config.receipts:
+                log.info("data dir %s (signing key, receipts)", config.data_dir)
             if not config.keys:
                 log.warning(
                     "OPEN MODE: no API keys configured, anyone who can reach %s may use it "
@@ -170,21 +179,55 @@ def _reload(gw: RunningGateway, reload: Callable[[], Config] | None) -> None:
         log.warning("SIGHUP: changed options that need a restart: %s", ", ".join(restart))
 
 
+class StartupError(Exception):
+    """The gateway could not start; the message is one line for the operator."""
+
+
+def _startup_error(exc: BaseException, config: Config) -> StartupError | None:
+    """The start-up failure inside ``exc`` (an exception group, often), if any."""
+    leaves: list[BaseException] = []
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(e.exceptions)
+        else:
+            leaves.append(e)
+    for leaf in leaves:
+        if isinstance(leaf, StartupError):
+            return leaf
+        if isinstance(leaf, OSError) and leaf.errno is not None:
+            reason = os.strerror(leaf.errno).lower()
+            return StartupError(f"cannot listen on {config.bind}: {reason}")
+        if type(leaf).__name__ == "LifespanFailureError":  # hypercorn.utils
+            return StartupError(f"cannot start: {leaf}")
+    return None
+
+
 def run_gateway(config: Config, reload: Callable[[], Config] | None = None) -> None:
     """``trioproxy serve``: blocks until SIGINT/SIGTERM and graceful shutdown.
     With one worker, SIGHUP calls ``reload`` for a fresh config and applies its
-    providers and routing options (:meth:`Gateway.reload`)."""
-    if config.workers <= 1:
-        trio.run(_serve_until_signal, config, reload)
-        return
-    from hypercorn.run import run as hypercorn_run
+    providers and routing options (:meth:`Gateway.reload`).
 
-    if not config.has_upstreams:
-        config = _start_mock_thread(config)
-    os.environ[_CONFIG_ENV] = orjson.dumps(config.options()).decode()
-    hc = hypercorn_config(config)
-    hc.application_path = "trioproxy.server.serve:worker_app()"
-    hypercorn_run(hc)
+    Error handling: :class:`StartupError` (one line) when the gateway cannot start:
+    the port is taken or not allowed, the signing key or the store is unusable."""
+    try:
+        if config.workers <= 1:
+            trio.run(_serve_until_signal, config, reload)
+            return
+        from hypercorn.run import run as hypercorn_run
+
+        if not config.has_upstreams:
+            config = _start_mock_thread(config)
+        os.environ[_CONFIG_ENV] = orjson.dumps(config.options()).decode()
+        hc = hypercorn_config(config)
+        hc.application_path = "trioproxy.server.serve:worker_app()"
+        hypercorn_run(hc)
+    except (Exception, BaseExceptionGroup) as exc:
+        error = _startup_error(exc, config)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def worker_app() -> Gateway:
