@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.conftest import chat, eventually, running, streaming_bodies
 from trioproxy.cli import main as cli
 from trioproxy.receipts.service import KeyError_, Signer
-from trioproxy.receipts.store import MemoryStore, SQLiteStore
+from trioproxy.receipts.store import MemoryStore, Row, SQLiteStore
 from trioproxy.testing.rawclient import RawClient, request
 
 BODIES = streaming_bodies("mock-t12-i0")
@@ -43,10 +43,11 @@ async def test_streamed_receipts_verify_against_the_bytes_received(tmp_path: pat
             raw_request = orjson.dumps(body)
             response = await request(gw.url, "POST", path, raw_request)
             assert response.status == 200
-            request_id = response.headers[b"x-trioproxy-request-id"].decode()
-            document = await _receipt(gw.url, request_id)
+            receipt_id = response.headers[b"x-trioproxy-receipt-id"].decode()
+            document = await _receipt(gw.url, receipt_id)
             receipt = document["receipt"]
-            assert receipt["id"] != request_id  # the upstream's completion id
+            assert receipt["id"] == receipt_id and receipt["completion_id"]
+            assert receipt["status"] == 200 and receipt["upstream_model"] == "mock-t12-i0"
             assert receipt["route"] and receipt["usage"] and receipt["truncated"] is False
             assert document["signing_algo"] == "ed25519"
             assert document["key_id"] == key_doc["key_id"]
@@ -90,11 +91,11 @@ class SlowStore(MemoryStore):
         self.delay = delay
         self.fail_for = fail_for
 
-    async def put(self, receipt_id: str, request_id: str, created: float, body: bytes) -> None:
+    async def put_many(self, rows: list[Row]) -> None:
         await trio.sleep(self.delay)
-        if self.fail_for and self.fail_for in body.decode():
+        if any(self.fail_for and self.fail_for in row.document.decode() for row in rows):
             raise OSError("disk full")
-        await super().put(receipt_id, request_id, created, body)
+        await super().put_many(rows)
 
 
 async def test_a_slow_store_never_delays_the_stream() -> None:
@@ -105,10 +106,10 @@ async def test_a_slow_store_never_delays_the_stream() -> None:
         response = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t10-i0"))
         assert response.body.endswith(b"data: [DONE]\n\n")
         assert trio.current_time() - started < 1.0  # well under the store's 2 s
-        request_id = response.headers[b"x-trioproxy-request-id"].decode()
-        pending = await request(gw.url, "GET", f"/v1/signature/{request_id}")
+        receipt_id = response.headers[b"x-trioproxy-receipt-id"].decode()
+        pending = await request(gw.url, "GET", f"/v1/signature/{receipt_id}")
         assert pending.status == 202 and pending.headers[b"retry-after"] == b"1"
-        assert (await _receipt(gw.url, request_id))["receipt"]["outcome"] == "done"
+        assert (await _receipt(gw.url, receipt_id))["receipt"]["outcome"] == "done"
         missing = await request(gw.url, "GET", "/v1/signature/nope")
         assert missing.status == 404
 
@@ -125,11 +126,12 @@ async def test_client_disconnect_gets_a_truncated_receipt_over_the_delivered_byt
         await client.close()
         record = (await recorder.wait_for(1))[0]
         assert record.outcome == "client_disconnect"
-        document = await _receipt(gw.url, headers[b"x-trioproxy-request-id"].decode())
+        document = await _receipt(gw.url, headers[b"x-trioproxy-receipt-id"].decode())
         receipt = document["receipt"]
         assert receipt["truncated"] is True and receipt["outcome"] == "client_disconnect"
-        await eventually(lambda: receipt["id"] in gw.mock.transcripts, timeout=5)
-        delivered = gw.mock.transcripts[receipt["id"]][: record.bytes_out]
+        completion = receipt["completion_id"]
+        await eventually(lambda: completion in gw.mock.transcripts, timeout=5)
+        delivered = gw.mock.transcripts[completion][: record.bytes_out]
         assert receipt["response_sha256"] == hashlib.sha256(delivered).hexdigest()
 
 
@@ -140,7 +142,7 @@ async def test_store_errors_are_counted_and_other_receipts_unaffected() -> None:
         bad = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t3-i0-x666"))
         good = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t3-i0"))
         assert (bad.status, good.status) == (200, 200)
-        document = await _receipt(gw.url, good.headers[b"x-trioproxy-request-id"].decode())
+        document = await _receipt(gw.url, good.headers[b"x-trioproxy-receipt-id"].decode())
         assert document["receipt"]["outcome"] == "done"
         await eventually(lambda: gw.app.receipts.statistics().failed >= 1, timeout=5)
         stats = gw.app.receipts.statistics()
@@ -164,17 +166,17 @@ async def test_shutdown_drains_100_pending_receipts_into_sqlite(tmp_path: pathli
 
                 async def one() -> None:
                     r = await request(gw.url, "POST", "/v1/messages", BODIES["/v1/messages"])
-                    ids.append(r.headers[b"x-trioproxy-request-id"].decode())
+                    ids.append(r.headers[b"x-trioproxy-receipt-id"].decode())
 
                 nursery.start_soon(one)
         assert gw.app.receipts.statistics().pending > 50  # shutting down with work pending
     store = await SQLiteStore.open(tmp_path / "receipts.sqlite3")
     try:
-        assert all([await store.get(i) is not None for i in ids])
+        assert all([await store.get(i, None) is not None for i in ids])
     finally:
         await store.aclose()
     async with running(receipt_store="sqlite", data_dir=str(tmp_path)) as (gw, _):
-        assert (await _receipt(gw.url, ids[0]))["receipt"]["request_id"] == ids[0]
+        assert (await _receipt(gw.url, ids[0]))["receipt"]["id"] == ids[0]
 
 
 async def test_signing_key_is_private_and_persists(tmp_path: pathlib.Path) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "is_final",
     "render_json",
     "render_sse",
+    "response_model",
     "upstream_path",
     "usage",
 ]
@@ -109,6 +110,16 @@ def completion_id(first: dict[str, Any]) -> str | None:
     for holder in (first, _dict(first.get("message")), _dict(first.get("response"))):
         if holder is not None and isinstance(holder.get("id"), str):
             return str(holder["id"])
+    return None
+
+
+def response_model(obj: dict[str, Any]) -> str | None:
+    """The model that answered, from a stream's first event or a whole response:
+    ``model`` (OpenAI chat/completions, a whole Anthropic message),
+    ``message.model`` (Anthropic stream), ``response.model`` (Responses)."""
+    for holder in (obj, _dict(obj.get("message")), _dict(obj.get("response"))):
+        if holder is not None and isinstance(holder.get("model"), str):
+            return str(holder["model"])[:256]
     return None
 
 

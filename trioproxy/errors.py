@@ -6,6 +6,7 @@ rendered in the route's API dialect in one place.
     │   └── PayloadTooLarge     413  bad_request
     ├── Unauthorized            401  rejected_auth       (missing / unknown API key)
     ├── Forbidden               403  rejected_auth       (model not allowed for the key)
+    │   └── AdminOnly           403  rejected_auth       (an ops endpoint, not an admin key)
     ├── NotFound                404  bad_request
     ├── MethodNotAllowed        405  bad_request
     ├── Overloaded              429  rejected_overload   (carries Retry-After)
@@ -33,6 +34,7 @@ import enum
 from collections.abc import Iterable
 
 __all__ = [
+    "AdminOnly",
     "BadRequest",
     "ConfigError",
     "Outcome",
@@ -130,6 +132,10 @@ class Forbidden(GatewayError):
     openai_type = "invalid_request_error"
     anthropic_type = "permission_error"
     code = "model_not_allowed"
+
+
+class AdminOnly(Forbidden):
+    code = "admin_key_required"
 
 
 class NotFound(GatewayError):

@@ -38,9 +38,10 @@ class ApiKey:
     max_streams: int = 0  # 0: only the global limit applies
     models: tuple[str, ...] = ("*",)
     rpm: int = 0  # 0: no requests-per-minute limit
+    admin: bool = False  # may read /metrics, /debug/*, /readyz details and every receipt
 
 
-_KEY_OPTIONS = frozenset({"name", "sha256", "max_streams", "models", "rpm"})
+_KEY_OPTIONS = frozenset({"name", "sha256", "max_streams", "models", "rpm", "admin"})
 
 
 def parse_keys(raw: Iterable[Mapping[str, Any]]) -> tuple[ApiKey, ...]:
@@ -62,6 +63,9 @@ def parse_keys(raw: Iterable[Mapping[str, Any]]) -> tuple[ApiKey, ...]:
             value = entry.get(field, 0)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{label}: {field} must be an integer >= 0")
+        admin = entry.get("admin", False)
+        if not isinstance(admin, bool):
+            raise ConfigError(f"{label}: admin must be true or false")
         keys.append(
             ApiKey(
                 name,
@@ -69,6 +73,7 @@ def parse_keys(raw: Iterable[Mapping[str, Any]]) -> tuple[ApiKey, ...]:
                 entry.get("max_streams", 0),
                 tuple(models),
                 entry.get("rpm", 0),
+                admin,
             )
         )
     if len({k.name for k in keys}) != len(keys):

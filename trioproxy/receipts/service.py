@@ -46,6 +46,7 @@ __all__ = [
     "ReceiptStatistics",
     "Signer",
     "build_receipt",
+    "compatible_text",
     "canonical",
     "open_signer_and_store",
     "signing_key_path",
@@ -120,6 +121,13 @@ class Signer:
     def sign(self, data: bytes) -> str:
         return base64.b64encode(self._private.sign(data)).decode()
 
+    def sign_hex(self, data: bytes) -> str:
+        return self._private.sign(data).hex()
+
+    def public_hex(self) -> str:
+        raw = self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return raw.hex()
+
     def public_key_document(self) -> dict[str, str]:
         pem = self.public.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -134,10 +142,17 @@ class Signer:
 
 
 def build_receipt(record: CompletionRecord) -> dict[str, Any]:
+    """What is signed. Every field comes from the gateway, none from client input
+    but the model name (bounded) and the hashes of what was exchanged."""
+    assert record.receipt_id is not None
     return {
-        "id": record.completion_id or record.request_id,
+        "id": record.receipt_id,
+        "completion_id": record.completion_id,
         "request_id": record.request_id,
+        "key": record.key,
+        "status": record.status,
         "model": record.model,
+        "upstream_model": record.upstream_model,
         "provider": record.provider or "none",
         "route": record.route,
         "request_sha256": record.request_sha256,
@@ -146,8 +161,14 @@ def build_receipt(record: CompletionRecord) -> dict[str, Any]:
         "completed": record.created + record.duration_ms / 1000,
         "usage": record.usage,
         "outcome": record.outcome,
-        "truncated": record.outcome != "done",
+        "truncated": record.truncated,
     }
+
+
+def compatible_text(receipt: dict[str, Any]) -> str:
+    """The text attested-inference verifiers sign and check:
+    ``<sha256 of the request body>:<sha256 of the response bytes>``."""
+    return f"{receipt['request_sha256']}:{receipt['response_sha256']}"
 
 
 def verify_receipt(document: dict[str, Any], public: Ed25519PublicKey) -> str | None:
@@ -200,7 +221,8 @@ class ReceiptService:
         self._sign_truncated = sign_truncated
         self._queue: list[tuple[Row, _Slot]] = []
         self._flushing = False
-        self.pending: set[str] = set()  # receipt ids and request ids, finished but not stored
+        # Receipt ids and completion ids, finished but not stored: ref -> owner (key name).
+        self.pending: dict[str, str | None] = {}
         self._pending = 0
         self._stored = 0
         self._failed = 0
@@ -210,10 +232,11 @@ class ReceiptService:
         return ReceiptStatistics(self._pending, self._stored, self._failed, self._dropped)
 
     def submit(self, record: CompletionRecord) -> None:
-        """Called as a request ends; never awaits."""
-        if record.response_sha256 is None or record.outcome in ("bad_request", "rejected_overload"):
-            return  # nothing was relayed
-        if record.outcome != "done" and not self._sign_truncated:
+        """Called as a request ends; never awaits. Only exchanges that reached an
+        upstream get a receipt (not the gateway's own 4xx answers)."""
+        if record.receipt_id is None or record.response_sha256 is None:
+            return
+        if record.truncated and not self._sign_truncated:
             return
         receipt = build_receipt(record)
         if self._pending >= self._max_pending:
@@ -222,29 +245,39 @@ class ReceiptService:
                 "receipt queue full (%d): dropped receipt %s", self._max_pending, receipt["id"]
             )
             return
-        keys = (receipt["id"], record.request_id)
-        if not self._detached.submit(self._sign_and_store, receipt, keys, name="receipt"):
+        if not self._detached.submit(self._sign_and_store, receipt, name="receipt"):
             self._dropped += 1
             return
-        self.pending.update(keys)
+        for ref in (record.receipt_id, record.completion_id):
+            if ref is not None:
+                self.pending[ref] = record.key
         self._pending += 1
 
-    async def _sign_and_store(self, receipt: dict[str, Any], keys: tuple[str, str]) -> None:
+    async def _sign_and_store(self, receipt: dict[str, Any]) -> None:
+        refs = [receipt["id"], receipt["completion_id"]]
         try:
+            text = compatible_text(receipt)
             document = {
                 "receipt": receipt,
                 "signature": self.signer.sign(canonical(receipt)),
                 "signing_algo": "ed25519",
                 "key_id": self.signer.key_id,
+                "text": text,
+                "text_signature": self.signer.sign_hex(text.encode()),
             }
-            row = (receipt["id"], receipt["request_id"], receipt["created"], orjson.dumps(document))
+            row = Row(
+                receipt["id"], receipt["completion_id"], receipt["key"], receipt["created"],
+                orjson.dumps(document),
+            )  # fmt: skip
             await self._commit(row)
             self._stored += 1
         except Exception:
             self._failed += 1
             log.exception("storing receipt %s failed", receipt["id"])
         finally:
-            self.pending.difference_update(keys)
+            for ref in refs:
+                if ref is not None:
+                    self.pending.pop(ref, None)
             self._pending -= 1
 
     async def _commit(self, row: Row) -> None:
@@ -279,11 +312,14 @@ class ReceiptService:
         for _, slot in batch:
             slot.done.set()
 
-    async def lookup(self, key: str) -> tuple[int, bytes | None]:
-        """(200, document) | (202, None) while pending | (404, None)."""
-        if key in self.pending:
-            return 202, None
-        document = await self.store.get(key)
+    async def lookup(self, ref: str, owner: str | None) -> tuple[int, bytes | None]:
+        """(200, document) | (202, None) while pending | (404, None). ``owner``: the
+        reading key's name (None: any receipt); another key's receipt is 404,
+        exactly like an unknown one."""
+        if ref in self.pending:
+            pending_owner = self.pending[ref]
+            return (202, None) if owner is None or pending_owner == owner else (404, None)
+        document = await self.store.get(ref, owner)
         return (200, document) if document is not None else (404, None)
 
     async def prune_forever(self, ttl_days: float, every: float = 3600.0) -> None:

@@ -1,35 +1,59 @@
 """Where signed receipts live: a small interface, an in-memory store and SQLite.
 
-The interface is what a store for several gateway hosts (Redis, later) must
-offer: ``put`` (idempotent on the receipt id), ``get`` by receipt id or gateway
-request id, ``prune`` of receipts older than a time, and ``aclose``.
+Rules:
+- A receipt is stored under the id the gateway made for it (128 random bits,
+  never derived from client input), insert-only: a second row with the same id
+  is an error (:class:`ReceiptExists`), never a replacement.
+- A receipt is found by its own id, or by the upstream's completion id (the
+  newest such receipt the caller may read).
+- Reads are scoped: ``owner`` is the name of the API key asking, and a row made
+  for another key is not found, exactly like an unknown id (no existence
+  oracle); ``owner=None`` reads any row (an admin key, or a gateway without
+  keys).
+
+The interface is what a store for several gateway hosts must offer: ``put_many``,
+``get``, ``prune`` of receipts older than a time, and ``aclose``.
 
 SQLite (the default) runs in WAL mode; every blocking call goes through
 ``trio.to_thread.run_sync`` under one lock, so there is one writer and the trio
-thread never blocks on disk.
+thread never blocks on disk. The database file is created 0600 (SQLite gives
+its ``-wal`` and ``-shm`` files the same mode) in a 0700 directory.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import trio
 
-__all__ = ["MemoryStore", "ReceiptStore", "Row", "SQLiteStore", "open_store"]
+__all__ = ["MemoryStore", "ReceiptExists", "ReceiptStore", "Row", "SQLiteStore", "open_store"]
 
 
-Row = tuple[str, str, float, bytes]  # receipt id, request id, created, signed document
+class ReceiptExists(Exception):
+    """A receipt with this id is stored already (insert-only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    receipt_id: str
+    completion_id: str | None  # the upstream's id, if it gave one
+    owner: str | None  # the API key's name, None in open mode
+    created: float
+    document: bytes  # the signed receipt document (JSON)
+
+
+def _readable(row_owner: str | None, owner: str | None) -> bool:
+    return owner is None or row_owner == owner
 
 
 class ReceiptStore(Protocol):
-    async def put(self, receipt_id: str, request_id: str, created: float, body: bytes) -> None: ...
-
     async def put_many(self, rows: list[Row]) -> None: ...
 
-    async def get(self, key: str) -> bytes | None: ...
+    async def get(self, ref: str, owner: str | None) -> bytes | None: ...
 
     async def prune(self, older_than: float) -> int: ...
 
@@ -40,25 +64,27 @@ class MemoryStore:
     """For tests and for gateways that need no persistence."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, tuple[str, float, bytes]] = {}
-        self._by_request: dict[str, str] = {}
-
-    async def put(self, receipt_id: str, request_id: str, created: float, body: bytes) -> None:
-        self.rows[receipt_id] = (request_id, created, body)
-        self._by_request[request_id] = receipt_id
+        self.rows: dict[str, Row] = {}
 
     async def put_many(self, rows: list[Row]) -> None:
         for row in rows:
-            await self.put(*row)
+            if row.receipt_id in self.rows:
+                raise ReceiptExists(row.receipt_id)
+            self.rows[row.receipt_id] = row
 
-    async def get(self, key: str) -> bytes | None:
-        row = self.rows.get(key) or self.rows.get(self._by_request.get(key, ""))
-        return row[2] if row else None
+    async def get(self, ref: str, owner: str | None) -> bytes | None:
+        row = self.rows.get(ref)
+        if row is not None:
+            return row.document if _readable(row.owner, owner) else None
+        found = [
+            r for r in self.rows.values() if r.completion_id == ref and _readable(r.owner, owner)
+        ]
+        return max(found, key=lambda r: r.created).document if found else None
 
     async def prune(self, older_than: float) -> int:
-        old = [k for k, (_, created, _) in self.rows.items() if created < older_than]
+        old = [k for k, row in self.rows.items() if row.created < older_than]
         for k in old:
-            self._by_request.pop(self.rows.pop(k)[0], None)
+            del self.rows[k]
         return len(old)
 
     async def aclose(self) -> None:
@@ -66,14 +92,15 @@ class MemoryStore:
 
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS receipts (
+CREATE TABLE IF NOT EXISTS receipts_v2 (
     id TEXT PRIMARY KEY,
-    request_id TEXT NOT NULL,
+    completion_id TEXT,
+    owner TEXT,
     created REAL NOT NULL,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS receipts_request_id ON receipts (request_id);
-CREATE INDEX IF NOT EXISTS receipts_created ON receipts (created);
+CREATE INDEX IF NOT EXISTS receipts_v2_completion ON receipts_v2 (completion_id, created);
+CREATE INDEX IF NOT EXISTS receipts_v2_created ON receipts_v2 (created);
 """
 
 
@@ -86,7 +113,6 @@ class SQLiteStore:
     async def open(cls, path: Path) -> SQLiteStore:
         def connect() -> sqlite3.Connection:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Created 0600 here: SQLite gives its -wal and -shm files the same mode.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
@@ -96,35 +122,47 @@ class SQLiteStore:
 
         return cls(await trio.to_thread.run_sync(connect))
 
-    async def put(self, receipt_id: str, request_id: str, created: float, body: bytes) -> None:
-        async with self._lock:
-            await trio.to_thread.run_sync(
-                self._db.execute,
-                "INSERT OR REPLACE INTO receipts (id, request_id, created, body) VALUES (?,?,?,?)",
-                (receipt_id, request_id, created, body),
-            )
-
     async def put_many(self, rows: list[Row]) -> None:
-        """One transaction, one thread hop for the whole batch."""
+        """One transaction, one thread hop for the whole batch; insert-only."""
 
         def write() -> None:
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO receipts (id, request_id, created, body) "
-                    "VALUES (?,?,?,?)",
-                    rows,
-                )
+            try:
+                with self._db:
+                    self._db.execute("BEGIN")
+                    self._db.executemany(
+                        "INSERT INTO receipts_v2 (id, completion_id, owner, created, body) "
+                        "VALUES (?,?,?,?,?)",
+                        [
+                            (r.receipt_id, r.completion_id, r.owner, r.created, r.document)
+                            for r in rows
+                        ],
+                    )
+            except sqlite3.IntegrityError as exc:
+                raise ReceiptExists(str(exc)) from None
 
         async with self._lock:
             await trio.to_thread.run_sync(write)
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, ref: str, owner: str | None) -> bytes | None:
         def query() -> bytes | None:
-            row = self._db.execute(
-                "SELECT body FROM receipts WHERE id = ? OR request_id = ? LIMIT 1", (key, key)
+            found = self._db.execute(
+                "SELECT body, owner FROM receipts_v2 WHERE id = ?", (ref,)
             ).fetchone()
-            return bytes(row[0]) if row else None
+            if found is not None:
+                return bytes(found[0]) if _readable(found[1], owner) else None
+            if owner is None:
+                found = self._db.execute(
+                    "SELECT body FROM receipts_v2 WHERE completion_id = ? "
+                    "ORDER BY created DESC LIMIT 1",
+                    (ref,),
+                ).fetchone()
+            else:
+                found = self._db.execute(
+                    "SELECT body FROM receipts_v2 WHERE completion_id = ? AND owner = ? "
+                    "ORDER BY created DESC LIMIT 1",
+                    (ref, owner),
+                ).fetchone()
+            return bytes(found[0]) if found else None
 
         async with self._lock:
             return await trio.to_thread.run_sync(query)
@@ -132,7 +170,7 @@ class SQLiteStore:
     async def prune(self, older_than: float) -> int:
         async with self._lock:
             cursor = await trio.to_thread.run_sync(
-                self._db.execute, "DELETE FROM receipts WHERE created < ?", (older_than,)
+                self._db.execute, "DELETE FROM receipts_v2 WHERE created < ?", (older_than,)
             )
             return int(cursor.rowcount)
 

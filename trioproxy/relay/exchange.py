@@ -133,10 +133,12 @@ class Exchange:
     key: str | None = None  # the API key's name (never the key)
     stream: bool = False
     request_sha256: str | None = None
+    receipt_id: str | None = None  # made by the gateway when receipts are on
     held: list[Slot] = field(default_factory=list)  # limiters holding a slot for it
     # -- routing (upstream reader) -----------------------------------------------
     upstream: str | None = None  # URL of the (last) upstream request
     provider: str | None = None  # name of the (last) provider tried
+    sent_model: str | None = None  # the model name sent upstream (an alias resolved)
     attempts: int = 0  # providers tried
     failovers: list[tuple[str, str]] = field(default_factory=list)  # (provider, error code)
     committed: bool = False  # the response head is in the channel: no more failover
@@ -159,6 +161,7 @@ class Exchange:
     chunks: int = 0
     events: int = 0
     final_event: bool = False
+    event_stream: bool = False  # the upstream answered an event stream
     partial_event: bool = False  # the stream ended inside an event
     first_block: bytes | None = None
     usage_block: bytes | None = None
@@ -252,6 +255,9 @@ class CompletionRecord:
     cancel_latency_ms: float | None  # client disconnect -> upstream connection closed
     request_sha256: str | None = None
     response_sha256: str | None = None
+    receipt_id: str | None = None  # only for exchanges that reached an upstream
+    upstream_model: str | None = None  # the model that answered (as the upstream says)
+    truncated: bool = False  # an event stream that ended before its final event
 
     @classmethod
     def from_exchange(cls, ex: Exchange) -> CompletionRecord:
@@ -260,15 +266,24 @@ class CompletionRecord:
         assert ex.outcome is not None and ex.ended is not None
         completion_id: str | None = None
         usage: dict[str, Any] | None = None
+        answered: str | None = None
         if isinstance(ex.body_json, dict):
             completion_id = dialects.completion_id(ex.body_json)
             usage = dialects.usage(None, ex.body_json, ex.dialect)
+            answered = dialects.response_model(ex.body_json)
         if ex.first_block is not None:
             first = _load_data(ex.first_block)
             last = _load_data(ex.usage_block) if ex.usage_block is not None else None
             if first is not None:
                 completion_id = completion_id or dialects.completion_id(first)
                 usage = dialects.usage(first, last, ex.dialect)
+                answered = answered or dialects.response_model(first)
+        if completion_id is not None:
+            completion_id = completion_id[:256]
+        if ex.event_stream:
+            truncated = not ex.final_event
+        else:
+            truncated = ex.outcome not in (Outcome.DONE, Outcome.UPSTREAM_ERROR)
         cancel = None
         if ex.disconnected_at is not None and ex.upstream_closed_at is not None:
             cancel = round(max(0.0, ex.upstream_closed_at - ex.disconnected_at) * 1000, 3)
@@ -301,6 +316,9 @@ class CompletionRecord:
             cancel_latency_ms=cancel,
             request_sha256=ex.request_sha256,
             response_sha256=ex.response_hash.hexdigest() if ex.response_hash is not None else None,
+            receipt_id=ex.receipt_id if ex.upstream_sent_at is not None else None,
+            upstream_model=answered or ex.sent_model,
+            truncated=truncated,
         )
 
     def to_json(self) -> bytes:

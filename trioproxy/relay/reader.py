@@ -177,6 +177,7 @@ class UpstreamReader:
 
     async def _relay_events(self, response: httpx.Response, first_deadline: float) -> None:
         ex, config = self.ex, self.config
+        ex.event_stream = True
         framer = SSEFramer(config.max_event_bytes)
         end_by = ex.started + config.max_stream_duration if config.max_stream_duration else math.inf
         # One scope for the whole read loop; its deadline moves with each event.

@@ -24,7 +24,7 @@ from ..dialects import render_json, render_sse
 from ..errors import GatewayError, UpstreamBroken
 from .exchange import Exchange
 
-__all__ = ["Start", "send_error", "write_client"]
+__all__ = ["Start", "receipt_header", "send_error", "write_client"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +56,8 @@ async def write_client(
             return
         assert isinstance(head, Start)
         ex.status = head.status
-        await send(
-            {
-                "type": "http.response.start",
-                "status": head.status,
-                "headers": head.headers + extra_headers,
-            }
-        )
+        headers = head.headers + extra_headers + receipt_header(ex)
+        await send({"type": "http.response.start", "status": head.status, "headers": headers})
         closed = False
         while not closed:
             try:
@@ -113,6 +108,14 @@ async def _finish(send: Send, ex: Exchange, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def receipt_header(ex: Exchange) -> list[tuple[bytes, bytes]]:
+    """``x-trioproxy-receipt-id`` on a response that will get a receipt: one whose
+    exchange reached an upstream (the gateway's own 4xx answers get none)."""
+    if ex.receipt_id is None or ex.upstream_sent_at is None:
+        return []
+    return [(b"x-trioproxy-receipt-id", ex.receipt_id.encode())]
+
+
 async def send_error(
     send: Send, err: GatewayError, extra_headers: list[tuple[bytes, bytes]], ex: Exchange
 ) -> None:
@@ -123,6 +126,7 @@ async def send_error(
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         *extra_headers,
+        *receipt_header(ex),
     ]
     retry_after = getattr(err, "retry_after", None)
     if retry_after is not None:

@@ -86,6 +86,7 @@ class AttemptLog(Protocol):
     committed: bool  # bytes reached the client: no more failover
     provider: str | None
     upstream: str | None
+    sent_model: str | None
     attempts: int
     failovers: list[tuple[str, str]]
     upstream_status: int
@@ -138,6 +139,7 @@ async def with_failover(
             retry_429 = n + 1 < max_attempts and plan.has_next(now())
             target = target_for(request, member, retry_429)
             ex.provider, ex.upstream, ex.attempts = provider.name, target.url, n + 1
+            ex.sent_model = member.upstream_model
             outcome = await attempt(target)
             verdict = True
             if ex.upstream_status == 429:  # relayed as is (no other provider to try)

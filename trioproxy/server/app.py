@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -34,10 +35,16 @@ import trio
 from ..admission.auth import KeyRing
 from ..admission.limits import LimiterStatistics, StreamLimiter
 from ..admission.routes import ROUTES, ParsedBody, Route, forward_headers, session_key, validate
-from ..asgi import Receive, Scope, Send, read_body, request_id, send_json
+from ..asgi import Receive, Scope, Send, read_body, request_id
 from ..config import Config
 from ..dialects import dialect_for_path, render_sse
-from ..errors import GatewayError, GatewayShutdown, MethodNotAllowed, NotFound, Outcome
+from ..errors import (
+    GatewayError,
+    GatewayShutdown,
+    MethodNotAllowed,
+    NotFound,
+    Outcome,
+)
 from ..observe.debug import debug_state
 from ..observe.metrics import Gauges, Metrics
 from ..receipts.detached import DetachedStatistics, DetachedWork, open_detached_work
@@ -114,6 +121,7 @@ class Gateway:
             if config.metrics
             else None
         )
+        self.own = endpoints.OwnEndpoints(self)
 
     def reload(self, new: Config) -> list[str]:
         """Apply a re-read config's providers and routing options (SIGHUP).
@@ -158,7 +166,7 @@ class Gateway:
             receipts_pending=self.receipts.statistics().pending if self.receipts else 0,
         )
 
-    def _debug_state(self) -> dict[str, Any]:
+    def debug_state(self) -> dict[str, Any]:
         providers = self.router.providers
         return debug_state(
             self.statistics(),
@@ -224,25 +232,8 @@ class Gateway:
     # -- requests -------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        if path == "/healthz":
-            return await send_json(send, 200, {"status": "ok"})
-        if path == "/readyz":
-            ready = self.ready and self.client is not None
-            return await endpoints.readyz(send, ready, self.router, self.clock())
-        if path.startswith(("/v1/signature/", "/v1/attestation/")) and scope["method"] == "GET":
-            if self.keyring and path.startswith("/v1/signature/"):
-                try:
-                    self.keyring.authenticate(scope["headers"])
-                except GatewayError as err:
-                    return await endpoints.send_error_json(send, err)
-            return await endpoints.receipt(send, path, self.receipts)
-        if path == "/metrics" and self.metrics is not None:
-            return await endpoints.send_metrics(send, self.metrics)
-        if path.startswith("/debug/") and self.config.debug_endpoints:
-            if path == "/debug/state":
-                return await send_json(send, 200, self._debug_state())
-            if path == "/debug/records" and self.recent is not None:
-                return await send_json(send, 200, list(self.recent))
+        if endpoints.is_own(path) and await self.own.handle(scope, path, send):
+            return
         route = ROUTES.get(path)
         ex = Exchange(
             request_id=request_id(scope),
@@ -309,6 +300,8 @@ class Gateway:
         parsed = validate(route, body)
         ex.request_sha256 = hashlib.sha256(body).hexdigest()
         ex.response_hash = hashlib.sha256()
+        if self.config.receipts:
+            ex.receipt_id = "rcpt_" + secrets.token_hex(16)  # 128 random bits
         ex.model, ex.stream = parsed.model, parsed.stream
         if key is not None:
             self.keyring.authorize(key, parsed.model)

@@ -8,32 +8,50 @@ gateway. Errors are JSON in the OpenAI dialect (these are not Anthropic routes).
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from collections.abc import Sequence
+from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 import orjson
 
 from ..admission.auth import ApiKey, KeyRing
-from ..asgi import Send, send_json, send_raw_json
+from ..asgi import Scope, Send, send_json, send_raw_json
+from ..config import Config
 from ..dialects import Dialect, render_json
-from ..errors import GatewayError, NotFound
+from ..errors import AdminOnly, BadRequest, GatewayError, NotFound
 from ..observe.metrics import CONTENT_TYPE, Metrics
 from ..receipts.service import ReceiptService
+from ..relay.exchange import CompletionRecord
 from ..routing.pools import Router
 
-__all__ = ["list_models", "readyz", "receipt", "send_error_json", "send_metrics"]
+__all__ = [
+    "MAX_RECORDS_PAGE",
+    "OwnEndpoints",
+    "is_own",
+    "debug_records",
+    "list_models",
+    "readyz",
+    "receipt",
+    "send_error_json",
+    "send_metrics",
+]
 
 
 async def send_error_json(send: Send, err: GatewayError) -> None:
     await send_json(send, err.status, orjson.loads(render_json(err, Dialect.OPENAI)))
 
 
-async def readyz(send: Send, ready: bool, router: Router, now: float) -> None:
-    """Ready to serve, and which declared model pools have no healthy provider."""
+async def readyz(send: Send, ready: bool, router: Router, now: float, detailed: bool) -> None:
+    """Ready to serve; with ``detailed`` (an admin key, or no keys configured) also
+    which declared model pools have no healthy provider and each provider's state."""
     unhealthy, declared = router.unhealthy_pools(now)
-    providers = {s.name: s.state for s in router.statistics(now)}
     if unhealthy and len(unhealthy) == declared:
         ready = False  # nothing at all could be served
-    body = {"ready": ready, "unhealthy_pools": unhealthy, "providers": providers}
+    body: dict[str, object] = {"ready": ready}
+    if detailed:
+        body["unhealthy_pools"] = unhealthy
+        body["providers"] = {s.name: s.state for s in router.statistics(now)}
     await send_json(send, 200 if ready else 503, body)
 
 
@@ -44,20 +62,59 @@ async def send_metrics(send: Send, metrics: Metrics) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def receipt(send: Send, path: str, receipts: ReceiptService | None) -> None:
-    """``GET /v1/attestation/key`` and ``GET /v1/signature/{id}``."""
+async def receipt(
+    send: Send, path: str, query: bytes, receipts: ReceiptService | None, owner: str | None
+) -> None:
+    """``GET /v1/attestation/key`` and ``GET /v1/signature/{id}`` (by receipt id or
+    the upstream's completion id). ``owner``: the reading key's name, None for an
+    admin key or a gateway without keys; another key's receipt is a 404 exactly
+    like an unknown id. ``?signing_algo=ed25519`` answers the shape that
+    attested-inference verifiers read: ``{text, signature, signing_address,
+    signing_algo}``, ``text`` = ``<request sha256>:<response sha256>``."""
     if receipts is None:
         return await send_error_json(send, NotFound("receipts are disabled on this gateway"))
     if path == "/v1/attestation/key":
         return await send_json(send, 200, receipts.signer.public_key_document())
-    key = path.removeprefix("/v1/signature/")
-    status, document = await receipts.lookup(key)
+    ref = path.removeprefix("/v1/signature/")
+    params = parse_qs(query.decode("ascii", "replace"))
+    algo = params.get("signing_algo", [None])[0]
+    if algo not in (None, "ed25519"):
+        return await send_error_json(send, BadRequest("signing_algo must be ed25519"))
+    status, document = await receipts.lookup(ref, owner)
     if status == 200 and document is not None:
-        return await send_raw_json(send, 200, document)
+        if algo is None:
+            return await send_raw_json(send, 200, document)
+        doc = orjson.loads(document)
+        body = {
+            "text": doc["text"],
+            "signature": doc["text_signature"],
+            "signing_address": receipts.signer.public_hex(),
+            "signing_algo": "ed25519",
+        }
+        return await send_json(send, 200, body)
     if status == 202:
-        body = {"status": "pending", "message": f"receipt {key} is being signed"}
+        body = {"status": "pending", "message": "the receipt is being signed"}
         return await send_json(send, 202, body, [(b"retry-after", b"1")])
-    await send_error_json(send, NotFound(f"no receipt for {key}"))
+    await send_error_json(send, NotFound("no such receipt"))
+
+
+MAX_RECORDS_PAGE = 1000
+
+
+async def debug_records(send: Send, query: bytes, recent: Sequence[CompletionRecord]) -> None:
+    """``GET /debug/records?offset=N&limit=M``: oldest first, at most
+    ``MAX_RECORDS_PAGE`` a call (default 100); ``next`` is the offset to ask
+    for after this page, null at the end."""
+    params = parse_qs(query.decode("ascii", "replace"))
+    try:
+        offset = max(0, int(params.get("offset", ["0"])[0]))
+        limit = min(MAX_RECORDS_PAGE, max(1, int(params.get("limit", ["100"])[0])))
+    except ValueError:
+        return await send_error_json(send, BadRequest("offset and limit must be integers"))
+    page = list(itertools.islice(recent, offset, offset + limit))
+    end = offset + len(page)
+    body = {"records": page, "total": len(recent), "next": end if end < len(recent) else None}
+    await send_json(send, 200, body)
 
 
 async def list_models(
@@ -79,3 +136,100 @@ async def list_models(
     ]
     await send_json(send, 200, {"object": "list", "data": data}, extra)
     return True
+
+
+_OWN = frozenset({"/healthz", "/readyz", "/metrics"})
+_OWN_PREFIXES = ("/v1/signature/", "/v1/attestation/", "/debug/")
+
+
+def is_own(path: str) -> bool:
+    return path in _OWN or path.startswith(_OWN_PREFIXES)
+
+
+class GatewayView(Protocol):
+    """What the gateway's own endpoints read of it (read-only)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def client(self) -> object | None: ...
+
+    @property
+    def keyring(self) -> KeyRing: ...
+
+    @property
+    def router(self) -> Router: ...
+
+    @property
+    def receipts(self) -> ReceiptService | None: ...
+
+    @property
+    def metrics(self) -> Metrics | None: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def recent(self) -> Sequence[CompletionRecord] | None: ...
+
+    def clock(self) -> float: ...
+
+    def debug_state(self) -> dict[str, Any]: ...
+
+
+class OwnEndpoints:
+    """/healthz, /readyz, /metrics, /debug/*, /v1/signature/*, /v1/attestation/key."""
+
+    def __init__(self, gateway: GatewayView) -> None:
+        self._gateway = gateway
+
+    async def handle(self, scope: Scope, path: str, send: Send) -> bool:
+        """The gateway's own endpoints; False if ``path`` is not one (then a 404).
+        With keys configured, /metrics, /debug/* and /readyz's details need an
+        admin key, and a receipt is read only with the key that made it (or an
+        admin key); /healthz, a bare /readyz and the public key stay open."""
+        try:
+            return await self._handle(scope, path, send)
+        except GatewayError as err:  # 401 / 403 / 400, in JSON
+            await send_error_json(send, err)
+            return True
+
+    async def _handle(self, scope: Scope, path: str, send: Send) -> bool:
+        gw = self._gateway
+        if path == "/healthz":
+            await send_json(send, 200, {"status": "ok"})
+            return True
+        admin, key, refused = not gw.keyring, None, None
+        if gw.keyring:
+            try:
+                key = gw.keyring.authenticate(scope["headers"])
+                admin = key.admin
+            except GatewayError as err:
+                refused = err
+        if path == "/readyz":
+            ready = gw.ready and gw.client is not None
+            await readyz(send, ready, gw.router, gw.clock(), detailed=admin)
+            return True
+        if path.startswith(("/v1/signature/", "/v1/attestation/")) and scope["method"] == "GET":
+            if refused is not None and path.startswith("/v1/signature/"):
+                raise refused
+            owner = None if admin or key is None else key.name
+            query = scope.get("query_string", b"")
+            await receipt(send, path, query, gw.receipts, owner)
+            return True
+        metrics = path == "/metrics" and gw.metrics is not None
+        debug = path.startswith("/debug/") and gw.config.debug_endpoints
+        if not (metrics or debug):
+            return False
+        if not admin:
+            raise refused or AdminOnly(f"{path} needs an admin key")
+        if gw.metrics is not None and metrics:
+            await send_metrics(send, gw.metrics)
+        elif path == "/debug/state":
+            await send_json(send, 200, gw.debug_state())
+        elif path == "/debug/records" and gw.recent is not None:
+            await debug_records(send, scope.get("query_string", b""), gw.recent)
+        else:
+            return False
+        return True

@@ -58,6 +58,17 @@ async def _get(url: str, path: str) -> Any:
     return response.json()
 
 
+async def _records(url: str) -> list[dict[str, Any]]:
+    """Every record the gateway kept, page by page (GET /debug/records is paginated)."""
+    records: list[dict[str, Any]] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = await _get(url, f"/debug/records?offset={offset}&limit=1000")
+        records += page["records"]
+        offset = page["next"]
+    return records
+
+
 async def _wait_ready(url: str, path: str, proc: trio.Process) -> None:
     with trio.fail_after(30):
         while True:
@@ -192,7 +203,7 @@ async def _campaign(
     observed = Observed(
         baseline=baseline,
         final=final,
-        records=list(await _get(url, "/debug/records")),
+        records=await _records(url),
         mock_stats=dict(await _get(mock_url, "/mock/stats")),
         peer_closes=list(await _get(mock_url, "/mock/peer-closes")),
     )

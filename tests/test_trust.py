@@ -1,0 +1,164 @@
+"""Trust boundaries, each test written as the attack (receipts, keys, ops endpoints)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from tests.conftest import chat, open_mocks, provider, running
+from trioproxy.admission.auth import new_key
+from trioproxy.testing.mock_scripts import Fault
+from trioproxy.testing.rawclient import RawResponse, request
+
+ALICE, ALICE_BLOCK = new_key("alice")
+BOB, BOB_BLOCK = new_key("bob")
+ROOT, ROOT_BLOCK = new_key("root")
+
+
+def _table(block: str, **changes: object) -> dict[str, Any]:
+    import tomllib
+
+    table = dict(tomllib.loads(block)["keys"][0])
+    table.update(changes)
+    return table
+
+
+KEYS = (
+    _table(ALICE_BLOCK),
+    _table(BOB_BLOCK, models=["mock-*"]),
+    _table(ROOT_BLOCK, admin=True),
+)
+CHAT = "/v1/chat/completions"
+
+
+def _auth(key: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {key}")]
+
+
+async def _receipt(url: str, ref: str, key: str, status: int = 200) -> RawResponse:
+    """GET the receipt, waiting out the 202s while it is signed."""
+    with trio.fail_after(10):
+        while True:
+            response = await request(url, "GET", f"/v1/signature/{ref}", headers=_auth(key))
+            if response.status != 202 or status == 202:
+                assert response.status == status, response.body
+                return response
+            await trio.sleep(0.02)
+
+
+async def test_a_client_chosen_request_id_cannot_replace_anothers_receipt() -> None:
+    """The spoof: bob sends alice's completion id as x-request-id with a model he may
+    not use. Before, the 403 was signed and stored under that id, replacing hers."""
+    async with running(keys=KEYS) as (gw, _):
+        mine = await request(gw.url, "POST", CHAT, chat("mock-t3-i0"), _auth(ALICE))
+        receipt_id = mine.headers[b"x-trioproxy-receipt-id"].decode()
+        original = (await _receipt(gw.url, receipt_id, ALICE)).json()
+        completion = original["receipt"]["completion_id"]
+        assert receipt_id.startswith("rcpt_") and len(receipt_id) == 5 + 32
+        for ref in (completion, receipt_id):
+            spoof = await request(
+                gw.url, "POST", CHAT, chat("gpt-forbidden"), [*_auth(BOB), ("x-request-id", ref)]
+            )
+            assert spoof.status == 403
+            assert b"x-trioproxy-receipt-id" not in spoof.headers  # no receipt for a 403
+        for ref in (completion, receipt_id):
+            assert (await _receipt(gw.url, ref, ALICE)).json() == original
+        assert gw.app.receipts is not None and gw.app.receipts.statistics().stored == 1
+
+
+async def test_answers_the_gateway_gives_itself_get_no_receipt() -> None:
+    async with running(keys=KEYS) as (gw, _):
+        for path, body, auth, status in [
+            (CHAT, chat("mock-t2-i0"), [], 401),
+            (CHAT, chat("gpt-x"), _auth(BOB), 403),
+            ("/v1/nope", chat("mock-t2-i0"), _auth(ALICE), 404),
+            (CHAT, {"model": "m"}, _auth(ALICE), 400),
+        ]:
+            response = await request(gw.url, "POST", path, body, auth)
+            assert response.status == status
+            assert b"x-trioproxy-receipt-id" not in response.headers
+        assert gw.app.receipts is not None and gw.app.receipts.statistics().stored == 0
+
+
+async def test_a_receipt_is_read_only_with_its_key_or_an_admin_key() -> None:
+    """The read across tenants: bob asks for alice's receipt by its id and by the
+    upstream's completion id; he gets the answer an unknown id gets."""
+    async with running(keys=KEYS) as (gw, _):
+        mine = await request(gw.url, "POST", CHAT, chat("mock-t3-i0"), _auth(ALICE))
+        receipt_id = mine.headers[b"x-trioproxy-receipt-id"].decode()
+        document = (await _receipt(gw.url, receipt_id, ALICE)).json()
+        unknown = await _receipt(gw.url, "rcpt_" + "0" * 32, BOB, status=404)
+        for ref in (receipt_id, document["receipt"]["completion_id"]):
+            theirs = await _receipt(gw.url, ref, BOB, status=404)
+            assert theirs.body == unknown.body  # no existence oracle
+            assert (await _receipt(gw.url, ref, ROOT)).json() == document
+        anonymous = await request(gw.url, "GET", f"/v1/signature/{receipt_id}")
+        assert anonymous.status == 401
+
+
+async def test_a_receipt_binds_key_status_and_both_models() -> None:
+    async with open_mocks(Fault()) as (mock,):
+        providers = (provider("p", mock, aliases={"fast": "mock-t4-i0"}, models=["mock-*"]),)
+        async with running(keys=KEYS, providers=providers) as (gw, _):
+            response = await request(gw.url, "POST", CHAT, chat("fast"), _auth(ALICE))
+            ref = response.headers[b"x-trioproxy-receipt-id"].decode()
+            receipt = (await _receipt(gw.url, ref, ALICE)).json()["receipt"]
+            assert (receipt["key"], receipt["status"], receipt["model"]) == ("alice", 200, "fast")
+            assert receipt["upstream_model"] == "mock-t4-i0" and receipt["truncated"] is False
+            limited = await request(gw.url, "POST", CHAT, chat("mock-e429"), _auth(ALICE))
+            assert limited.status == 429  # relayed whole, as the upstream sent it
+            ref = limited.headers[b"x-trioproxy-receipt-id"].decode()
+            relayed = (await _receipt(gw.url, ref, ALICE)).json()["receipt"]
+            assert (relayed["status"], relayed["truncated"]) == (429, False)  # complete
+
+
+async def test_verifiers_of_attested_inference_can_check_our_signature() -> None:
+    async with running() as (gw, _):
+        body = orjson.dumps(chat("mock-t3-i0"))
+        response = await request(gw.url, "POST", CHAT, body)
+        ref = response.headers[b"x-trioproxy-receipt-id"].decode()
+        with trio.fail_after(10):
+            while (
+                answer := await request(gw.url, "GET", f"/v1/signature/{ref}?signing_algo=ed25519")
+            ).status == 202:
+                await trio.sleep(0.02)
+        doc = answer.json()
+        assert set(doc) == {"text", "signature", "signing_address", "signing_algo"}
+        expected = f"{hashlib.sha256(body).hexdigest()}:{hashlib.sha256(response.body).hexdigest()}"
+        assert doc["text"] == expected and doc["signing_algo"] == "ed25519"
+        public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(doc["signing_address"]))
+        public.verify(bytes.fromhex(doc["signature"]), doc["text"].encode())  # raises if forged
+        other = await request(gw.url, "GET", f"/v1/signature/{ref}?signing_algo=ecdsa")
+        assert other.status == 400
+
+
+async def test_ops_endpoints_need_an_admin_key_when_keys_exist() -> None:
+    async with running(keys=KEYS, debug_endpoints=True) as (gw, _):
+        for path in ("/metrics", "/debug/state", "/debug/records"):
+            assert (await request(gw.url, "GET", path)).status == 401
+            tenant = await request(gw.url, "GET", path, headers=_auth(ALICE))
+            assert tenant.status == 403 and tenant.json()["error"]["code"] == "admin_key_required"
+            assert (await request(gw.url, "GET", path, headers=_auth(ROOT))).status == 200
+        assert (await request(gw.url, "GET", "/healthz")).status == 200
+        bare = await request(gw.url, "GET", "/readyz")
+        assert bare.status == 200 and bare.json() == {"ready": True}  # probes need no key
+        detailed = (await request(gw.url, "GET", "/readyz", headers=_auth(ROOT))).json()
+        assert set(detailed) == {"ready", "unhealthy_pools", "providers"}
+        assert (await request(gw.url, "GET", "/v1/attestation/key")).status == 200  # public
+
+
+async def test_debug_records_are_paginated_and_bounded() -> None:
+    async with running(debug_endpoints=True) as (gw, recorder):
+        for _ in range(5):
+            await request(gw.url, "POST", CHAT, chat("mock-t1-i0"))
+        await recorder.wait_for(5)
+        first = (await request(gw.url, "GET", "/debug/records?limit=2")).json()
+        assert (len(first["records"]), first["total"], first["next"]) == (2, 5, 2)
+        last = (await request(gw.url, "GET", "/debug/records?offset=4&limit=5000")).json()
+        assert (len(last["records"]), last["next"]) == (1, None)
+        bad = await request(gw.url, "GET", "/debug/records?limit=x")
+        assert bad.status == 400
