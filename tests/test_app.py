@@ -56,7 +56,7 @@ async def test_oversized_body_is_413_before_reading_it() -> None:
         assert response.json()["error"]["type"] == "request_too_large"
         chunked = await _raw(
             gw.url,
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
             + b"".join(b"100\r\n" + b"x" * 256 + b"\r\n" for _ in range(8))
             + b"0\r\n\r\n",
         )
@@ -128,13 +128,15 @@ async def test_models_and_upstream_4xx_relayed() -> None:
 
 MALFORMED = [
     b"GARBAGE\r\n\r\n",
-    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n",
-    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
-    b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 200_000 + b"\r\n\r\n",
-    b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n"
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: abc\r\n\r\n",
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    b"GET /healthz HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nx-big: "
+    + b"a" * 200_000
+    + b"\r\n\r\n",
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 5\r\n"
     b"content-length: 6\r\n\r\nhello",
-    b"GET /\xff\xfe HTTP/1.1\r\nhost: x\r\n\r\n",
-    b"POST /v1/chat/completions HTTP/9.9\r\nhost: x\r\n\r\n",
+    b"GET /\xff\xfe HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\r\n",
+    b"POST /v1/chat/completions HTTP/9.9\r\nhost: localhost\r\ncontent-type: application/json\r\n\r\n",
 ]
 
 

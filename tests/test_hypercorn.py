@@ -37,7 +37,7 @@ def hypercorn_as(request: pytest.FixtureRequest) -> Iterator[str]:
         # open_gateway installs the guards; keep them out for this test.
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(guards, "install_hypercorn_guards", lambda *names: None)
-            patch.setattr("trioproxy.server.serve.install_hypercorn_guards", lambda: None)
+            patch.setattr("trioproxy.server.serve.install_hypercorn_guards", lambda **k: None)
             yield request.param
         guards.install_hypercorn_guards()
     else:
@@ -136,6 +136,35 @@ def test_uninstall_puts_hypercorn_back() -> None:
     assert (TCPServer.run, H11Protocol._send_h11_event) != patched
     guards.install_hypercorn_guards()
     assert (TCPServer.run.__name__, H11Protocol._send_h11_event.__name__) == (
-        "guarded_run",
+        "capped_run",
         "_send_h11_event",
     )
+
+
+async def test_connections_past_max_connections_are_closed_at_once(
+    hypercorn_as: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The flood: idle connections each cost a task and buffers; Hypercorn's trio
+    worker accepts without bound. Past max_connections a new one is closed."""
+    guards.CONNECTIONS.limit = 3
+    try:
+        async with running(max_connections=3) as (gw, _):
+            host, port = gw.url.removeprefix("http://").split(":")
+            held = [await trio.open_tcp_stream(host, int(port)) for _ in range(3)]
+            extra = None
+            try:
+                await eventually(
+                    lambda: guards.CONNECTIONS.open == 3 or hypercorn_as == "unguarded"
+                )
+                extra = await trio.open_tcp_stream(host, int(port))
+                with trio.fail_after(2):
+                    assert await extra.receive_some(100) == b""  # closed by the gateway
+                assert "max_connections (3) reached" in caplog.text
+            finally:  # closed whatever happens (the unguarded run fails above)
+                for stream in [*held, *([extra] if extra else [])]:
+                    await stream.aclose()
+            await eventually(lambda: guards.CONNECTIONS.open == 0)
+            ok = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t2-i0"))
+            assert ok.status == 200
+    finally:
+        guards.CONNECTIONS.limit = 4096

@@ -88,6 +88,22 @@ async def _wait_ready(url: str) -> None:
     await eventually(ready, timeout=20, poll=0.1)
 
 
+def _serve_config(
+    config: pathlib.Path, *args: str
+) -> tuple[subprocess.Popen[bytes], str, pathlib.Path]:
+    """``trioproxy serve --config`` on a free port, its log beside the config."""
+    port = _free_port()
+    log_path = config.parent / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trioproxy", "serve", "--config", str(config),
+             "--bind", f"127.0.0.1:{port}", *args],
+            stdout=log, stderr=log, cwd=config.parent,
+            env={**os.environ, "XDG_STATE_HOME": str(config.parent)},
+        )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}", log_path
+
+
 async def _serve_and_sigterm(*args: str) -> tuple[int, str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -190,15 +206,7 @@ async def test_sighup_reloads_providers_and_a_bad_file_changes_nothing(
             )
 
         use("first", first.base_url)
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        log_path = tmp_path / "serve.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "trioproxy", "serve", "--config", str(config),
-                 "--bind", f"127.0.0.1:{port}"],
-                stdout=log, stderr=log, cwd=tmp_path,
-            )  # fmt: skip
+        proc, url, log_path = _serve_config(config)
         try:
             await _wait_ready(url)
             assert (await request(url, "POST", "/v1/chat/completions", chat("m"))).status == 200
@@ -226,3 +234,41 @@ async def test_sighup_reloads_providers_and_a_bad_file_changes_nothing(
         text = log_path.read_text()
         assert "SIGHUP: config reloaded; providers: second" in text
         assert "max_attempts must be at least 1" in text
+
+
+async def test_sighup_revokes_a_key_in_every_worker(tmp_path: pathlib.Path) -> None:
+    """Two worker processes: a key removed from the file and SIGHUP is refused by
+    both (before, the workers restarted from the start-up config and the key
+    came back). Several requests, so both workers are asked (SO_REUSEPORT)."""
+    from trioproxy.admission.auth import new_key
+
+    alice, alice_block = new_key("alice")
+    bob, bob_block = new_key("bob")
+    config = tmp_path / "gateway.toml"
+    config.write_text("receipts = false\n" + alice_block + bob_block)
+    proc, url, _ = _serve_config(config, "--workers", "2")
+
+    async def status(key: str) -> int:
+        headers = [("authorization", f"Bearer {key}")]
+        return (await request(url, "POST", "/v1/chat/completions", chat("m"), headers)).status
+
+    try:
+        await _wait_ready(url)
+        assert [await status(alice) for _ in range(6)] == [200] * 6
+        config.write_text("receipts = false\n" + bob_block)  # alice's key is revoked
+        proc.send_signal(signal.SIGHUP)
+
+        async def revoked() -> bool:
+            try:
+                return [await status(alice) for _ in range(6)] == [401] * 6
+            except OSError:  # between the old workers and the new ones
+                return False
+
+        await eventually(revoked, timeout=30, poll=0.1)
+        assert [await status(bob) for _ in range(6)] == [200] * 6
+        proc.send_signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -7,12 +7,13 @@ from typing import Any
 
 import orjson
 import trio
+import trio.testing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tests.conftest import chat, open_mocks, provider, running
 from trioproxy.admission.auth import new_key
 from trioproxy.testing.mock_scripts import Fault
-from trioproxy.testing.rawclient import RawResponse, request
+from trioproxy.testing.rawclient import RawClient, RawResponse, request
 
 ALICE, ALICE_BLOCK = new_key("alice")
 BOB, BOB_BLOCK = new_key("bob")
@@ -162,3 +163,128 @@ async def test_debug_records_are_paginated_and_bounded() -> None:
         assert (len(last["records"]), last["next"]) == (1, None)
         bad = await request(gw.url, "GET", "/debug/records?limit=x")
         assert bad.status == 400
+
+
+# -- hostile input and web pages ---------------------------------------------------
+async def test_a_web_page_cannot_drive_an_open_gateway() -> None:
+    """The browser attack: any page a local user visits POSTs text/plain (a CORS
+    'simple request', no preflight) to 127.0.0.1:8080, or reaches it through a
+    DNS-rebinding name."""
+    body = orjson.dumps(chat("mock-t2-i0"))
+    async with running(cors_origins=("https://app.example",)) as (gw, _):
+        assert gw.mock is not None
+        page = [("origin", "https://evil.example"), ("content-type", "text/plain")]
+        refused = await request(gw.url, "POST", CHAT, body, page)
+        assert refused.status == 403 and refused.json()["error"]["code"] == "origin_not_allowed"
+        plain = await request(gw.url, "POST", CHAT, body, [("content-type", "text/plain")])
+        assert plain.status == 415
+        rebound = await request(gw.url, "POST", CHAT, body, [("host", "attacker.example:8080")])
+        assert rebound.status == 421
+        assert gw.mock.statistics().requests_total == 0  # nothing reached the upstream
+        listed = [("origin", "https://app.example")]
+        preflight = await request(gw.url, "OPTIONS", CHAT, None, listed)
+        assert preflight.status == 204
+        assert preflight.headers[b"access-control-allow-origin"] == b"https://app.example"
+        allowed = await request(gw.url, "POST", CHAT, body, listed)
+        assert allowed.status == 200
+        assert allowed.headers[b"access-control-allow-origin"] == b"https://app.example"
+        local = await request(gw.url, "POST", CHAT, body, [("host", "localhost:8080")])
+        assert local.status == 200
+
+
+async def test_non_ascii_header_bytes_are_a_400_in_the_dialect_without_a_traceback(
+    caplog: Any,
+) -> None:
+    body = {"model": "mock-t2-i0", "max_tokens": 5, "messages": []}
+    async with running() as (gw, _):
+        for name, value in (("x-request-id", b"caf\xe9"), ("anthropic-beta", b"\xff")):
+            client = await RawClient.connect(gw.url)
+            head = (
+                b"POST /v1/messages HTTP/1.1\r\nhost: localhost\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n%s: %s\r\n\r\n"
+                % (len(orjson.dumps(body)), name.encode(), value)
+            )
+            await client.stream.send_all(head + orjson.dumps(body))
+            response = await client.read_response()
+            await client.close()
+            assert response.status == 400
+            error = response.json()
+            assert error["type"] == "error" and "visible ASCII" in error["error"]["message"]
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_a_3_mb_model_name_is_refused_before_anything_stores_it() -> None:
+    from trioproxy.observe.debug import rss_bytes
+
+    async with running(debug_endpoints=True, access_log=True) as (gw, recorder):
+        before = 0
+        for i in range(10):
+            if i == 5:  # after a warm-up (buffers of this size exist now): nothing is kept
+                before = rss_bytes()
+            huge = chat("m" * 3_000_000 + str(i))
+            response = await request(gw.url, "POST", CHAT, huge)
+            assert response.status == 400 and "longer than 256 bytes" in response.body.decode()
+        records = await recorder.wait_for(10)
+        assert all(r.model is None for r in records)
+        metrics = await request(gw.url, "GET", "/metrics")
+        assert len(metrics.body) < 64 * 1024  # no label grew
+        assert rss_bytes() - before < 16 * 1024 * 1024  # five more requests kept nothing
+
+
+def test_retry_after_is_ascii_digits_or_an_http_date() -> None:
+    from trioproxy.relay.reader import parse_retry_after
+
+    assert parse_retry_after("7") == 7
+    assert parse_retry_after("²") is None  # isdigit() says yes; int() would crash
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0  # in the past
+    assert parse_retry_after("999999") == 3600
+    assert parse_retry_after("soon") is None
+
+
+async def _trickle(url: str, sent: bytes) -> RawClient:
+    """A client that sends its head and part of its body, then nothing."""
+    client = await RawClient.connect(url)
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
+        b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+    )
+    await client.stream.send_all(head + sent)
+    return client
+
+
+async def test_a_trickled_body_ends_with_408_and_bodies_are_read_a_bounded_number_at_once() -> None:
+    """The slow upload: a body that never completes held its task and buffers
+    forever (read_timeout=None). Now it gets 408 at body_timeout, and while it
+    holds the only body-reading slot, another upload waits for it."""
+    async with running(body_timeout=0.5, max_body_reads=1) as (gw, _):
+        slow = await _trickle(gw.url, b'{"model": "mock-t1-i0", "mess')
+        await trio.testing.wait_all_tasks_blocked()
+        started = trio.current_time()
+        ok = await request(gw.url, "POST", CHAT, chat("mock-t1-i0"))
+        assert ok.status == 200
+        assert trio.current_time() - started >= 0.3  # waited for the slow body's slot
+        timed_out = await slow.read_response()
+        assert timed_out.status == 408
+        assert timed_out.json()["error"]["code"] == "request_timeout"
+        await slow.close()
+
+
+async def test_sighup_revokes_a_key_in_the_running_gateway() -> None:
+    """A key is compromised: removing it from the file and reloading refuses it at
+    once, while a stream it already had finishes; the other keys are untouched."""
+    from trioproxy.config import Config
+
+    async with running(keys=KEYS) as (gw, _):
+        client = await RawClient.connect(gw.url)
+        await client.send_request("POST", CHAT, chat("mock-t20-i20"), _auth(ALICE))
+        assert (await client.response_head())[0] == 200
+        new = Config(**{**gw.app.config.options(), "keys": KEYS[1:]})
+        assert gw.app.reload(new) == []
+        refused = await request(gw.url, "POST", CHAT, chat("mock-t1-i0"), _auth(ALICE))
+        assert refused.status == 401
+        assert (await request(gw.url, "POST", CHAT, chat("mock-t1-i0"), _auth(BOB))).status == 200
+        body = b"".join([c async for _, c in client.body_chunks()])
+        assert body.endswith(b"data: [DONE]\n\n")  # the stream in flight finished
+        await client.close()

@@ -28,10 +28,14 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 def request_id(scope: dict[str, Any]) -> str:
+    """The client's ``x-request-id`` (1-128 visible ASCII bytes), else a new one."""
     for name, value in scope["headers"]:
-        if name == b"x-request-id" and 0 < len(value) <= 128:
-            return str(value.decode("latin-1"))
+        if name == b"x-request-id" and 0 < len(value) <= 128 and _ID_BYTES.issuperset(value):
+            return str(value.decode("ascii"))
     return "tp-" + secrets.token_hex(12)
+
+
+_ID_BYTES = frozenset(range(0x21, 0x7F))
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:

@@ -10,7 +10,6 @@ key). The grammar is :mod:`trioproxy.cli_args`.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import random
 import secrets
@@ -24,7 +23,7 @@ import trio
 if TYPE_CHECKING:
     from .testing.mock_scripts import Fault
 from .cli_args import build_parser
-from .config import load_config, parse_bind
+from .config import ConfigFile, load_config, parse_bind
 from .errors import ConfigError
 from .receipts.service import KeyError_, Signer, signing_key_path
 from .routing.providers import read_credential
@@ -137,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     _setup_logging(config.log_level)
     # SIGHUP re-reads the same file with the same flags.
-    reload = functools.partial(load_config, args.config, **flags) if args.config else None
+    reload = ConfigFile(args.config, flags) if args.config else None
     try:
         run_gateway(config, reload)
     except StartupError as exc:

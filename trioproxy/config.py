@@ -21,7 +21,7 @@ from .errors import ConfigError, unknown_options
 from .routing.pools import STRATEGIES
 from .routing.providers import ProviderSpec, legacy_specs, parse_providers
 
-__all__ = ["Config", "load_config", "parse_bind"]
+__all__ = ["Config", "ConfigFile", "load_config", "parse_bind"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +48,11 @@ class Config:
     channel_size: int = 8  # chunks between upstream reader and client writer
     max_event_bytes: int = 1 << 20  # one SSE event; larger is an upstream error
     max_body_bytes: int = 4 << 20  # request body; larger is 413
+    max_body_reads: int = 64  # bodies read and parsed at once (memory: this x max_body_bytes x ~3)
     max_response_bytes: int = 64 << 20  # non-streaming upstream body; larger is 502
     # --- timeouts (seconds) -------------------------------------------------
+    body_timeout: float = 30.0  # a request body not complete by then is a 408
+    max_connections: int = 4096  # open client connections per process; more are closed at once
     connect_timeout: float = 10.0
     ttft_timeout: float = 60.0  # request sent -> first upstream event
     idle_timeout: float = 30.0  # between upstream events
@@ -75,6 +78,7 @@ class Config:
     # --- API keys (see trioproxy.admission.auth)--------------------------------------
     keys: tuple[Mapping[str, Any], ...] = ()  # [[keys]] tables: name, sha256, models, ...
     allow_open_public: bool = False  # no keys on a non-loopback bind is refused unless true
+    cors_origins: tuple[str, ...] = ()  # web origins allowed (CORS); others refused in open mode
     # --- misc ---------------------------------------------------------------
     debug_endpoints: bool = False
     metrics: bool = True  # GET /metrics (Prometheus text format)
@@ -89,12 +93,16 @@ class Config:
 
     def __post_init__(self) -> None:
         parse_bind(self.bind)
-        positive = ("workers", "backlog", "max_streams", "channel_size", "max_attempts")
+        positive = (
+            "workers", "backlog", "max_streams", "channel_size", "max_attempts", "max_body_reads",
+            "max_connections",
+        )  # fmt: skip
         for name in (*positive, "max_event_bytes", "max_body_bytes", "max_response_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in (
             "graceful_timeout",
+            "body_timeout",
             "queue_timeout",
             "connect_timeout",
             "ttft_timeout",
@@ -234,3 +242,15 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
         if path is None:
             raise
         raise ConfigError(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """Where a running gateway's config came from: read again on SIGHUP (and by
+    each worker process when it starts), with the same flags."""
+
+    path: str
+    flags: Mapping[str, Any]
+
+    def load(self) -> Config:
+        return load_config(self.path, **self.flags)

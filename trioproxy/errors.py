@@ -3,10 +3,14 @@ rendered in the route's API dialect in one place.
 
     GatewayError
     ├── BadRequest              400  bad_request
-    │   └── PayloadTooLarge     413  bad_request
+    │   ├── PayloadTooLarge     413  bad_request
+    │   ├── RequestTimeout      408  bad_request         (a body that trickles past body_timeout)
+    │   ├── UnsupportedMediaType 415 bad_request         (a POST body that is not JSON)
+    │   └── MisdirectedRequest  421  bad_request         (open mode: Host is not this gateway)
     ├── Unauthorized            401  rejected_auth       (missing / unknown API key)
     ├── Forbidden               403  rejected_auth       (model not allowed for the key)
-    │   └── AdminOnly           403  rejected_auth       (an ops endpoint, not an admin key)
+    │   ├── AdminOnly           403  rejected_auth       (an ops endpoint, not an admin key)
+    │   └── OriginRefused       403  rejected_auth       (open mode: a web page's request)
     ├── NotFound                404  bad_request
     ├── MethodNotAllowed        405  bad_request
     ├── Overloaded              429  rejected_overload   (carries Retry-After)
@@ -34,6 +38,10 @@ import enum
 from collections.abc import Iterable
 
 __all__ = [
+    "OriginRefused",
+    "MisdirectedRequest",
+    "UnsupportedMediaType",
+    "RequestTimeout",
     "AdminOnly",
     "BadRequest",
     "ConfigError",
@@ -118,6 +126,21 @@ class PayloadTooLarge(BadRequest):
     code = "request_too_large"
 
 
+class RequestTimeout(BadRequest):
+    status = 408
+    code = "request_timeout"
+
+
+class UnsupportedMediaType(BadRequest):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class MisdirectedRequest(BadRequest):
+    status = 421
+    code = "misdirected_request"
+
+
 class Unauthorized(GatewayError):
     status = 401
     outcome = Outcome.REJECTED_AUTH
@@ -136,6 +159,10 @@ class Forbidden(GatewayError):
 
 class AdminOnly(Forbidden):
     code = "admin_key_required"
+
+
+class OriginRefused(Forbidden):
+    code = "origin_not_allowed"
 
 
 class NotFound(GatewayError):

@@ -114,11 +114,23 @@ def _presented(headers: list[tuple[bytes, bytes]]) -> bytes | None:
 
 
 class KeyRing:
-    def __init__(self, keys: tuple[ApiKey, ...]) -> None:
+    def __init__(self, keys: tuple[ApiKey, ...], previous: KeyRing | None = None) -> None:
+        """``previous``: the ring this one replaces (SIGHUP). A key whose table did
+        not change keeps its stream limiter and its rpm window; a removed key is
+        refused from now on (its streams in flight finish)."""
         self.keys = keys
         self._digests = [(k, k.sha256.encode()) for k in keys]
-        self._limiters = {k.name: StreamLimiter(k.max_streams, 0) for k in keys if k.max_streams}
-        self._recent = {k.name: collections.deque[float](maxlen=k.rpm) for k in keys if k.rpm}
+        kept = {k.name: k for k in previous.keys} if previous is not None else {}
+        self.limiters: dict[str, StreamLimiter] = {}
+        self.windows: dict[str, collections.deque[float]] = {}
+        for k in keys:
+            same = previous is not None and kept.get(k.name) == k
+            if k.max_streams:
+                old = previous.limiters.get(k.name) if same and previous else None
+                self.limiters[k.name] = old or StreamLimiter(k.max_streams, 0)
+            if k.rpm:
+                window = previous.windows.get(k.name) if same and previous else None
+                self.windows[k.name] = window or collections.deque[float](maxlen=k.rpm)
 
     def __bool__(self) -> bool:
         return bool(self.keys)
@@ -147,7 +159,7 @@ class KeyRing:
     def admit(self, key: ApiKey, now: float) -> None:
         """Requests-per-minute: a sliding window of the key's last ``rpm`` requests;
         ``now`` in seconds on any monotonic clock (the gateway passes trio's)."""
-        recent = self._recent.get(key.name)
+        recent = self.windows.get(key.name)
         if recent is None:
             return
         if len(recent) == recent.maxlen and now - recent[0] < 60:
@@ -158,4 +170,4 @@ class KeyRing:
         recent.append(now)
 
     def limiter(self, key: ApiKey) -> StreamLimiter | None:
-        return self._limiters.get(key.name)
+        return self.limiters.get(key.name)

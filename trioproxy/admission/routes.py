@@ -17,6 +17,7 @@ from ..dialects import Dialect
 from ..errors import BadRequest
 
 __all__ = [
+    "MAX_MODEL_BYTES",
     "ROUTES",
     "ParsedBody",
     "Route",
@@ -70,6 +71,9 @@ ROUTES: dict[str, Route] = {
 }
 
 
+MAX_MODEL_BYTES = 256  # model names become labels, log fields and receipt fields
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedBody:
     model: str | None
@@ -98,6 +102,8 @@ def validate(route: Route, body: bytes) -> ParsedBody:
     if not isinstance(obj, dict):
         raise BadRequest("request body must be a JSON object")
     model = obj.get("model")
+    if isinstance(model, str) and len(model.encode()) > MAX_MODEL_BYTES:
+        raise BadRequest(f"'model' is longer than {MAX_MODEL_BYTES} bytes")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required and must be a non-empty string")
     stream = obj.get("stream", False)

@@ -26,7 +26,9 @@ moment the upstream side is over, whatever the client is doing.
 
 from __future__ import annotations
 
+import email.utils
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import suppress
 
@@ -63,11 +65,23 @@ _PASSED_RESPONSE_HEADERS = frozenset({b"retry-after", b"x-request-id", b"openai-
 _MAX_RETRY_AFTER = 3600
 
 
-def parse_retry_after(value: str) -> int | None:
-    """Seconds from a ``Retry-After`` of ASCII digits (capped); None otherwise."""
+def parse_retry_after(value: str, now: float | None = None) -> int | None:
+    """Seconds from a ``Retry-After`` of ASCII digits or an HTTP-date (capped at
+    an hour; a date in the past is 0); None for anything else. ``now``: wall
+    clock seconds (default: now)."""
+    value = value.strip()
     if value.isascii() and value.isdigit():
         return min(int(value), _MAX_RETRY_AFTER)
-    return None
+    if not value.isascii():
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    delta = when.timestamp() - (time.time() if now is None else now)
+    return max(0, min(math.ceil(delta), _MAX_RETRY_AFTER))
 
 
 def _passed_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import math
 import secrets
-import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +33,11 @@ import httpx
 import trio
 
 from ..admission.auth import KeyRing
+from ..admission.browser import Hygiene
 from ..admission.limits import LimiterStatistics, StreamLimiter
 from ..admission.routes import ROUTES, ParsedBody, Route, forward_headers, session_key, validate
 from ..asgi import Receive, Scope, Send, read_body, request_id
-from ..config import Config
+from ..config import Config, parse_bind
 from ..dialects import dialect_for_path, render_sse
 from ..errors import (
     GatewayError,
@@ -44,19 +45,20 @@ from ..errors import (
     MethodNotAllowed,
     NotFound,
     Outcome,
+    RequestTimeout,
 )
 from ..observe.debug import debug_state
 from ..observe.metrics import Gauges, Metrics
-from ..receipts.detached import DetachedStatistics, DetachedWork, open_detached_work
-from ..receipts.service import KeyError_, ReceiptService, open_signer_and_store
+from ..receipts.detached import DetachedStatistics, DetachedWork
+from ..receipts.service import ReceiptService
 from ..relay.exchange import CompletionRecord, Exchange, Phase, StreamMetrics
 from ..relay.run import Relay
 from ..relay.writer import send_error
 from ..routing.failover import UpstreamRequest
 from ..routing.pools import Router
-from ..upstream.client import open_upstream_client
 from . import endpoints
 from .hypercorn import already_disconnected
+from .lifespan import lifespan
 
 __all__ = ["CompletionHook", "Gateway", "GatewayStatistics"]
 
@@ -69,7 +71,7 @@ _SHUTDOWN_SEND_TIMEOUT = 1.0  # s: bound on the shielded error event at shutdown
 # Options a running gateway takes from a re-read config (SIGHUP); the rest need a restart.
 _RELOADABLE = (
     "providers", "openai_upstreams", "anthropic_upstreams", "routing_strategy", "max_attempts",
-    "eject_after", "cooldown", "sticky_header", "sticky_user_field",
+    "eject_after", "cooldown", "sticky_header", "sticky_user_field", "keys", "cors_origins",
 )  # fmt: skip
 _DEBUG_CONFIG = (
     "ttft_timeout", "idle_timeout", "client_stall_timeout", "max_streams", "channel_size",
@@ -122,9 +124,15 @@ class Gateway:
             else None
         )
         self.own = endpoints.OwnEndpoints(self)
+        self.body_reads = trio.CapacityLimiter(config.max_body_reads)
+        self.hygiene = Hygiene(
+            open_mode=not config.api_keys,
+            bind_host=parse_bind(config.bind)[0],
+            cors_origins=config.cors_origins,
+        )
 
     def reload(self, new: Config) -> list[str]:
-        """Apply a re-read config's providers and routing options (SIGHUP).
+        """Apply a re-read config's providers, routing options and keys (SIGHUP).
 
         In-flight requests finish on the providers they planned with; new ones
         use the new pools. Providers whose table is unchanged keep their health.
@@ -138,6 +146,8 @@ class Gateway:
         )
         changes = {name: getattr(new, name) for name in _RELOADABLE}
         self.router = router
+        self.keyring = KeyRing(new.api_keys, previous=self.keyring)
+        self.hygiene = Hygiene(not new.api_keys, parse_bind(self.config.bind)[0], new.cors_origins)
         self._sticky_header = new.sticky_header.lower().encode("latin-1")
         old, self.config = self.config, self.config.replace(**changes)
         return [
@@ -185,54 +195,17 @@ class Gateway:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(self, receive, send)
         else:  # websocket: not served
             await send({"type": "websocket.close", "code": 1003})
 
     # -- lifespan -------------------------------------------------------------
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        message = await receive()
-        assert message["type"] == "lifespan.startup"
-        cfg = self.config
-        store = None
-        try:
-            signer, store = await open_signer_and_store(self.config)
-        except (KeyError_, OSError, sqlite3.Error) as exc:
-            log.error("cannot start: %s", exc)
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            return
-        try:
-            async with (
-                open_upstream_client(cfg) as client,
-                trio.open_nursery() as background,  # long-running chores, cancelled at the end
-            ):
-                async with open_detached_work(
-                    cfg.max_pending_detached, cfg.detached_concurrency, cfg.drain_timeout
-                ) as detached:
-                    if signer is not None and store is not None:
-                        self.receipts = ReceiptService(
-                            signer, store, detached, cfg.max_pending_receipts, cfg.sign_truncated
-                        )
-                        background.start_soon(
-                            self.receipts.prune_forever, cfg.receipt_ttl_days, name="receipt-pruner"
-                        )
-                    self.client, self.detached, self.ready = client, detached, True
-                    await send({"type": "lifespan.startup.complete"})
-                    message = await receive()
-                    self.ready = False
-                # Detached work (receipts included) is drained by now.
-                background.cancel_scope.cancel()
-        finally:
-            self.client = None
-            if store is not None:
-                with trio.CancelScope(shield=True):
-                    await store.aclose()
-        await send({"type": "lifespan.shutdown.complete"})
-
     # -- requests -------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        if endpoints.is_own(path) and await self.own.handle(scope, path, send):
+        verdict = self.hygiene.check(scope["method"], scope["headers"])
+        clean = verdict.error is None and not verdict.preflight
+        if clean and endpoints.is_own(path) and await self.own.handle(scope, path, send):
             return
         route = ROUTES.get(path)
         ex = Exchange(
@@ -243,10 +216,18 @@ class Gateway:
             dialect=route.dialect if route else dialect_for_path(path),
             metrics=StreamMetrics() if self.metrics is not None else None,
         )
-        extra = [(b"x-trioproxy-request-id", ex.request_id.encode())]
+        extra = [(b"x-trioproxy-request-id", ex.request_id.encode()), *verdict.headers]
         self.active[ex] = None
         try:
             try:
+                if verdict.error is not None:
+                    raise verdict.error
+                if verdict.preflight:  # CORS preflight of a listed origin
+                    await send({"type": "http.response.start", "status": 204, "headers": extra})
+                    await send({"type": "http.response.body", "body": b""})
+                    ex.status = 204
+                    ex.settle(Outcome.DONE)
+                    return
                 relay = await self._admit(ex, route, scope, receive, send, extra)
             except GatewayError as err:
                 ex.status = err.status
@@ -293,11 +274,16 @@ class Gateway:
             ex.status = 200
             ex.settle(Outcome.DONE)
             return None
-        body = await read_body(scope, receive, self.config.max_body_bytes)
-        if body is None:  # the client left before sending its whole body
-            ex.hung_up(trio.current_time())
-            return None
-        parsed = validate(route, body)
+        # Bodies are read and parsed a bounded number at a time, within body_timeout.
+        async with self.body_reads:
+            with trio.move_on_after(self.config.body_timeout or math.inf) as read_scope:
+                body = await read_body(scope, receive, self.config.max_body_bytes)
+            if read_scope.cancelled_caught:
+                raise RequestTimeout(f"request body not complete in {self.config.body_timeout} s")
+            if body is None:  # the client left before sending its whole body
+                ex.hung_up(trio.current_time())
+                return None
+            parsed = validate(route, body)
         ex.request_sha256 = hashlib.sha256(body).hexdigest()
         ex.response_hash = hashlib.sha256()
         if self.config.receipts:
@@ -324,12 +310,14 @@ class Gateway:
         if kind == "any":
             kind = "openai" if self.router.has("openai") else "anthropic"
         pool = self.router.pool(kind, parsed.model)
+        # The parsed body is kept past admission only if a provider renames the model.
+        aliased = any(m.upstream_model not in (None, parsed.model) for m in pool.members)
         return UpstreamRequest(
             method=route.method,
             path=route.upstream_path,
             headers=forward_headers(scope["headers"], parsed.stream, request_id=rid),
             body=body,
-            body_json=parsed.json,
+            body_json=parsed.json if aliased else None,
             plan=pool.plan(
                 session_key(
                     scope["headers"], self._sticky_header, parsed, self.config.sticky_user_field

@@ -24,12 +24,15 @@ The guards:
 3. ``_coalesce_head_with_first_body``: Hypercorn writes the response head and
    each body part as separate socket writes; a stream's head now goes out in the
    same write as its first bytes (found by profiling time to first byte).
+4. ``_cap_connections``: no cap on open connections; past ``max_connections``
+   new ones are closed at once (found reading the trio worker for issue 11).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +42,7 @@ import trio
 from ..asgi import Receive
 
 __all__ = [
+    "CONNECTIONS",
     "GUARDS",
     "already_disconnected",
     "TESTED_HYPERCORN",
@@ -168,20 +172,71 @@ def _coalesce_head_with_first_body() -> _Patch:
     return H11Protocol, "_send_h11_event", _send_h11_event
 
 
+class ConnectionCap:
+    """The open client connections of this process, and the cap on them."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+        self._logged_at = -math.inf
+
+
+CONNECTIONS = ConnectionCap()
+
+
+def _cap_connections() -> _Patch:
+    """4. ``_cap_connections``: Hypercorn's trio worker accepts connections without
+    bound (its ``backlog`` only queues them), so a flood of idle or trickling
+    connections costs a task and buffers each. Past ``max_connections`` a new
+    connection is closed at once, counted, and logged (at most once a second)."""
+    from hypercorn.trio.tcp_server import TCPServer
+
+    run = TCPServer.run
+
+    async def capped_run(self: Any) -> None:
+        cap = CONNECTIONS
+        if cap.open >= cap.limit:
+            cap.refused += 1
+            now = trio.current_time()
+            if now - cap._logged_at >= 1.0:
+                cap._logged_at = now
+                log.warning(
+                    "max_connections (%d) reached: closing new connections (%d so far)",
+                    cap.limit, cap.refused,
+                )  # fmt: skip
+            with trio.move_on_after(1, shield=True):
+                await self.stream.aclose()
+            return
+        cap.open += 1
+        try:
+            await run(self)
+        finally:
+            cap.open -= 1
+
+    return TCPServer, "run", capped_run
+
+
 GUARDS: dict[str, Callable[[], _Patch]] = {
     "end_idle_wait_on_eof": _end_idle_wait_on_eof,
     "contain_connection_errors": _contain_connection_errors,
     "coalesce_head_with_first_body": _coalesce_head_with_first_body,
+    "cap_connections": _cap_connections,
 }
 _installed: dict[str, tuple[type, str, Any]] = {}  # guard -> (class, name, original)
 
 
-def install_hypercorn_guards(names: tuple[str, ...] = tuple(GUARDS)) -> None:
-    """Install the named guards (all by default), once each per process.
+def install_hypercorn_guards(
+    names: tuple[str, ...] = tuple(GUARDS), max_connections: int | None = None
+) -> None:
+    """Install the named guards (all by default), once each per process;
+    ``max_connections`` sets the cap of guard 4.
 
     Error handling: raises :class:`UnsupportedHypercorn` for an untested release.
     """
     check_hypercorn_version()
+    if max_connections is not None:
+        CONNECTIONS.limit = max_connections
     for name in names:
         if name in _installed:
             continue

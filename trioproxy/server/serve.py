@@ -30,7 +30,7 @@ import hypercorn.trio
 import orjson
 import trio
 
-from ..config import Config, parse_bind
+from ..config import Config, ConfigFile, parse_bind
 from ..errors import ConfigError
 from .app import CompletionHook, Gateway
 from .hypercorn import install_hypercorn_guards
@@ -50,6 +50,7 @@ __all__ = [
 
 log = logging.getLogger("trioproxy")
 _CONFIG_ENV = "TRIOPROXY_WORKER_CONFIG"
+_SOURCE_ENV = "TRIOPROXY_WORKER_SOURCE"
 
 
 def hypercorn_config(config: Config) -> hypercorn.config.Config:
@@ -100,7 +101,7 @@ async def open_gateway(
 
     Error handling: :class:`~trioproxy.server.hypercorn.UnsupportedHypercorn`
     before anything starts, for a Hypercorn release the guards do not know."""
-    install_hypercorn_guards()
+    install_hypercorn_guards(max_connections=config.max_connections)
     async with trio.open_nursery() as mock_nursery:
         mock = None
         if not config.has_upstreams:
@@ -131,7 +132,7 @@ async def open_gateway(
         mock_nursery.cancel_scope.cancel()
 
 
-async def _serve_until_signal(config: Config, reload: Callable[[], Config] | None) -> None:
+async def _serve_until_signal(config: Config, reload: ConfigFile | None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with open_gateway(config) as gw:
             if gw.mock is not None:
@@ -156,13 +157,13 @@ async def _serve_until_signal(config: Config, reload: Callable[[], Config] | Non
                 break
 
 
-def _reload(gw: RunningGateway, reload: Callable[[], Config] | None) -> None:
+def _reload(gw: RunningGateway, reload: ConfigFile | None) -> None:
     """SIGHUP: re-read the config file; apply providers and routing; keep serving."""
     if reload is None:
         log.warning("SIGHUP: no config file to re-read (serve --config FILE)")
         return
     try:
-        new = reload()
+        new = reload.load()
         if not new.has_upstreams and gw.mock is not None:  # still the built-in mock
             current = gw.app.config
             new = new.replace(
@@ -204,7 +205,7 @@ def _startup_error(exc: BaseException, config: Config) -> StartupError | None:
     return None
 
 
-def run_gateway(config: Config, reload: Callable[[], Config] | None = None) -> None:
+def run_gateway(config: Config, reload: ConfigFile | None = None) -> None:
     """``trioproxy serve``: blocks until SIGINT/SIGTERM and graceful shutdown.
     With one worker, SIGHUP calls ``reload`` for a fresh config and applies its
     providers and routing options (:meth:`Gateway.reload`).
@@ -220,6 +221,9 @@ def run_gateway(config: Config, reload: Callable[[], Config] | None = None) -> N
         if not config.has_upstreams:
             config = _start_mock_thread(config)
         os.environ[_CONFIG_ENV] = orjson.dumps(config.options()).decode()
+        if reload is not None:  # each worker reads the file again when it (re)starts
+            source = {"path": reload.path, "flags": dict(reload.flags)}
+            os.environ[_SOURCE_ENV] = orjson.dumps(source).decode()
         hc = hypercorn_config(config)
         hc.application_path = "trioproxy.server.serve:worker_app()"
         hypercorn_run(hc)
@@ -231,12 +235,32 @@ def run_gateway(config: Config, reload: Callable[[], Config] | None = None) -> N
 
 
 def worker_app() -> Gateway:
-    """The app of one worker process of ``serve --workers N``."""
-    install_hypercorn_guards()
+    """The app of one worker process of ``serve --workers N``.
+
+    SIGHUP makes Hypercorn's supervisor stop the workers gracefully (streams in
+    flight finish) and start new ones: each reads the config file again, so a
+    removed key is refused by every worker. A file that no longer loads changes
+    nothing: the worker logs why and keeps the start-up config."""
     values = orjson.loads(os.environ[_CONFIG_ENV])
-    for key in ("openai_upstreams", "anthropic_upstreams", "keys", "providers"):
+    for key in ("openai_upstreams", "anthropic_upstreams", "keys", "providers", "cors_origins"):
         values[key] = tuple(values[key])
-    return Gateway(Config(**values))
+    config = Config(**values)
+    source = os.environ.get(_SOURCE_ENV)
+    if source is not None:
+        spec = orjson.loads(source)
+        try:
+            fresh = ConfigFile(spec["path"], spec["flags"]).load()
+        except ConfigError as exc:
+            log.error("config not reloaded, serving the start-up config: %s", exc)
+        else:
+            if not fresh.has_upstreams:  # the built-in mock of the supervisor
+                fresh = fresh.replace(
+                    openai_upstreams=config.openai_upstreams,
+                    anthropic_upstreams=config.anthropic_upstreams,
+                )
+            config = fresh
+    install_hypercorn_guards(max_connections=config.max_connections)
+    return Gateway(config)
 
 
 def _start_mock_thread(config: Config) -> Config:

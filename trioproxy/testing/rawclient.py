@@ -38,8 +38,11 @@ class RawResponse:
 class RawClient:
     """One HTTP/1.1 connection; the caller decides when to read and when to close."""
 
-    def __init__(self, stream: trio.SocketStream, read_size: int = 65536) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, read_size: int = 65536, host: str = "localhost"
+    ) -> None:
         self.stream = stream
+        self.host = host  # the Host header, unless a request names its own
         self.conn = h11.Connection(h11.CLIENT)
         self.read_size = read_size
         self.closed_at: float | None = None  # trio clock
@@ -49,15 +52,19 @@ class RawClient:
     async def connect(cls, url: str, read_size: int = 65536) -> RawClient:
         parts = urlsplit(url)
         assert parts.hostname and parts.port, url
-        return cls(await trio.open_tcp_stream(parts.hostname, parts.port), read_size)
+        stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+        return cls(stream, read_size, host=parts.netloc)
 
     async def send_request(
         self, method: str, path: str, body: Any = None, headers: Sequence[tuple[str, str]] = ()
     ) -> None:
         data = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
-        hdrs = [("host", "gateway"), *headers]
+        own_host = any(name.lower() == "host" for name, _ in headers)
+        hdrs = [*([] if own_host else [("host", self.host)]), *headers]
         if data is not None:
-            hdrs += [("content-type", "application/json"), ("content-length", str(len(data)))]
+            if not any(name.lower() == "content-type" for name, _ in headers):
+                hdrs.append(("content-type", "application/json"))
+            hdrs.append(("content-length", str(len(data))))
         out = self.conn.send(h11.Request(method=method, target=path, headers=hdrs)) or b""
         if data:
             out += self.conn.send(h11.Data(data=data)) or b""

@@ -1,0 +1,81 @@
+"""The ASGI lifespan of one worker: the resources that outlive requests.
+
+Resource handling: the lifespan task owns the upstream ``httpx.AsyncClient``,
+the service nursery (detached work: receipts, hooks) and a background nursery
+(the receipt pruner). On shutdown, after Hypercorn has let in-flight requests
+finish within ``graceful_timeout``, pending detached work is drained (bounded
+by ``drain_timeout``) before the client and the receipt store close.
+
+Error handling: a signing key or store that cannot be used fails the start-up
+(``lifespan.startup.failed``, one line in the log); the CLI checks the key
+first, so ``serve`` reports it as one line on stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Protocol
+
+import httpx
+import trio
+
+from ..asgi import Receive, Send
+from ..config import Config
+from ..receipts.detached import DetachedWork, open_detached_work
+from ..receipts.service import KeyError_, ReceiptService, open_signer_and_store
+from ..upstream.client import open_upstream_client
+
+__all__ = ["lifespan"]
+
+log = logging.getLogger("trioproxy")
+
+
+class Served(Protocol):
+    """What the lifespan sets up on the gateway."""
+
+    config: Config
+    client: httpx.AsyncClient | None
+    detached: DetachedWork | None
+    receipts: ReceiptService | None
+    ready: bool
+
+
+async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
+    message = await receive()
+    assert message["type"] == "lifespan.startup"
+    cfg = gw.config
+    store = None
+    try:
+        signer, store = await open_signer_and_store(gw.config)
+    except (KeyError_, OSError, sqlite3.Error) as exc:
+        log.error("cannot start: %s", exc)
+        await send({"type": "lifespan.startup.failed", "message": str(exc)})
+        return
+    try:
+        async with (
+            open_upstream_client(cfg) as client,
+            trio.open_nursery() as background,  # long-running chores, cancelled at the end
+        ):
+            async with open_detached_work(
+                cfg.max_pending_detached, cfg.detached_concurrency, cfg.drain_timeout
+            ) as detached:
+                if signer is not None and store is not None:
+                    gw.receipts = ReceiptService(
+                        signer, store, detached, cfg.max_pending_receipts, cfg.sign_truncated
+                    )
+                    background.start_soon(
+                        gw.receipts.prune_forever, cfg.receipt_ttl_days, name="receipt-pruner"
+                    )
+                gw.client, gw.detached, gw.ready = client, detached, True
+                await send({"type": "lifespan.startup.complete"})
+                message = await receive()
+                gw.ready = False
+            # Detached work (receipts included) is drained by now.
+            background.cancel_scope.cancel()
+    finally:
+        gw.client = None
+        if store is not None:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+    await send({"type": "lifespan.shutdown.complete"})
