@@ -199,3 +199,43 @@ def _messages(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return " ".join(_messages(e) for e in exc.exceptions)
     return str(exc)
+
+
+def test_an_encrypted_or_foreign_signing_key_is_refused_in_one_line(tmp_path: pathlib.Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    encrypted.chmod(0o600)
+    with pytest.raises(KeyError_, match="is encrypted"):  # was an uncaught TypeError
+        Signer.load_or_create(encrypted)
+    foreign = tmp_path / "ec.key"
+    foreign.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    foreign.chmod(0o600)
+    with pytest.raises(KeyError_, match="not an Ed25519 key"):
+        Signer.load_or_create(foreign)
+
+
+async def test_the_data_dir_and_its_files_are_private(tmp_path: pathlib.Path) -> None:
+    data = tmp_path / "data"
+    async with running(receipt_store="sqlite", data_dir=str(data)) as (gw, _):
+        response = await request(gw.url, "POST", "/v1/messages", BODIES["/v1/messages"])
+        await _receipt(gw.url, response.headers[b"x-trioproxy-receipt-id"].decode())
+        files = {p.name: p.stat().st_mode & 0o777 for p in data.iterdir()}
+    assert data.stat().st_mode & 0o777 == 0o700
+    assert files["signing.key"] == files["receipts.sqlite3"] == 0o600
+    assert all(mode == 0o600 for name, mode in files.items() if name.startswith("receipts"))
