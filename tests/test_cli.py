@@ -195,3 +195,19 @@ async def test_the_data_dir_is_printed_at_start_up(tmp_path: pathlib.Path) -> No
     assert f"data dir {tmp_path / '.trioproxy'} (signing key, receipts)" in log.read_text()
     assert (tmp_path / ".trioproxy" / "signing.key").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / ".trioproxy").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_refused_bind_reads_as_one_line() -> None:
+    """Permission denied cannot be provoked as root (this CI runs as root): the
+    mapping from the error a bind raises to the line is checked directly."""
+    import errno
+
+    from trioproxy.config import Config
+    from trioproxy.server.serve import _startup_error
+
+    config = Config(bind="127.0.0.1:80")
+    error = OSError(errno.EACCES, "Permission denied")
+    wrapped = BaseExceptionGroup("serve", [ExceptionGroup("inner", [error])])
+    found = _startup_error(wrapped, config)
+    assert found is not None and str(found) == "cannot listen on 127.0.0.1:80: permission denied"
+    assert _startup_error(ValueError("a bug"), config) is None  # bugs keep their traceback
