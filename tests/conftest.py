@@ -40,6 +40,19 @@ async def eventually(
             await trio.sleep(poll)
 
 
+async def wait_ready(url: str, timeout: float = 20) -> None:
+    """Until a gateway process answers GET /readyz with 200."""
+    from trioproxy.testing.rawclient import request
+
+    async def ready() -> bool:
+        try:
+            return (await request(url, "GET", "/readyz")).status == 200
+        except OSError:
+            return False
+
+    await eventually(ready, timeout=timeout, poll=0.1)
+
+
 def make_config(**overrides: Any) -> Config:
     values: dict[str, Any] = {
         "bind": "127.0.0.1:0",

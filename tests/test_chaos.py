@@ -105,3 +105,79 @@ async def test_campaign_with_two_providers_of_each_kind_holds_every_invariant() 
     text = format_report(report)
     assert report["passed"], text
     assert report["failovers"]["attempts_moved_on"] > 0, text
+
+
+def _serve_builtin(tmp: Any, *config_lines: str) -> tuple[Any, str]:
+    """``trioproxy serve`` as `make run` starts it (the built-in mock in the same
+    process), with short timeouts so that stalls end quickly."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    (tmp / "gw.toml").write_text("\n".join(config_lines) + "\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trioproxy", "serve", "--config", "gw.toml",
+         "--bind", f"127.0.0.1:{port}"],
+        cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "XDG_STATE_HOME": str(tmp)},
+    )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def _chaos_cli(tmp: Any, *args: str) -> Any:
+    import os
+    import sys
+
+    import trio
+
+    return await trio.run_process(
+        [sys.executable, "-m", "trioproxy", "chaos", *args],
+        capture_stdout=True, capture_stderr=True, check=False, cwd=tmp,
+        env={**os.environ, "XDG_STATE_HOME": str(tmp)},
+    )  # fmt: skip
+
+
+async def test_chaos_against_the_gateway_make_run_starts_holds_every_invariant(
+    tmp_path: Any,
+) -> None:
+    """Before, the in-process mock's connection tasks were counted as the
+    gateway's: `[FAIL] no_orphan_tasks ... {'_run_handler': -16}` for nothing."""
+    from tests.conftest import wait_ready
+
+    proc, url = _serve_builtin(
+        tmp_path, "debug_endpoints = true", "idle_timeout = 0.5", "ttft_timeout = 1.5",
+        "client_stall_timeout = 1.0",
+    )  # fmt: skip
+    try:
+        await wait_ready(url)
+        done = await _chaos_cli(tmp_path, "--gateway", url, "--runs", "80", "--seed", "7")
+        out = done.stdout.decode()
+        assert done.returncode == 0, out + done.stderr.decode()
+        assert "[PASS] no_orphan_tasks" in out and "ALL INVARIANTS HOLD" in out
+        assert "80/80 runs, 0 client errors so far" in done.stderr.decode()  # progress lines
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def test_chaos_without_debug_endpoints_is_one_line(tmp_path: Any) -> None:
+    from tests.conftest import wait_ready
+
+    proc, url = _serve_builtin(tmp_path)
+    try:
+        await wait_ready(url)
+        done = await _chaos_cli(tmp_path, "--gateway", url, "--runs", "5")
+        assert done.returncode == 2
+        last = done.stderr.decode().strip().splitlines()[-1]
+        assert last == (
+            f"trioproxy chaos: {url} has no debug endpoints: start it with "
+            "debug_endpoints = true in its config"
+        )
+        assert "Traceback" not in done.stderr.decode()
+    finally:
+        proc.terminate()
+        proc.wait(30)

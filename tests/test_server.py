@@ -15,7 +15,7 @@ import orjson
 import pytest
 import trio
 
-from tests.conftest import chat, events_of, eventually, open_mocks, running
+from tests.conftest import chat, events_of, eventually, open_mocks, running, wait_ready
 from trioproxy.relay.exchange import CompletionRecord
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.rawclient import RawClient, request
@@ -79,13 +79,7 @@ def _free_port() -> int:
 
 
 async def _wait_ready(url: str) -> None:
-    async def ready() -> bool:
-        try:
-            return (await request(url, "GET", "/readyz")).status == 200
-        except OSError:
-            return False
-
-    await eventually(ready, timeout=20, poll=0.1)
+    await wait_ready(url)
 
 
 def _serve_config(

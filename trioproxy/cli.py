@@ -15,6 +15,7 @@ import random
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -56,20 +57,38 @@ async def _run_mock(host: str, port: int, fault: Fault) -> None:
 
 
 def _chaos(args: argparse.Namespace) -> int:
-    from .testing.chaos.campaign import run_campaign, write_report
+    from .testing.chaos.campaign import CampaignError, run_campaign, write_report
     from .testing.chaos.report import format_report
 
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     print(f"chaos: seed {seed} (replay with --seed {seed})", file=sys.stderr, flush=True)
 
-    def progress(done: int, total: int) -> None:
-        if sys.stderr.isatty() and (done % 25 == 0 or done == total):
-            print(f"\r{done}/{total} runs", end="", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    failures = [0]
+    tty = sys.stderr.isatty()
 
-    report = trio.run(
-        run_campaign, args.gateway, args.runs, args.concurrency, seed, progress, args.providers
-    )
-    print(file=sys.stderr)
+    def progress(done: int, total: int, failed: int) -> None:
+        """A bar on a terminal; otherwise a line every tenth of the campaign."""
+        failures[0] += failed
+        step = max(1, total // 10)
+        if not (done == total or (tty and done % 5 == 0) or (not tty and done % step == 0)):
+            return
+        bar = "#" * (20 * done // total)
+        line = (
+            f"[{bar:<20}] {done}/{total} runs, {failures[0]} client errors so far, "
+            f"{time.monotonic() - started:.0f} s"
+        )
+        print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    try:
+        report = trio.run(
+            run_campaign, args.gateway, args.runs, args.concurrency, seed, progress, args.providers
+        )
+    except CampaignError as exc:
+        print(f"\ntrioproxy chaos: {exc}", file=sys.stderr)
+        return 2
+    if tty:
+        print(file=sys.stderr)
     print(format_report(report))
     if args.report:
         write_report(report, args.report)

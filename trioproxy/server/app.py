@@ -125,6 +125,9 @@ class Gateway:
         )
         self.own = endpoints.OwnEndpoints(self)
         self.body_reads = trio.CapacityLimiter(config.max_body_reads)
+        # Nurseries in this trio run that are not the gateway's (the built-in mock):
+        # /debug/state does not count their tasks.
+        self.foreign_nurseries: list[trio.Nursery] = []
         self.hygiene = Hygiene(
             open_mode=not config.api_keys,
             bind_host=parse_bind(config.bind)[0],
@@ -188,6 +191,7 @@ class Gateway:
             },
             len(self.recent) if self.recent is not None else 0,
             {name: getattr(self.config, name) for name in _DEBUG_CONFIG},
+            self.foreign_nurseries,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -115,6 +115,8 @@ async def open_gateway(
                 openai_upstreams=(mock.base_url + "/v1",), anthropic_upstreams=(mock.base_url,)
             )
         app = Gateway(config, hooks, clock)
+        if mock is not None:
+            app.foreign_nurseries.append(mock_nursery)
         shutdown = trio.Event()
         hc = hypercorn_config(config)
         hc.workers = 1  # one process here; run_gateway handles workers > 1

@@ -51,10 +51,20 @@ base_url = "{mock}"
 """
 
 
+class CampaignError(Exception):
+    """The campaign cannot run against this gateway; the message says what to do."""
+
+
 async def _get(url: str, path: str) -> Any:
     response = await request(url, "GET", path)
+    if response.status == 404 and path.startswith("/debug/"):
+        raise CampaignError(
+            f"{url} has no debug endpoints: start it with debug_endpoints = true in its config"
+        )
+    if response.status in (401, 403) and path.startswith("/debug/"):
+        raise CampaignError(f"{url} has API keys: its /debug pages need an admin key")
     if response.status != 200:
-        raise RuntimeError(f"GET {url}{path} answered {response.status}: {response.body[:200]!r}")
+        raise CampaignError(f"GET {url}{path} answered {response.status}: {response.body[:200]!r}")
     return response.json()
 
 
@@ -193,7 +203,8 @@ async def _campaign(
         async with limiter:
             results.append(await execute(run, url, limits, peer_closed))
             if progress is not None:
-                progress(len(results), len(planned))
+                failed = sum(1 for r in results[-1:] if r.client_error)
+                progress(len(results), len(planned), failed)
 
     async with trio.open_nursery() as nursery:
         for run in planned:

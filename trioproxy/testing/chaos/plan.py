@@ -184,6 +184,11 @@ async def _never_read(run: Run, limits: Limits, peer_closed: Any) -> None:
     await trio.sleep(max(limits.ttft_timeout * limits.attempts, limits.idle_timeout) + 1.0)
 
 
+# Behaviours whose reads follow the bytes at once: the only ones whose arrival times
+# can time the gateway's idle timer from outside.
+_PROMPT_READERS = frozenset({"read_all", "disconnect_after"})
+
+
 async def _read(client: RawClient, run: Run, result: RunResult, limits: Limits) -> None:
     result.status, _ = await client.response_head()
     last_data: float | None = None
@@ -192,7 +197,8 @@ async def _read(client: RawClient, run: Run, result: RunResult, limits: Limits) 
             blocks = chunk.count(b"\n\n")
             data_events = chunk.count(b"data:")
             if b"_timeout" in chunk and last_data is not None and run.fault == "stall":
-                result.idle_error_ms = (at - last_data - limits.idle_timeout) * 1000
+                if run.behaviour in _PROMPT_READERS:  # a slow reader's times lag the gateway's
+                    result.idle_error_ms = (at - last_data - limits.idle_timeout) * 1000
             elif data_events:
                 last_data = at
             result.events += min(blocks, data_events)
