@@ -10,14 +10,16 @@ key). The grammar is :mod:`trioproxy.cli_args`.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import pathlib
 import random
 import secrets
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -80,6 +82,8 @@ def _chaos(args: argparse.Namespace) -> int:
         )
         print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
+    if args.target or args.mock:
+        return _chaos_target(args, seed, progress)
     try:
         report = trio.run(
             run_campaign, args.gateway, args.runs, args.concurrency, seed, progress, args.providers
@@ -92,6 +96,43 @@ def _chaos(args: argparse.Namespace) -> int:
     print(format_report(report))
     if args.report:
         write_report(report, args.report)
+    return 0 if report["passed"] else 1
+
+
+def _chaos_target(args: argparse.Namespace, seed: int, progress: Any) -> int:
+    from .testing.chaos.plan import Limits
+    from .testing.chaos.target import TargetError, format_target_report, run_target_campaign
+
+    if not (args.target and args.mock) or args.gateway:
+        print(
+            "trioproxy chaos: --target and --mock go together, without --gateway", file=sys.stderr
+        )
+        return 2
+    try:
+        idle, ttft, stall = (float(v) for v in args.target_timeouts.split(","))
+    except ValueError:
+        print("trioproxy chaos: --target-timeouts is IDLE,TTFT,STALL seconds", file=sys.stderr)
+        return 2
+    limits = Limits(ttft_timeout=ttft, idle_timeout=idle, client_stall_timeout=stall)
+    try:
+        report = trio.run(
+            functools.partial(
+                run_target_campaign, args.target, args.mock, args.runs, args.concurrency, seed,
+                limits, anthropic=args.anthropic, target_pid=args.target_pid, progress=progress,
+            )
+        )  # fmt: skip
+    except TargetError as exc:
+        print(f"\ntrioproxy chaos: {exc}", file=sys.stderr)
+        return 2
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    text = format_target_report(report)
+    print(text)
+    if args.report:
+        from .testing.chaos.campaign import write_report
+
+        write_report(report, args.report)
+        pathlib.Path(args.report).with_suffix(".md").write_text(text + "\n")
     return 0 if report["passed"] else 1
 
 

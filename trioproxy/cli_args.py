@@ -79,6 +79,26 @@ def _chaos(sub: Any) -> None:
     chaos.add_argument(
         "--report", metavar="FILE", help="also write the report as JSON (default: none)"
     )
+    chaos.add_argument("--target", metavar="URL",
+                       help="any OpenAI/Anthropic-compatible gateway whose upstream is the "
+                       "mock at --mock, judged from outside (default: none)")  # fmt: skip
+    chaos.add_argument("--mock", metavar="URL",
+                       help="with --target: the trioproxy mock-upstream behind it (required "
+                       "with --target)")  # fmt: skip
+    chaos.add_argument(
+        "--anthropic",
+        action="store_true",
+        help="with --target: send /v1/messages (default: /v1/chat/completions)",
+    )
+    chaos.add_argument(
+        "--target-pid",
+        type=int,
+        metavar="PID",
+        help="with --target: also check the target's RSS growth (default: not)",
+    )
+    chaos.add_argument("--target-timeouts", default="30,60,30", metavar="IDLE,TTFT,STALL",
+                       help="with --target: the target's idle, time-to-first-token and "
+                       "slow-client timeouts in seconds (default 30,60,30)")  # fmt: skip
     chaos.add_argument("--providers", type=int, default=1, metavar="N",
                        help="without --gateway: N providers of each kind on the one mock, to "
                             "fail over and eject under chaos (default 1)")  # fmt: skip

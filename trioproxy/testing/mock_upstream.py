@@ -7,7 +7,8 @@ while a stream is paused. Each streaming response runs with a watcher blocked on
 ``receive_some``: an EOF there is the peer hanging up, recorded with its time.
 
 Routes: POST /v1/chat/completions, /v1/completions, /v1/responses,
-/v1/embeddings, /v1/messages; GET /v1/models; GET /mock/stats (counters as JSON).
+/v1/embeddings, /v1/messages; GET /v1/models; GET /mock/stats (counters as JSON), GET /mock/streams (models of the streams
+started), GET /mock/peer-closes[?tag=N] (mid-stream hang-ups seen).
 Faults are chosen per request by the model name (see :mod:`trioproxy.testing.mock_scripts`).
 """
 
@@ -77,6 +78,7 @@ class MockUpstream:
         self._streams = 0
         self._seq = itertools.count()
         self.peer_closes: collections.deque[PeerClose] = collections.deque(maxlen=10_000)
+        self.streams_started: collections.deque[str] = collections.deque(maxlen=10_000)  # models
         self._peer_close_event = trio.Event()
         self.last_headers: dict[bytes, bytes] = {}
         self.record = False  # keep what each stream sent (tests, fidelity checks)
@@ -130,6 +132,9 @@ class MockUpstream:
         if path == "/mock/stats":
             await _send_json(stream, 200, asdict(self.statistics()), keep)
             return keep
+        if path == "/mock/streams":  # the model of every stream started (newest 10,000)
+            await _send_json(stream, 200, list(self.streams_started), keep)
+            return keep
         if path.startswith("/mock/peer-closes"):
             _, _, tag = path.partition("?tag=")
             suffix = f"-x{tag}" if tag else ""
@@ -179,6 +184,7 @@ class MockUpstream:
             await _send_bytes(stream, 200, b"application/json", script.whole, keep)
             return keep
         self._streams += 1
+        self.streams_started.append(model)
         ok = False
         emit = _Emitter(stream, self.record)
         try:

@@ -23,7 +23,16 @@ import trio
 
 from ..rawclient import RawClient
 
-__all__ = ["BEHAVIOURS", "FAULTS", "Limits", "Run", "RunResult", "execute", "plan"]
+__all__ = [
+    "BEHAVIOURS",
+    "FAULTS",
+    "Limits",
+    "Run",
+    "RunResult",
+    "execute",
+    "must_cancel_upstream",
+    "plan",
+]
 
 FAULTS = ("none", "stall", "drop", "slow_ttft", "e500", "e429", "malformed", "heartbeat_only")
 BEHAVIOURS = (
@@ -60,6 +69,7 @@ class Limits:
     idle_timeout: float
     client_stall_timeout: float
     attempts: int = 1  # providers a request may try (each with its own TTFT timeout)
+    hang_bound: float = 30.0  # s past the timeouts after which a client counts as hung
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +93,19 @@ class RunResult:
     closed_mono: float | None = None  # when the client hung up mid-exchange
     idle_error_ms: float | None = None  # stall: error event arrival - last data - idle
     client_error: str | None = None
+    final: bool = False  # the stream's final event arrived
+    error_event: bool = False  # an SSE error event arrived
     started: float = field(default_factory=time.monotonic)
 
 
-def plan(runs: int, seed: int, limits: Limits) -> list[Run]:
+def plan(
+    runs: int, seed: int, limits: Limits, routes: tuple[str, ...] = ("chat", "messages")
+) -> list[Run]:
     rng = random.Random(seed)
     out = []
     for i in range(runs):
         fault, behaviour = rng.choice(FAULTS), rng.choice(BEHAVIOURS)
-        route = rng.choice(("chat", "messages"))
+        route = rng.choice(routes)
         n, itl, k_fault = rng.randint(20, 40), rng.choice((5, 10)), rng.randint(3, 12)
         head, tail = _HEAD_EVENTS[route], _TAIL_EVENTS[route]
         spec = {
@@ -165,7 +179,8 @@ async def execute(run: Run, url: str, limits: Limits, peer_closed: Any) -> RunRe
         if run.behaviour == "never_read":
             await _never_read(run, limits, peer_closed)
             return result
-        with trio.fail_after(limits.ttft_timeout * limits.attempts + limits.idle_timeout * 3 + 30):
+        bound = limits.ttft_timeout * limits.attempts + limits.idle_timeout * 3 + limits.hang_bound
+        with trio.fail_after(bound):
             await _read(client, run, result, limits)
     except (trio.TooSlowError, OSError, trio.BrokenResourceError, ValueError) as exc:
         result.client_error = f"{type(exc).__name__}: {exc}"
@@ -177,11 +192,17 @@ async def execute(run: Run, url: str, limits: Limits, peer_closed: Any) -> RunRe
 
 async def _never_read(run: Run, limits: Limits, peer_closed: Any) -> None:
     if run.fault == "flood":  # hold until the gateway gave up on us (it must)
-        with trio.move_on_after(limits.client_stall_timeout + 30):
+        with trio.move_on_after(limits.client_stall_timeout + limits.hang_bound):
             await peer_closed(run.index)
         return
     # Small responses fit in socket buffers: the exchange ends on its own.
     await trio.sleep(max(limits.ttft_timeout * limits.attempts, limits.idle_timeout) + 1.0)
+
+
+def must_cancel_upstream(run: Run) -> bool:
+    """The client leaves while the upstream is still producing (the plan expects
+    ``client_disconnect`` alone): the upstream connection must close soon after."""
+    return run.expected == frozenset({"client_disconnect"})
 
 
 # Behaviours whose reads follow the bytes at once: the only ones whose arrival times
@@ -201,6 +222,10 @@ async def _read(client: RawClient, run: Run, result: RunResult, limits: Limits) 
                     result.idle_error_ms = (at - last_data - limits.idle_timeout) * 1000
             elif data_events:
                 last_data = at
+            if b"[DONE]" in chunk or b"event: message_stop" in chunk:
+                result.final = True
+            if (b'"error"' in chunk and b"event: error" in chunk) or b'data: {"error"' in chunk:
+                result.error_event = True
             result.events += min(blocks, data_events)
             if run.behaviour == "disconnect_after" and result.events >= run.k:
                 return  # hang up mid-stream

@@ -1,0 +1,78 @@
+"""``trioproxy chaos --target``: the same campaign against any gateway, judged from outside."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import hypercorn.config
+import hypercorn.trio
+import pytest
+import trio
+
+from tests.conftest import running
+from trioproxy.testing.chaos.plan import Limits
+from trioproxy.testing.chaos.target import format_target_report, run_target_campaign
+from trioproxy.testing.mock_scripts import Fault
+from trioproxy.testing.mock_upstream import MockUpstream, serve_mock
+from trioproxy.testing.naive_relay import READ_TIMEOUT, NaiveRelay
+
+pytestmark = pytest.mark.slow  # not in `make quick`: campaigns
+
+RUNS, SEED = 80, 20261124
+
+
+@asynccontextmanager
+async def _mock() -> AsyncIterator[MockUpstream]:
+    async with trio.open_nursery() as nursery:
+        yield await nursery.start(serve_mock, "127.0.0.1", 0, Fault())
+        nursery.cancel_scope.cancel()
+
+
+async def test_trioproxy_as_a_target_holds_every_invariant() -> None:
+    async with _mock() as mock:
+        overrides = {
+            "openai_upstreams": (mock.base_url + "/v1",),
+            "anthropic_upstreams": (mock.base_url,),
+            "idle_timeout": 0.5,
+            "ttft_timeout": 1.5,
+            "client_stall_timeout": 1.0,
+        }
+        async with running(**overrides) as (gw, _):
+            limits = Limits(ttft_timeout=1.5, idle_timeout=0.5, client_stall_timeout=1.0)
+            report = await run_target_campaign(gw.url, mock.base_url, RUNS, 16, SEED, limits)
+    text = format_target_report(report)
+    assert report["passed"], text
+    assert report["cancel_latency_ms"]["n"] > 0  # hang-ups mid-stream were timed
+    assert "| upstream_closed_after_hangup | PASS |" in text
+
+
+async def test_a_relay_that_reads_on_after_a_hang_up_fails_the_open_upstream_invariant() -> None:
+    async with _mock() as mock, trio.open_nursery() as nursery:
+        config = hypercorn.config.Config()
+        config.bind = ["127.0.0.1:0"]
+        config.read_timeout = None
+        config.graceful_timeout = 0.5
+        serve = functools.partial(hypercorn.trio.serve, NaiveRelay(mock.base_url), config)
+        binds = await nursery.start(serve)  # type: ignore[arg-type]
+        limits = Limits(READ_TIMEOUT, READ_TIMEOUT, READ_TIMEOUT, hang_bound=3.0)
+        report = await run_target_campaign(binds[0], mock.base_url, RUNS, 16, SEED, limits)
+        nursery.cancel_scope.cancel()
+    text = format_target_report(report)
+    assert not report["passed"]
+    failed = {i["name"] for i in report["invariants"] if not i["ok"]}
+    assert "upstream_closed_after_hangup" in failed, text
+    assert "| upstream_closed_after_hangup | FAIL |" in text and "INVARIANTS FAILED" in text
+
+
+def test_target_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from trioproxy.cli import main
+
+    assert main(["chaos", "--target", "http://127.0.0.1:9"]) == 2  # no --mock
+    assert "--target and --mock go together" in capsys.readouterr().err
+    args = ["chaos", "--target", "http://127.0.0.1:9", "--mock", "http://127.0.0.1:9"]
+    assert main([*args, "--target-timeouts", "soon"]) == 2
+    assert "IDLE,TTFT,STALL" in capsys.readouterr().err
+    assert main([*args, "--runs", "1"]) == 2  # nothing listens there: one line
+    assert "trioproxy chaos: cannot reach http://127.0.0.1:9" in capsys.readouterr().err

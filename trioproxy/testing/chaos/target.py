@@ -1,0 +1,239 @@
+"""``trioproxy chaos --target URL --mock URL``: the campaign against any gateway.
+
+The target is any OpenAI- or Anthropic-compatible gateway whose upstream is a
+``trioproxy mock-upstream`` at ``--mock``. Nothing is read from inside the
+target: everything is judged from the client's view and the mock's view (the
+mock logs, on CLOCK_MONOTONIC, when a peer closed mid-stream, and counts the
+streams it is producing). The report is comparable across gateways.
+
+Invariants:
+
+1. ``upstream_closed_after_hangup``: every run whose client leaves while the
+   upstream is still producing sees the upstream connection closed at the mock
+   within ``cancel_bound`` seconds of the client's close (latency reported).
+2. ``no_client_hangs``: no client waits past the target's timeouts plus a bound.
+3. ``no_upstream_stream_left_open``: when the campaign has settled, the mock
+   produces no stream.
+4. ``rss_bounded`` (with ``--target-pid``): the target's RSS grew by at most
+   64 MiB over the campaign.
+
+What each fault ended as, seen by the client, is tabulated (fault x behaviour ->
+``complete``, ``error event``, ``cut`` (closed before a final event), ``http
+NNN``, ``left`` (the client's own hang-up), ``hung``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import trio
+
+from ..rawclient import request
+from .plan import Limits, RunResult, execute, must_cancel_upstream, plan
+
+__all__ = ["TargetError", "format_target_report", "rss_of", "run_target_campaign"]
+
+RSS_SLACK = 64 << 20
+CANCEL_BOUND = 2.0  # s from the client's close to the upstream's
+
+
+class TargetError(Exception):
+    """The campaign cannot run (the mock is not a trioproxy mock-upstream, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Invariant:
+    name: str
+    ok: bool
+    detail: str
+
+
+def rss_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+async def _get(url: str, path: str) -> Any:
+    try:
+        response = await request(url, "GET", path)
+    except OSError as exc:
+        raise TargetError(f"cannot reach {url}: {exc}") from None
+    if response.status != 200:
+        raise TargetError(f"{url}{path} answered {response.status}: is it a trioproxy mock?")
+    return response.json()
+
+
+def _seen(result: RunResult) -> str:
+    if result.client_error and result.client_error.startswith("TooSlowError"):
+        return "hung"
+    if result.run.behaviour in ("disconnect_before_headers", "never_read"):
+        return "left"
+    if result.run.behaviour == "disconnect_after" and not result.final and result.status == 200:
+        return "left" if result.events >= result.run.k else "cut"
+    if result.status and result.status != 200:
+        return f"http {result.status}"
+    if result.final:
+        return "complete"
+    return "error event" if result.error_event else "cut"
+
+
+async def run_target_campaign(
+    target: str,
+    mock: str,
+    runs: int,
+    concurrency: int,
+    seed: int,
+    limits: Limits,
+    anthropic: bool = False,
+    target_pid: int | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> dict[str, Any]:
+    target, mock = target.rstrip("/"), mock.rstrip("/")
+    await _get(mock, "/mock/stats")
+    rss_before = rss_of(target_pid) if target_pid else None
+
+    async def peer_closed(index: int) -> None:
+        while not await _get(mock, f"/mock/peer-closes?tag={index}"):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+    planned = plan(runs, seed, limits, routes=("messages",) if anthropic else ("chat",))
+    results: list[RunResult] = []
+    limiter = trio.CapacityLimiter(concurrency)
+    started = time.monotonic()
+
+    async def one(run: Any) -> None:
+        async with limiter:
+            results.append(await execute(run, target, limits, peer_closed))
+            if progress is not None:
+                progress(len(results), len(planned), int(_seen(results[-1]) == "hung"))
+
+    async with trio.open_nursery() as nursery:
+        for run in planned:
+            nursery.start_soon(one, run)
+    duration = time.monotonic() - started
+    # Let the target finish what it still does (a bounded wait), then look.
+    with trio.move_on_after(limits.idle_timeout + CANCEL_BOUND + 1):
+        while (await _get(mock, "/mock/stats"))["streams_active"]:  # noqa: ASYNC110 (another process)
+            await trio.sleep(0.1)
+    stats = await _get(mock, "/mock/stats")
+    closes = {
+        c["model"].rsplit("-x", 1)[-1]: c["mono"] for c in await _get(mock, "/mock/peer-closes")
+    }
+    started_tags = {m.rsplit("-x", 1)[-1] for m in await _get(mock, "/mock/streams")}
+    return _report(
+        seed, results, closes, started_tags, stats, duration, concurrency, rss_before,
+        target_pid, target,
+    )  # fmt: skip
+
+
+def _report(
+    seed: int,
+    results: list[RunResult],
+    closes: dict[str, float],
+    started_tags: set[str],
+    stats: dict[str, Any],
+    duration: float,
+    concurrency: int,
+    rss_before: int | None,
+    target_pid: int | None,
+    target: str,
+) -> dict[str, Any]:
+    results.sort(key=lambda r: r.run.index)
+    table: dict[str, dict[str, dict[str, int]]] = {}
+    for res in results:
+        cell = table.setdefault(res.run.fault, {}).setdefault(res.run.behaviour, {})
+        seen = _seen(res)
+        cell[seen] = cell.get(seen, 0) + 1
+    latencies, late, candidates = [], [], 0
+    for res in results:
+        if not must_cancel_upstream(res.run) or res.closed_mono is None:
+            continue
+        if str(res.run.index) not in started_tags:
+            continue  # the target never started it upstream: nothing to cancel
+        candidates += 1
+        seen_at = closes.get(str(res.run.index))
+        if seen_at is None or seen_at - res.closed_mono > CANCEL_BOUND:
+            late.append(res.run.request_id)
+        if seen_at is not None:
+            latencies.append(max(0.0, seen_at - res.closed_mono) * 1000)
+    hung = [r.run.request_id for r in results if _seen(r) == "hung"]
+    invariants = [
+        Invariant(
+            "upstream_closed_after_hangup",
+            not late,
+            f"{candidates} hang-ups while the upstream was producing; upstream closed within "
+            f"{CANCEL_BOUND} s: {candidates - len(late)}, later or never: {len(late)} {late[:5]}",
+        ),
+        Invariant("no_client_hangs", not hung, f"hung: {len(hung)} {hung[:5]}"),
+        Invariant(
+            "no_upstream_stream_left_open",
+            stats["streams_active"] == 0,
+            f"mock streams_active={stats['streams_active']} at the end",
+        ),
+    ]
+    rss_after = rss_of(target_pid) if target_pid else None
+    if rss_before is not None and rss_after is not None:
+        invariants.append(
+            Invariant(
+                "rss_bounded",
+                rss_after <= rss_before + RSS_SLACK,
+                f"rss before={rss_before >> 20} MiB after={rss_after >> 20} MiB "
+                f"(bound +{RSS_SLACK >> 20} MiB)",
+            )
+        )
+    xs = sorted(latencies)
+    quantiles: dict[str, float | int] = {"n": len(xs)}
+    if xs:
+        for name, p in (("p50", 0.5), ("p99", 0.99)):
+            quantiles[name] = round(xs[min(len(xs) - 1, int(p * len(xs)))], 3)
+        quantiles["max"] = round(xs[-1], 3)
+    return {
+        "target": target,
+        "seed": seed,
+        "runs": len(results),
+        "concurrency": concurrency,
+        "duration_s": round(duration, 2),
+        "table": table,
+        "cancel_latency_ms": quantiles,
+        "invariants": [asdict(i) for i in invariants],
+        "passed": all(i.ok for i in invariants),
+    }
+
+
+def format_target_report(report: dict[str, Any]) -> str:
+    """The report as Markdown (the JSON has the same fields)."""
+    lines = [
+        f"# trioproxy chaos --target {report['target']}",
+        "",
+        f"{report['runs']} runs, concurrency {report['concurrency']}, seed {report['seed']}, "
+        f"{report['duration_s']} s",
+        "",
+        "| fault | client behaviour | what the client saw |",
+        "|---|---|---|",
+    ]
+    for fault, row in sorted(report["table"].items()):
+        for behaviour, cell in sorted(row.items()):
+            seen = ", ".join(f"{k} {v}" for k, v in sorted(cell.items()))
+            lines.append(f"| {fault} | {behaviour} | {seen} |")
+    lat = report["cancel_latency_ms"]
+    lines += [
+        "",
+        "client hang-up -> upstream connection closed, ms: "
+        + ", ".join(f"{k} {v}" for k, v in lat.items()),
+        "",
+        "| invariant | | detail |",
+        "|---|---|---|",
+    ]
+    for inv in report["invariants"]:
+        lines.append(f"| {inv['name']} | {'PASS' if inv['ok'] else 'FAIL'} | {inv['detail']} |")
+    lines += ["", "ALL INVARIANTS HOLD" if report["passed"] else "INVARIANTS FAILED"]
+    return "\n".join(lines)
