@@ -150,11 +150,16 @@ def bench_metrics(n: int = 20_000) -> dict[str, float]:
     metrics = gateway.metrics
     assert metrics is not None
     stream = StreamMetrics()
-    ex = Exchange("r", "chat", "POST", 0.0, stream=True, model="m", provider="p", metrics=stream)
-    ex.first_event_at, ex.last_event_at, ex.ended = 0.01, 0.5, 0.5
-    ex.settle(Outcome.DONE)
+
+    async def make_record() -> CompletionRecord:  # exchanges live on the trio clock
+        ex = Exchange("r", "chat", "POST", 0.0, stream=True, model="m", provider="p")
+        ex.metrics = stream
+        ex.first_event_at, ex.last_event_at, ex.ended = 0.01, 0.5, 0.5
+        ex.settle(Outcome.DONE)
+        return CompletionRecord.from_exchange(ex)
+
     stream.added_counts[3], stream.gap_counts[0] = 101, 100
-    record = CompletionRecord.from_exchange(ex)
+    record = trio.run(make_record)
     t0 = time.perf_counter()
     for _ in range(n):
         metrics.observe(record, stream)

@@ -25,7 +25,7 @@ def _exchange(**fields: object) -> Exchange:
     return Exchange(request_id="r", route="chat", method="POST", started=0.0, **fields)  # type: ignore[arg-type]
 
 
-def test_the_first_outcome_stands() -> None:
+async def test_the_first_outcome_stands() -> None:
     ex = _exchange()
     ex.move(Phase.ADMITTED)
     ex.move(Phase.RELAYING)
@@ -34,7 +34,7 @@ def test_the_first_outcome_stands() -> None:
     assert (ex.outcome, ex.disconnected_at) == (Outcome.CLIENT_DISCONNECT, 1.5)
 
 
-def test_an_error_before_the_relay_settles_it() -> None:
+async def test_an_error_before_the_relay_settles_it() -> None:
     ex = _exchange()
     ex.fail(UpstreamBroken("x"))
     assert ex.phase is Phase.SETTLED and ex.outcome is Outcome.UPSTREAM_ERROR
@@ -49,7 +49,9 @@ def test_an_error_before_the_relay_settles_it() -> None:
         ((Phase.ADMITTED,), Phase.RECEIVED),
     ],
 )
-def test_illegal_transitions_raise_in_strict_mode(path: tuple[Phase, ...], illegal: Phase) -> None:
+async def test_illegal_transitions_raise_in_strict_mode(
+    path: tuple[Phase, ...], illegal: Phase
+) -> None:
     ex = _exchange()
     for phase in path:
         ex.move(phase)
@@ -58,7 +60,9 @@ def test_illegal_transitions_raise_in_strict_mode(path: tuple[Phase, ...], illeg
         ex.move(illegal)
 
 
-def test_illegal_transitions_are_ignored_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_illegal_transitions_are_ignored_in_production(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(Exchange, "strict", False)
     ex = _exchange()
     ex.settle(Outcome.DONE)
@@ -67,7 +71,7 @@ def test_illegal_transitions_are_ignored_in_production(monkeypatch: pytest.Monke
     assert (ex.phase, ex.outcome) == (Phase.RECORDED, Outcome.DONE)
 
 
-def test_every_phase_can_reach_recorded() -> None:
+async def test_every_phase_can_reach_recorded() -> None:
     for phase in Phase:
         seen, todo = {phase}, [phase]
         while todo:
@@ -78,7 +82,7 @@ def test_every_phase_can_reach_recorded() -> None:
         assert Phase.RECORDED in seen
 
 
-def test_record_of_an_anthropic_stream_parses_first_and_usage_events_once() -> None:
+async def test_record_of_an_anthropic_stream_parses_first_and_usage_events_once() -> None:
     ex = _exchange(dialect=Dialect.ANTHROPIC, first_block=START, usage_block=DELTA)
     ex.settle(Outcome.DONE)
     ex.ended = 1.0
@@ -89,7 +93,7 @@ def test_record_of_an_anthropic_stream_parses_first_and_usage_events_once() -> N
     assert b'"outcome":"done"' in record.to_json()
 
 
-def test_a_malformed_first_event_is_not_fatal() -> None:
+async def test_a_malformed_first_event_is_not_fatal() -> None:
     ex = _exchange(first_block=b"data: {not json\n\n")
     ex.settle(Outcome.DONE)
     ex.ended = 1.0

@@ -99,6 +99,33 @@ def _chaos(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def _trace(args: argparse.Namespace) -> int:
+    """``trioproxy trace``: one request's timeline as a table with deltas."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {args.key}"} if args.key else {}
+    url = f"{args.gateway.rstrip('/')}/debug/trace/{args.request_id}"
+    try:
+        response = httpx.get(url, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"trioproxy trace: cannot reach {args.gateway}: {exc}", file=sys.stderr)
+        return 2
+    if response.status_code != 200:
+        reason = {404: "unknown request id, or debug_endpoints is off", 401: "needs --key",
+                  403: "needs an admin key"}.get(response.status_code, response.text[:200])  # fmt: skip
+        print(f"trioproxy trace: {response.status_code}: {reason}", file=sys.stderr)
+        return 1
+    trace = response.json()
+    state = "in flight" if trace["live"] else f"outcome {trace['outcome']}"
+    print(f"request {trace['request_id']} ({state})")
+    print(f"{'ms':>10} {'+ms':>9}  event")
+    previous = 0.0
+    for event, at in trace["timeline"]:
+        print(f"{at:>10.3f} {at - previous:>+9.3f}  {event}")
+        previous = at
+    return 0
+
+
 def _chaos_target(args: argparse.Namespace, seed: int, progress: Any) -> int:
     from .testing.chaos.plan import Limits
     from .testing.chaos.target import TargetError, format_target_report, run_target_campaign
@@ -141,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "chaos":
             return _chaos(args)
+        if args.command == "trace":
+            return _trace(args)
         if args.command == "keys":
             from .admission.auth import new_key
 

@@ -171,12 +171,28 @@ def _mock(sub: Any) -> None:
     )
 
 
+def _trace(sub: Any) -> None:
+    trace = sub.add_parser("trace", help="print one request's timeline (from /debug/trace)")
+    trace.add_argument(
+        "request_id", metavar="REQUEST_ID", help="its x-trioproxy-request-id (required)"
+    )
+    trace.add_argument(
+        "--gateway",
+        default="http://127.0.0.1:8080",
+        metavar="URL",
+        help="the gateway, with debug_endpoints on (default http://127.0.0.1:8080)",
+    )
+    trace.add_argument(
+        "--key", metavar="KEY", help="an admin API key, when the gateway has keys (default: none)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trioproxy", description="LLM streaming gateway on trio + Hypercorn."
     )
     parser.add_argument("--version", action="version", version=f"trioproxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_serve, _chaos, _verify, _keys, _mock):
+    for add in (_serve, _chaos, _verify, _keys, _mock, _trace):
         add(sub)
     return parser

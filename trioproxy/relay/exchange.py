@@ -33,11 +33,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import orjson
+import trio
 
 from .. import dialects
 from ..dialects import Dialect
 from ..errors import GatewayError, Outcome
 from .sse import parse_event
+from .timeline import Timeline
 
 __all__ = [
     "ADDED_BUCKETS",
@@ -172,6 +174,14 @@ class Exchange:
     outcome: Outcome | None = None  # how the exchange ended: written by settle() only
     error: GatewayError | None = None
     metrics: StreamMetrics | None = None  # only with /metrics on
+    timeline: Timeline = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.timeline = Timeline(self.started)
+
+    def mark(self, event: str) -> None:
+        """A moment of this request's life (:mod:`trioproxy.relay.timeline`)."""
+        self.timeline.moments.append((event, trio.current_time()))
 
     def move(self, phase: Phase) -> bool:
         """Move along :data:`TRANSITIONS`; False if the move was illegal (ignored)."""
@@ -190,6 +200,7 @@ class Exchange:
             return
         if self.move(Phase.SETTLED):
             self.outcome = outcome
+            self.mark(f"outcome {outcome.value}")
 
     def fail(self, err: GatewayError) -> None:
         """The handler's own error answer (before any relay): error and outcome."""
@@ -198,7 +209,8 @@ class Exchange:
 
     def hung_up(self, now: float) -> None:
         """The watcher (or the handler, before the relay) saw the client leave."""
-        if self.outcome is None:
+        if self.outcome is None:  # after the outcome, an end of connection is no news
+            self.mark("client_hangup")
             self.disconnected_at = now
             self.settle(Outcome.CLIENT_DISCONNECT)
 
@@ -223,6 +235,8 @@ class Exchange:
         held, self.held = self.held, []
         for limiter in held:
             limiter.release(self)
+        if held:
+            self.mark("slots_released")
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +272,7 @@ class CompletionRecord:
     receipt_id: str | None = None  # only for exchanges that reached an upstream
     upstream_model: str | None = None  # the model that answered (as the upstream says)
     truncated: bool = False  # an event stream that ended before its final event
+    timeline: tuple[tuple[str, float], ...] = ()  # (event, ms since received): not logged
 
     @classmethod
     def from_exchange(cls, ex: Exchange) -> CompletionRecord:
@@ -319,10 +334,14 @@ class CompletionRecord:
             receipt_id=ex.receipt_id if ex.upstream_sent_at is not None else None,
             upstream_model=answered or ex.sent_model,
             truncated=truncated,
+            timeline=tuple(ex.timeline.rows()),
         )
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        """The access line: every field but the timeline (served by /debug/trace)."""
+        fields = asdict(self)
+        del fields["timeline"]
+        return orjson.dumps(fields)
 
 
 def _overhead_ms(ex: Exchange) -> float | None:

@@ -52,6 +52,7 @@ from ..routing.failover import Target, UpstreamRequest, with_failover
 from ..upstream.body import body_of
 from .exchange import Exchange
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
+from .timeline import TRACE_EXTENSION
 from .writer import Start
 
 __all__ = ["UpstreamReader", "parse_retry_after"]
@@ -127,6 +128,7 @@ class UpstreamReader:
                 ex.upstream_outcome = err.outcome
             finally:
                 ex.upstream_closed_at = trio.current_time()
+                ex.mark("upstream_closed")
                 ex.release_slots()
             if isinstance(ex.error, SlowClient):
                 # The writer is stuck in a send to a client that does not read
@@ -146,8 +148,9 @@ class UpstreamReader:
             ex.upstream_sent_at = now
         request = self.request
         stream = self.client.stream(
-            request.method, target.url, headers=target.headers, content=target.body
-        )
+            request.method, target.url, headers=target.headers, content=target.body,
+            extensions={TRACE_EXTENSION: ex.mark},
+        )  # fmt: skip
         with trio.CancelScope(deadline=first_deadline) as head_scope:
             response = await stream.__aenter__()
         if head_scope.cancelled_caught:
@@ -248,6 +251,7 @@ class UpstreamReader:
                     if ex.first_block is None:
                         ex.first_block = block
                         ex.first_event_at = now
+                        ex.mark("first_event")
                     if b'"usage"' in block:
                         ex.usage_block = block
                     if dialects.is_final(block):
@@ -261,6 +265,7 @@ class UpstreamReader:
                 headers = [*_STREAM_HEADERS, *_passed_headers(response)]
                 send_ch.send_nowait(Start(200, headers))  # the channel is empty
                 ex.committed = True  # from here on, no failover
+                ex.mark("committed")
             try:  # no coroutine and no checkpoint per chunk while there is room
                 send_ch.send_nowait(chunk)
             except trio.WouldBlock:
@@ -317,5 +322,6 @@ class UpstreamReader:
             *_passed_headers(response),
         ]
         ex.committed = True
+        ex.mark("committed")
         await self._deliver(Start(response.status_code, headers))
         await self._deliver(data)

@@ -92,6 +92,8 @@ class AttemptLog(Protocol):
     upstream_status: int
     retry_after: int | None
 
+    def mark(self, event: str) -> None: ...
+
 
 def target_for(request: UpstreamRequest, member: Member, retry_429: bool) -> Target:
     spec = member.provider.spec
@@ -133,6 +135,7 @@ async def with_failover(
             break
         if last is not None:  # moving on from the failed attempt
             ex.failovers.append((ex.provider or "", last.code))
+            ex.mark(f"failover {last.code}")
         provider = member.provider
         verdict: bool | None = None
         try:  # from take() on, the provider counts this stream: end() must follow
@@ -140,6 +143,7 @@ async def with_failover(
             target = target_for(request, member, retry_429)
             ex.provider, ex.upstream, ex.attempts = provider.name, target.url, n + 1
             ex.sent_model = member.upstream_model
+            ex.mark(f"attempt {provider.name}")
             outcome = await attempt(target)
             verdict = True
             if ex.upstream_status == 429:  # relayed as is (no other provider to try)

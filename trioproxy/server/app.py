@@ -1,4 +1,4 @@
-"""The ASGI application: lifespan, dispatch, and the end of every request.
+"""The ASGI application: dispatch, admission, and the end of every request.
 
 Request order (the tree reads the same way): the gateway's own endpoints
 (:mod:`.endpoints`) → admission (:mod:`trioproxy.admission`: route, key, body,
@@ -7,13 +7,13 @@ limits) → routing (:mod:`trioproxy.routing`: the request's plan of providers)
 record, made exactly once → receipts, metrics and hooks
 (:mod:`trioproxy.receipts`, :mod:`trioproxy.observe`).
 
-Resource handling: the lifespan task owns the two long-lived resources of a
-worker: the upstream ``httpx.AsyncClient`` and the service nursery. On shutdown
-(after Hypercorn has let in-flight requests finish within ``graceful_timeout``),
-pending detached work is drained before the client closes.
+Resource handling: the long-lived resources of a worker (the upstream client,
+the service nursery) belong to the lifespan (:mod:`.lifespan`). Per request:
+the exchange's slots are released however the request ends, and its record is
+made exactly once, in ``_finish``.
 
 Error handling: every error a client can cause or meet is rendered in the
-route's dialect (:mod:`trioproxy.errors`); an unexpected exception in a
+route's dialect (:mod:`trioproxy.dialects`); an unexpected exception in a
 handler is logged, answered with a 500 if nothing was sent yet, and never
 reaches Hypercorn's worker.
 """
@@ -194,6 +194,18 @@ class Gateway:
             self.foreign_nurseries,
         )
 
+    def trace(self, request_id: str) -> dict[str, Any] | None:
+        """The timeline of a request in flight, or of a recent one (debug endpoints)."""
+        for ex in self.active:
+            if ex.request_id == request_id:
+                return {"request_id": request_id, "live": True, "outcome": ex.outcome,
+                        "timeline": ex.timeline.rows()}  # fmt: skip
+        for record in reversed(self.recent or ()):
+            if record.request_id == request_id:
+                return {"request_id": request_id, "live": False, "outcome": record.outcome,
+                        "timeline": record.timeline}  # fmt: skip
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
@@ -287,6 +299,7 @@ class Gateway:
             if body is None:  # the client left before sending its whole body
                 ex.hung_up(trio.current_time())
                 return None
+            ex.mark("body_read")
             parsed = validate(route, body)
         ex.request_sha256 = hashlib.sha256(body).hexdigest()
         ex.response_hash = hashlib.sha256()
@@ -305,6 +318,7 @@ class Gateway:
         await self.limiter.acquire(ex)
         ex.held.append(self.limiter)
         ex.move(Phase.ADMITTED)
+        ex.mark("admitted")
         return Relay(self.client, self.config, upstream, ex, extra)
 
     def _upstream_request(

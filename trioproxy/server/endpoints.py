@@ -177,6 +177,8 @@ class GatewayView(Protocol):
 
     def debug_state(self) -> dict[str, Any]: ...
 
+    def trace(self, request_id: str) -> dict[str, Any] | None: ...
+
 
 class OwnEndpoints:
     """/healthz, /readyz, /metrics, /debug/*, /v1/signature/*, /v1/attestation/key."""
@@ -228,6 +230,11 @@ class OwnEndpoints:
             await send_metrics(send, gw.metrics)
         elif path == "/debug/state":
             await send_json(send, 200, gw.debug_state())
+        elif path.startswith("/debug/trace/"):
+            trace = gw.trace(path.removeprefix("/debug/trace/"))
+            if trace is None:
+                raise NotFound("no such request among those in flight or kept")
+            await send_json(send, 200, trace)
         elif path == "/debug/records" and gw.recent is not None:
             await debug_records(send, scope.get("query_string", b""), gw.recent)
         else:

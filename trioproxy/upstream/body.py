@@ -29,9 +29,12 @@ import trio
 from ..errors import UpstreamBroken
 from .http11 import ChunkedDecoder, Head, ProtocolError
 
-__all__ = ["BODY_EXTENSION", "Conn", "UpstreamBody", "body_of"]
+__all__ = ["BODY_EXTENSION", "TRACE_EXTENSION", "Conn", "UpstreamBody", "body_of"]
 
 BODY_EXTENSION = "trioproxy.body"
+# A request may carry a callable here: the transport reports its moments to it
+# (connect_start, connected / reused, request_written, response_head).
+TRACE_EXTENSION = "trioproxy.trace"
 READ_SIZE = 65536
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 

@@ -42,7 +42,7 @@ import httpx
 import trio
 
 from ..errors import UpstreamBroken, UpstreamUnreachable
-from .body import BODY_EXTENSION, Conn, UpstreamBody
+from .body import BODY_EXTENSION, TRACE_EXTENSION, Conn, UpstreamBody
 from .http11 import MAX_HEAD, Head, ProtocolError, parse_head, request_head
 
 __all__ = ["PoolStatistics", "UpstreamTransport"]
@@ -144,19 +144,26 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         body = await request.aread()
         headers = [(n, v) for n, v in request.headers.raw if n.lower() != b"cookie"]
         data = request_head(request.method.encode(), url.raw_path, headers) + body
+        mark = request.extensions.get(TRACE_EXTENSION) or _no_mark
         conn = self._take_idle(origin)
-        if conn is not None and not await self._write(conn, data):
-            conn = None  # the peer had reset the reused connection: nothing was read
+        if conn is not None:
+            mark("reused")
+            if not await self._write(conn, data):
+                conn = None  # the peer had reset the reused connection: nothing was read
         if conn is None:
+            mark("connect_start")
             conn = await self._connect(origin)
+            mark("connected")
             if not await self._write(conn, data):
                 raise UpstreamBroken("upstream connection failed while sending the request")
+        mark("request_written")
         try:
             head = await _read_head(conn)
         except BaseException:
             self._active -= 1
             conn.close()
             raise
+        mark("response_head")
         stream = UpstreamBody(self.release, conn, head)
         return httpx.Response(
             head.status,
@@ -180,6 +187,10 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             conn.close()
             raise
         return True
+
+
+def _no_mark(event: str) -> None:
+    pass
 
 
 async def _read_head(conn: Conn) -> Head:
