@@ -21,7 +21,7 @@ import trio
 
 from trioproxy.config import Config
 from trioproxy.errors import Outcome
-from trioproxy.relay.exchange import Exchange, StreamMetrics
+from trioproxy.relay.exchange import CompletionRecord, Exchange, StreamMetrics
 from trioproxy.relay.reader import UpstreamReader
 from trioproxy.relay.sse import SSEFramer
 from trioproxy.relay.writer import Start, write_client
@@ -143,7 +143,6 @@ def bench_http11(events: list[bytes]) -> dict[str, float]:
 
 def bench_metrics(n: int = 20_000) -> dict[str, float]:
     """What metrics cost per request (observe) and per scrape (render)."""
-    from trioproxy.relay.exchange import CompletionRecord
     from trioproxy.server.app import Gateway
 
     gateway = Gateway(Config(bind="127.0.0.1:0", receipts=False))
@@ -174,11 +173,41 @@ def bench_metrics(n: int = 20_000) -> dict[str, float]:
     return {"metrics_observe_us_per_request": observe, "metrics_scrape_us": trio.run(scrape)}
 
 
+def bench_tracing(n: int = 5_000) -> dict[str, float]:
+    """What OpenTelemetry costs the event loop per request (spans built from the
+    record and handed to the batch processor; the export runs in its thread)."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from trioproxy.observe.tracing import Tracing
+    from trioproxy.relay.timeline import traceparent_of
+
+    async def run() -> float:
+        ex = Exchange("r", "chat", "POST", trio.current_time(), stream=True, model="m")
+        for event in ("body_read", "admitted", "attempt p", "connected", "request_written",
+                      "response_head", "first_event", "committed", "upstream_closed"):  # fmt: skip
+            ex.mark(event)
+        ex.ended = trio.current_time() + 0.5
+        ex.settle(Outcome.DONE)
+        record = CompletionRecord.from_exchange(ex)
+        tracing = Tracing("", exporter=InMemorySpanExporter())
+        t0 = time.perf_counter()
+        for _ in range(n):
+            ids = traceparent_of([])
+            ids.next_attempt()
+            tracing.export(record, ids, "openai", "POST chat")
+        cost = (time.perf_counter() - t0) / n * 1e6
+        tracing.shutdown()
+        return cost
+
+    return {"tracing_on_us_per_request": trio.run(run)}
+
+
 def main() -> None:
     results = bench_framer()
     results["relay_loop_us_per_chunk"] = trio.run(_relay_loop, _events())
     results.update(bench_http11(_events()))
     results.update(bench_metrics())
+    results.update(bench_tracing())
     for name, value in results.items():
         unit = "x" if name.endswith("_over_ours") else "µs"
         print(f"{name:40s} {value:8.2f} {unit}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import pathlib
 import random
 import secrets
@@ -214,6 +215,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in config.provider_specs:  # a missing credential stops start-up here
             read_credential(spec)
         check_hypercorn_version()
+        if config.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            try:
+                import opentelemetry.exporter.otlp.proto.http
+                import opentelemetry.sdk  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "otlp_endpoint needs OpenTelemetry: pip install 'trioproxy[otel]'"
+                ) from None
     except (ConfigError, UnsupportedHypercorn) as exc:
         print(f"trioproxy: {exc}", file=sys.stderr)
         return 2

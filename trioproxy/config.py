@@ -82,6 +82,7 @@ class Config:
     # --- misc ---------------------------------------------------------------
     debug_endpoints: bool = False
     metrics: bool = True  # GET /metrics (Prometheus text format)
+    otlp_endpoint: str = ""  # OTLP/HTTP collector base URL: spans per request (also the env var)
     access_log: bool = True
     log_level: str = "info"
     mock_options: Mapping[str, Any] = field(default_factory=dict)

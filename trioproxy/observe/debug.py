@@ -15,9 +15,10 @@ from typing import Any
 
 import trio
 
+from ..relay.exchange import CompletionRecord, Exchange
 from ..routing.providers import ProviderStatistics
 
-__all__ = ["debug_state", "rss_bytes", "task_names"]
+__all__ = ["debug_state", "find_trace", "rss_bytes", "task_names"]
 
 
 def task_names(exclude: Iterable[trio.Nursery] = ()) -> dict[str, int]:
@@ -78,3 +79,18 @@ def debug_state(
         "records_kept": records_kept,
         "config": dict(config),
     }
+
+
+def find_trace(
+    request_id: str, active: Iterable[Exchange], recent: Sequence[CompletionRecord]
+) -> dict[str, Any] | None:
+    """A request's timeline: live if it is in flight, else from the newest record."""
+    for ex in active:
+        if ex.request_id == request_id:
+            return {"request_id": request_id, "live": True, "outcome": ex.outcome,
+                    "timeline": ex.timeline.rows()}  # fmt: skip
+    for record in reversed(recent):
+        if record.request_id == request_id:
+            return {"request_id": request_id, "live": False, "outcome": record.outcome,
+                    "timeline": record.timeline}  # fmt: skip
+    return None

@@ -39,7 +39,7 @@ from .. import dialects
 from ..dialects import Dialect
 from ..errors import GatewayError, Outcome
 from .sse import parse_event
-from .timeline import Timeline
+from .timeline import Timeline, TraceIds
 
 __all__ = [
     "ADDED_BUCKETS",
@@ -174,6 +174,7 @@ class Exchange:
     outcome: Outcome | None = None  # how the exchange ended: written by settle() only
     error: GatewayError | None = None
     metrics: StreamMetrics | None = None  # only with /metrics on
+    trace: TraceIds | None = None  # span ids, only with OpenTelemetry export on
     timeline: Timeline = field(init=False)
 
     def __post_init__(self) -> None:

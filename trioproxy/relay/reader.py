@@ -147,8 +147,11 @@ class UpstreamReader:
         if ex.upstream_sent_at is None:  # the first attempt: time the gateway added
             ex.upstream_sent_at = now
         request = self.request
+        headers = target.headers
+        if ex.trace is not None:  # OpenTelemetry on: this attempt's span is the parent
+            headers = {**headers, "traceparent": ex.trace.next_attempt()}
         stream = self.client.stream(
-            request.method, target.url, headers=target.headers, content=target.body,
+            request.method, target.url, headers=headers, content=target.body,
             extensions={TRACE_EXTENSION: ex.mark},
         )  # fmt: skip
         with trio.CancelScope(deadline=first_deadline) as head_scope:

@@ -24,6 +24,7 @@ import collections
 import hashlib
 import logging
 import math
+import os
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -47,12 +48,14 @@ from ..errors import (
     Outcome,
     RequestTimeout,
 )
-from ..observe.debug import debug_state
+from ..observe.debug import debug_state, find_trace
 from ..observe.metrics import Gauges, Metrics
+from ..observe.tracing import Tracing
 from ..receipts.detached import DetachedStatistics, DetachedWork
 from ..receipts.service import ReceiptService
 from ..relay.exchange import CompletionRecord, Exchange, Phase, StreamMetrics
 from ..relay.run import Relay
+from ..relay.timeline import traceparent_of
 from ..relay.writer import send_error
 from ..routing.failover import UpstreamRequest
 from ..routing.pools import Router
@@ -125,6 +128,8 @@ class Gateway:
         )
         self.own = endpoints.OwnEndpoints(self)
         self.body_reads = trio.CapacityLimiter(config.max_body_reads)
+        endpoint = config.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+        self.tracing = Tracing(endpoint) if endpoint else None
         # Nurseries in this trio run that are not the gateway's (the built-in mock):
         # /debug/state does not count their tasks.
         self.foreign_nurseries: list[trio.Nursery] = []
@@ -196,15 +201,7 @@ class Gateway:
 
     def trace(self, request_id: str) -> dict[str, Any] | None:
         """The timeline of a request in flight, or of a recent one (debug endpoints)."""
-        for ex in self.active:
-            if ex.request_id == request_id:
-                return {"request_id": request_id, "live": True, "outcome": ex.outcome,
-                        "timeline": ex.timeline.rows()}  # fmt: skip
-        for record in reversed(self.recent or ()):
-            if record.request_id == request_id:
-                return {"request_id": request_id, "live": False, "outcome": record.outcome,
-                        "timeline": record.timeline}  # fmt: skip
-        return None
+        return find_trace(request_id, self.active, self.recent or ())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -319,6 +316,8 @@ class Gateway:
         ex.held.append(self.limiter)
         ex.move(Phase.ADMITTED)
         ex.mark("admitted")
+        if self.tracing is not None:
+            ex.trace = traceparent_of(scope["headers"])
         return Relay(self.client, self.config, upstream, ex, extra)
 
     def _upstream_request(
@@ -388,6 +387,8 @@ class Gateway:
             self.metrics.observe(record, ex.metrics)
         if self.receipts is not None:
             self.receipts.submit(record)
+        if self.tracing is not None and ex.trace is not None:
+            self.tracing.export(record, ex.trace, ex.dialect.value, f"{ex.method} {ex.route}")
         if self.detached is not None:
             for hook in self.hooks:
                 self.detached.submit(hook, record, name="completion-hook")

@@ -22,6 +22,7 @@ import trio
 
 from ..asgi import Receive, Send
 from ..config import Config
+from ..observe.tracing import Tracing
 from ..receipts.detached import DetachedWork, open_detached_work
 from ..receipts.service import KeyError_, ReceiptService, open_signer_and_store
 from ..upstream.client import open_upstream_client
@@ -39,6 +40,7 @@ class Served(Protocol):
     detached: DetachedWork | None
     receipts: ReceiptService | None
     ready: bool
+    tracing: Tracing | None
 
 
 async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
@@ -75,6 +77,9 @@ async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
             background.cancel_scope.cancel()
     finally:
         gw.client = None
+        if gw.tracing is not None:  # flush the spans (the exporter's thread joins)
+            with trio.move_on_after(5, shield=True):
+                await trio.to_thread.run_sync(gw.tracing.shutdown, abandon_on_cancel=True)
         if store is not None:
             with trio.CancelScope(shield=True):
                 await store.aclose()
