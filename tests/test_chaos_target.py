@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,8 +13,6 @@ import pytest
 import trio
 
 from tests.conftest import running
-from trioproxy.testing.chaos.plan import Limits
-from trioproxy.testing.chaos.target import format_target_report, run_target_campaign
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.mock_upstream import MockUpstream, serve_mock
 from trioproxy.testing.naive_relay import READ_TIMEOUT, NaiveRelay
@@ -30,6 +29,14 @@ async def _mock() -> AsyncIterator[MockUpstream]:
         nursery.cancel_scope.cancel()
 
 
+async def _cli(*args: str) -> tuple[int, str]:
+    done = await trio.run_process(
+        [sys.executable, "-m", "trioproxy", "chaos", *args],
+        capture_stdout=True, capture_stderr=True, check=False,
+    )  # fmt: skip
+    return done.returncode, done.stdout.decode()
+
+
 async def test_trioproxy_as_a_target_holds_every_invariant() -> None:
     async with _mock() as mock:
         overrides = {
@@ -40,12 +47,13 @@ async def test_trioproxy_as_a_target_holds_every_invariant() -> None:
             "client_stall_timeout": 1.0,
         }
         async with running(**overrides) as (gw, _):
-            limits = Limits(ttft_timeout=1.5, idle_timeout=0.5, client_stall_timeout=1.0)
-            report = await run_target_campaign(gw.url, mock.base_url, RUNS, 16, SEED, limits)
-    text = format_target_report(report)
-    assert report["passed"], text
-    assert report["cancel_latency_ms"]["n"] > 0  # hang-ups mid-stream were timed
-    assert "| upstream_closed_after_hangup | PASS |" in text
+            code, text = await _cli(
+                "--target", gw.url, "--mock", mock.base_url, "--runs", str(RUNS),
+                "--seed", str(SEED), "--target-timeouts", "0.5,1.5,1.0,5",
+            )  # fmt: skip
+    assert code == 0, text
+    assert "| upstream_closed_after_hangup | PASS |" in text and "ALL INVARIANTS HOLD" in text
+    assert "client hang-up -> upstream connection closed, ms: n 0" not in text  # timed some
 
 
 async def test_a_relay_that_reads_on_after_a_hang_up_fails_the_open_upstream_invariant() -> None:
@@ -56,13 +64,13 @@ async def test_a_relay_that_reads_on_after_a_hang_up_fails_the_open_upstream_inv
         config.graceful_timeout = 0.5
         serve = functools.partial(hypercorn.trio.serve, NaiveRelay(mock.base_url), config)
         binds = await nursery.start(serve)  # type: ignore[arg-type]
-        limits = Limits(READ_TIMEOUT, READ_TIMEOUT, READ_TIMEOUT, hang_bound=3.0)
-        report = await run_target_campaign(binds[0], mock.base_url, RUNS, 16, SEED, limits)
+        timeouts = f"{READ_TIMEOUT},{READ_TIMEOUT},{READ_TIMEOUT},3"
+        code, text = await _cli(
+            "--target", binds[0], "--mock", mock.base_url, "--runs", str(RUNS),
+            "--seed", str(SEED), "--target-timeouts", timeouts,
+        )  # fmt: skip
         nursery.cancel_scope.cancel()
-    text = format_target_report(report)
-    assert not report["passed"]
-    failed = {i["name"] for i in report["invariants"] if not i["ok"]}
-    assert "upstream_closed_after_hangup" in failed, text
+    assert code == 1, text
     assert "| upstream_closed_after_hangup | FAIL |" in text and "INVARIANTS FAILED" in text
 
 
@@ -73,6 +81,6 @@ def test_target_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--target and --mock go together" in capsys.readouterr().err
     args = ["chaos", "--target", "http://127.0.0.1:9", "--mock", "http://127.0.0.1:9"]
     assert main([*args, "--target-timeouts", "soon"]) == 2
-    assert "IDLE,TTFT,STALL" in capsys.readouterr().err
+    assert "IDLE,TTFT,STALL[,HANG]" in capsys.readouterr().err
     assert main([*args, "--runs", "1"]) == 2  # nothing listens there: one line
     assert "trioproxy chaos: cannot reach http://127.0.0.1:9" in capsys.readouterr().err

@@ -137,11 +137,17 @@ def _chaos_target(args: argparse.Namespace, seed: int, progress: Any) -> int:
         )
         return 2
     try:
-        idle, ttft, stall = (float(v) for v in args.target_timeouts.split(","))
+        values = [float(v) for v in args.target_timeouts.split(",")]
+        idle, ttft, stall = values[:3]
+        hang = values[3] if len(values) == 4 else 30.0
+        if len(values) > 4:
+            raise ValueError
     except ValueError:
-        print("trioproxy chaos: --target-timeouts is IDLE,TTFT,STALL seconds", file=sys.stderr)
+        print(
+            "trioproxy chaos: --target-timeouts is IDLE,TTFT,STALL[,HANG] seconds", file=sys.stderr
+        )
         return 2
-    limits = Limits(ttft_timeout=ttft, idle_timeout=idle, client_stall_timeout=stall)
+    limits = Limits(ttft, idle, stall, hang_bound=hang)
     try:
         report = trio.run(
             functools.partial(

@@ -96,9 +96,10 @@ def _chaos(sub: Any) -> None:
         metavar="PID",
         help="with --target: also check the target's RSS growth (default: not)",
     )
-    chaos.add_argument("--target-timeouts", default="30,60,30", metavar="IDLE,TTFT,STALL",
+    chaos.add_argument("--target-timeouts", default="30,60,30", metavar="IDLE,TTFT,STALL[,HANG]",
                        help="with --target: the target's idle, time-to-first-token and "
-                       "slow-client timeouts in seconds (default 30,60,30)")  # fmt: skip
+                       "slow-client timeouts in seconds, and how long past them a client counts "
+                       "as hung (default 30,60,30,30)")  # fmt: skip
     chaos.add_argument("--providers", type=int, default=1, metavar="N",
                        help="without --gateway: N providers of each kind on the one mock, to "
                             "fail over and eject under chaos (default 1)")  # fmt: skip

@@ -19,6 +19,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+import h11
 import trio
 
 from ..rawclient import RawClient
@@ -182,7 +183,13 @@ async def execute(run: Run, url: str, limits: Limits, peer_closed: Any) -> RunRe
         bound = limits.ttft_timeout * limits.attempts + limits.idle_timeout * 3 + limits.hang_bound
         with trio.fail_after(bound):
             await _read(client, run, result, limits)
-    except (trio.TooSlowError, OSError, trio.BrokenResourceError, ValueError) as exc:
+    except (
+        trio.TooSlowError,
+        OSError,
+        trio.BrokenResourceError,
+        ValueError,
+        h11.ProtocolError,
+    ) as exc:  # a target may cut a chunked body short: that is what the client saw
         result.client_error = f"{type(exc).__name__}: {exc}"
     finally:
         await client.close()
