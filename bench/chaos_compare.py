@@ -5,8 +5,9 @@
 Each target gets its own ``trioproxy mock-upstream`` and the same seeded
 campaign (``trioproxy chaos --target``, judged from outside): trioproxy, the
 40-line naive Hypercorn + httpx relay (``trioproxy.testing.naive_relay``),
-nginx when it is installed (``apt-get install nginx-light``), LiteLLM when it is
-importable. Writes ``<out>/chaos_compare.json`` and ``.md``.
+nginx when it is installed (``apt-get install nginx-light``). LiteLLM is not
+started by this script (its proxy needs a config of its own): point one at a
+mock and run ``trioproxy chaos --target`` against it. Writes ``<out>/chaos_compare.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         ("nginx", start_nginx, NGINX),
     ]
     if importlib.util.find_spec("litellm") is not None:
-        print("litellm is importable but not wired here yet: skipped", file=sys.stderr)
+        print("litellm: this script does not start a LiteLLM proxy; run its proxy against a "
+              "mock yourself and use trioproxy chaos --target", file=sys.stderr)  # fmt: skip
     reports: dict[str, Any] = {}
     for name, start, limits in starters:
         mock = start_mock()

@@ -7,7 +7,7 @@ from contextlib import aclosing
 
 import trio
 
-from tests.conftest import chat, open_mocks, provider, running
+from tests.conftest import chat, eventually, open_mocks, provider, running
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.rawclient import RawClient, request
 
@@ -29,8 +29,11 @@ async def test_a_streamed_request_has_every_moment_in_order() -> None:
         )
         assert done.status == 200
         await recorder.wait_for(1)
+        assert gw.app.receipts is not None
+        await eventually(lambda: "r-1" in gw.app.receipts.stored_at)  # signed after the stream
         trace = await _trace(gw.url, "r-1")
     events = _events(trace)
+    assert events.pop() == "receipt_stored"
     assert events[:4] == ["received", "body_read", "admitted", events[3]]
     assert events[3].startswith("attempt ")
     assert events.index("request_written") < events.index("response_head")

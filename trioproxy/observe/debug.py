@@ -82,15 +82,24 @@ def debug_state(
 
 
 def find_trace(
-    request_id: str, active: Iterable[Exchange], recent: Sequence[CompletionRecord]
+    request_id: str,
+    active: Iterable[Exchange],
+    recent: Sequence[CompletionRecord],
+    stored_at: Mapping[str, float] | None = None,
 ) -> dict[str, Any] | None:
-    """A request's timeline: live if it is in flight, else from the newest record."""
+    """A request's timeline: live if it is in flight, else from the newest record,
+    with ``receipt_stored`` when its receipt was stored (``stored_at``: wall clock
+    by request id)."""
     for ex in active:
         if ex.request_id == request_id:
             return {"request_id": request_id, "live": True, "outcome": ex.outcome,
                     "timeline": ex.timeline.rows()}  # fmt: skip
     for record in reversed(recent):
         if record.request_id == request_id:
+            timeline = list(record.timeline)
+            stored = (stored_at or {}).get(request_id)
+            if stored is not None:
+                timeline.append(("receipt_stored", round((stored - record.created) * 1000, 3)))
             return {"request_id": request_id, "live": False, "outcome": record.outcome,
-                    "timeline": record.timeline}  # fmt: skip
+                    "timeline": timeline}  # fmt: skip
     return None

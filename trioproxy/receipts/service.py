@@ -20,6 +20,7 @@ graceful shutdown.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import logging
 import os
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("trioproxy.receipts")
+_STORED_KEPT = 20_000  # as many as /debug/records keeps
 
 
 class KeyError_(RuntimeError):
@@ -223,6 +225,8 @@ class ReceiptService:
         self._flushing = False
         # Receipt ids and completion ids, finished but not stored: ref -> owner (key name).
         self.pending: dict[str, str | None] = {}
+        # When each recent receipt was stored (wall clock), by request id: /debug/trace.
+        self.stored_at: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._pending = 0
         self._stored = 0
         self._failed = 0
@@ -271,6 +275,9 @@ class ReceiptService:
             )  # fmt: skip
             await self._commit(row)
             self._stored += 1
+            self.stored_at[receipt["request_id"]] = time.time()
+            if len(self.stored_at) > _STORED_KEPT:
+                self.stored_at.popitem(last=False)
         except Exception:
             self._failed += 1
             log.exception("storing receipt %s failed", receipt["id"])

@@ -8,7 +8,8 @@ Rules:
   ``admitted``; per upstream attempt ``attempt <provider>``, ``connect_start`` /
   ``connected`` (or ``reused``), ``request_written``, ``response_head``,
   ``first_event``, ``failover <reason>``; then ``committed``, ``client_hangup``,
-  ``upstream_closed``, ``slots_released``, ``outcome <outcome>``.
+  ``upstream_closed``, ``slots_released``, ``outcome <outcome>``; and, added by
+  ``/debug/trace`` once it is known, ``receipt_stored``.
 - The transport reports its moments through the request's public httpx
   ``extensions`` (:data:`TRACE_EXTENSION`): it never sees the exchange.
 

@@ -201,7 +201,8 @@ class Gateway:
 
     def trace(self, request_id: str) -> dict[str, Any] | None:
         """The timeline of a request in flight, or of a recent one (debug endpoints)."""
-        return find_trace(request_id, self.active, self.recent or ())
+        stored = self.receipts.stored_at if self.receipts is not None else None
+        return find_trace(request_id, self.active, self.recent or (), stored)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
