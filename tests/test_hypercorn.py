@@ -117,7 +117,7 @@ async def test_closed_keep_alive_connections_do_not_linger(hypercorn_as: str) ->
         assert (await client.read_response()).status == 200
         await eventually(lambda: task_names().get("_idle_timeout", 0) == 1)  # idle, kept alive
         await client.close()
-        await eventually(lambda: task_names().get("_idle_timeout", 0) == 0, timeout=2)
+        await eventually(lambda: task_names().get("_idle_timeout", 0) == 0, timeout=1)
 
 
 def test_an_untested_hypercorn_release_is_refused_with_one_line() -> None:
@@ -157,7 +157,7 @@ async def test_connections_past_max_connections_are_closed_at_once(
                     lambda: guards.CONNECTIONS.open == 3 or hypercorn_as == "unguarded"
                 )
                 extra = await trio.open_tcp_stream(host, int(port))
-                with trio.fail_after(2):
+                with trio.fail_after(1):
                     assert await extra.receive_some(100) == b""  # closed by the gateway
                 assert "max_connections (3) reached" in caplog.text
             finally:  # closed whatever happens (the unguarded run fails above)

@@ -98,6 +98,7 @@ class SlowStore(MemoryStore):
         await super().put_many(rows)
 
 
+@pytest.mark.slow
 async def test_a_slow_store_never_delays_the_stream() -> None:
     async with running() as (gw, _):
         assert gw.app.receipts is not None

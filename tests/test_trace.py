@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import aclosing
 
+import pytest
 import trio
 
 from tests.conftest import chat, eventually, open_mocks, provider, running
@@ -81,6 +82,7 @@ async def test_a_failover_is_a_moment_between_two_attempts() -> None:
     )
 
 
+@pytest.mark.slow  # a subprocess
 async def test_trioproxy_trace_prints_the_timeline_with_deltas() -> None:
     async with running(debug_endpoints=True) as (gw, recorder):
         await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t2-i0"),
