@@ -1,8 +1,9 @@
 """trioproxy: an LLM streaming gateway on trio structured concurrency.
 
-The package reads in request order: ``app`` → ``routes``/``limits`` → ``relay``
-(``upstream`` → channel → client) → ``records``/``detached``. ``sse`` and
-``mock_scripts`` are sans-IO.
+The subpackages read in request order: ``server`` → ``admission`` → ``routing``
+→ ``relay`` → ``upstream``, then ``receipts`` and ``observe``; ``testing`` holds
+the mock upstream, the raw client and the chaos tools. The map, its rules and
+who owns what: ``docs/architecture.md``.
 """
 
 __version__ = "0.1.0"
