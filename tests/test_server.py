@@ -98,6 +98,19 @@ def _serve_config(
     return proc, f"http://127.0.0.1:{port}", log_path
 
 
+async def _sigterm(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then the exit code (a graceful shutdown has 30 s)."""
+    proc.send_signal(signal.SIGTERM)
+    return int(await trio.to_thread.run_sync(proc.wait, 30))
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Whatever the test did, no gateway process outlives it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 async def _serve_and_sigterm(*args: str) -> tuple[int, str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -219,12 +232,9 @@ async def test_sighup_reloads_providers_and_a_bad_file_changes_nothing(
             assert (await request(url, "POST", "/v1/chat/completions", chat("m"))).status == 200
             assert second.statistics().requests_total == before + 1
             assert first.statistics().requests_total == served_by_first
-            proc.send_signal(signal.SIGTERM)
-            assert await trio.to_thread.run_sync(proc.wait, 30) == 0
+            assert await _sigterm(proc) == 0
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            _kill(proc)
         text = log_path.read_text()
         assert "SIGHUP: config reloaded; providers: second" in text
         assert "max_attempts must be at least 1" in text
@@ -260,9 +270,6 @@ async def test_sighup_revokes_a_key_in_every_worker(tmp_path: pathlib.Path) -> N
 
         await eventually(revoked, timeout=30, poll=0.1)
         assert [await status(bob) for _ in range(6)] == [200] * 6
-        proc.send_signal(signal.SIGTERM)
-        assert await trio.to_thread.run_sync(proc.wait, 30) == 0
+        assert await _sigterm(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill(proc)

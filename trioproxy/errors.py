@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import difflib
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 __all__ = [
     "OriginRefused",
@@ -62,6 +62,7 @@ __all__ = [
     "UpstreamRateLimited",
     "UpstreamTTFTTimeout",
     "UpstreamUnreachable",
+    "config_table",
     "unknown_options",
 ]
 
@@ -98,6 +99,19 @@ def unknown_options(names: Iterable[str], known: Iterable[str]) -> str:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         parts.append(f"unknown option {name!r}{hint}")
     return "; ".join(parts)
+
+
+def config_table(kind: str, n: int, entry: Mapping[str, object], options: Iterable[str]) -> str:
+    """Check the ``n``-th ``[[kind]]`` table's name and option names; its label
+    (``[[providers]] #2 'local'``) for the errors about its values."""
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"[[{kind}]] #{n}: needs a name")
+    label = f"[[{kind}]] #{n} {name!r}"
+    unknown = sorted(set(entry) - set(options))
+    if unknown:
+        raise ConfigError(f"{label}: {unknown_options(unknown, options)}")
+    return label
 
 
 class GatewayError(Exception):

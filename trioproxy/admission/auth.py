@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, Forbidden, Overloaded, Unauthorized, unknown_options
+from ..errors import ConfigError, Forbidden, Overloaded, Unauthorized, config_table
 from .limits import StreamLimiter
 
 __all__ = ["ApiKey", "KeyRing", "new_key", "parse_keys"]
@@ -47,13 +47,8 @@ _KEY_OPTIONS = frozenset({"name", "sha256", "max_streams", "models", "rpm", "adm
 def parse_keys(raw: Iterable[Mapping[str, Any]]) -> tuple[ApiKey, ...]:
     keys = []
     for n, entry in enumerate(raw, 1):
-        name, digest = entry.get("name"), entry.get("sha256")
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"[[keys]] #{n}: needs a name")
-        label = f"[[keys]] #{n} {name!r}"
-        unknown = sorted(set(entry) - _KEY_OPTIONS)
-        if unknown:
-            raise ConfigError(f"{label}: {unknown_options(unknown, _KEY_OPTIONS)}")
+        label = config_table("keys", n, entry, _KEY_OPTIONS)
+        name, digest = entry["name"], entry.get("sha256")
         if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
             raise ConfigError(f"{label}: sha256 must be 64 hex digits (the key's hash)")
         models = entry.get("models", ["*"])

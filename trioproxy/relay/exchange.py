@@ -97,7 +97,6 @@ class StreamMetrics:
     added_sum: float = 0.0
     gap_counts: list[int] = field(default_factory=lambda: [0] * (len(GAP_BUCKETS) + 1))
     gap_sum: float = 0.0
-    gaps: int = 0  # gaps counted (0: the stream had at most one read with events)
 
     def delivered(self, chunks: int, now: float) -> None:
         """``chunks`` chunks from the channel went out in one send that ended ``now``."""
@@ -112,11 +111,9 @@ class StreamMetrics:
         events (None: the first). Events read together are 0 s apart."""
         counts = self.gap_counts
         counts[0] += events - 1
-        self.gaps += events - 1
         if gap is not None:
             counts[bisect.bisect_left(GAP_BUCKETS, gap)] += 1
             self.gap_sum += gap
-            self.gaps += 1
 
 
 @dataclass(slots=True, eq=False)

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, unknown_options
+from ..errors import ConfigError, config_table
 
 __all__ = ["Provider", "ProviderSpec", "ProviderStatistics", "legacy_specs", "parse_providers"]
 
@@ -97,13 +97,8 @@ def _positive_int(name: str, key: str, value: Any, minimum: int, maximum: int = 
 def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...]:
     specs = []
     for n, entry in enumerate(raw, 1):
-        name = entry.get("name")
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"[[providers]] #{n}: needs a name")
-        label = f"[[providers]] #{n} {name!r}"
-        unknown = sorted(set(entry) - _OPTIONS)
-        if unknown:
-            raise ConfigError(f"{label}: {unknown_options(unknown, _OPTIONS)}")
+        label = config_table("providers", n, entry, _OPTIONS)
+        name = entry["name"]
         kind = entry.get("kind", "openai")
         if kind not in KINDS:
             raise ConfigError(f"{label}: kind must be openai or anthropic")

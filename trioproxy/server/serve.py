@@ -29,6 +29,7 @@ import hypercorn.config
 import hypercorn.trio
 import orjson
 import trio
+from hypercorn.utils import LifespanFailureError
 
 from ..config import Config, ConfigFile, parse_bind
 from ..errors import ConfigError
@@ -202,7 +203,7 @@ def _startup_error(exc: BaseException, config: Config) -> StartupError | None:
         if isinstance(leaf, OSError) and leaf.errno is not None:
             reason = os.strerror(leaf.errno).lower()
             return StartupError(f"cannot listen on {config.bind}: {reason}")
-        if type(leaf).__name__ == "LifespanFailureError":  # hypercorn.utils
+        if isinstance(leaf, LifespanFailureError):
             return StartupError(f"cannot start: {leaf}")
     return None
 

@@ -21,7 +21,7 @@ import orjson
 import trio
 
 from ..rawclient import request
-from .plan import Limits, Run, RunResult, execute, plan
+from .plan import Limits, RunResult, execute_all, plan, poll_peer_closed
 from .report import Observed, build_report
 
 __all__ = ["open_local_gateway", "run_campaign"]
@@ -182,10 +182,7 @@ async def _campaign(
         mock_url = state["upstreams"]["openai"][0].removesuffix("/v1")
     await _get(mock_url, "/mock/stats")  # the upstream must be a trioproxy mock
 
-    async def peer_closed(index: int) -> None:
-        # Polling another process: there is no event to wait on here.
-        while not await _get(mock_url, f"/mock/peer-closes?tag={index}"):  # noqa: ASYNC110
-            await trio.sleep(0.05)
+    peer_closed = poll_peer_closed(_get, mock_url)
 
     # Warm up (pool connections, imports), then take the baseline.
     async with trio.open_nursery() as nursery:
@@ -195,20 +192,15 @@ async def _campaign(
     baseline = await _settle(url)
 
     planned = plan(runs, seed, limits)
-    results: list[RunResult] = []
-    limiter = trio.CapacityLimiter(concurrency)
     started = time.monotonic()
+    counted: list[RunResult] = []
 
-    async def one(run: Run) -> None:
-        async with limiter:
-            results.append(await execute(run, url, limits, peer_closed))
-            if progress is not None:
-                failed = sum(1 for r in results[-1:] if r.client_error)
-                progress(len(results), len(planned), failed)
+    def done(result: RunResult) -> None:
+        counted.append(result)
+        if progress is not None:
+            progress(len(counted), len(planned), int(result.client_error is not None))
 
-    async with trio.open_nursery() as nursery:
-        for run in planned:
-            nursery.start_soon(one, run)
+    results = await execute_all(planned, url, limits, peer_closed, concurrency, done)
     duration = time.monotonic() - started
     final = await _settle(url)
     observed = Observed(
@@ -218,7 +210,6 @@ async def _campaign(
         mock_stats=dict(await _get(mock_url, "/mock/stats")),
         peer_closes=list(await _get(mock_url, "/mock/peer-closes")),
     )
-    results.sort(key=lambda r: r.run.index)
     return build_report(seed, planned, results, observed, duration, concurrency)
 
 

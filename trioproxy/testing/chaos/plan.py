@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ __all__ = [
     "Run",
     "RunResult",
     "execute",
+    "execute_all",
+    "poll_peer_closed",
     "must_cancel_upstream",
     "plan",
 ]
@@ -238,3 +241,40 @@ async def _read(client: RawClient, run: Run, result: RunResult, limits: Limits) 
                 return  # hang up mid-stream
             if run.behaviour == "read_slowly":
                 await trio.sleep(0.005)
+
+
+async def execute_all(
+    planned: list[Run],
+    url: str,
+    limits: Limits,
+    peer_closed: Any,
+    concurrency: int,
+    done: Callable[[RunResult], None] | None = None,
+) -> list[RunResult]:
+    """Every run, ``concurrency`` at a time; ``done(result)`` after each. The
+    results come back in the plan's order."""
+    results: list[RunResult] = []
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def one(run: Run) -> None:
+        async with limiter:
+            results.append(await execute(run, url, limits, peer_closed))
+            if done is not None:
+                done(results[-1])
+
+    async with trio.open_nursery() as nursery:
+        for run in planned:
+            nursery.start_soon(one, run, name=f"chaos-run-{run.index}")
+    results.sort(key=lambda r: r.run.index)
+    return results
+
+
+def poll_peer_closed(get: Callable[[str, str], Awaitable[Any]], mock_url: str) -> Any:
+    """``peer_closed(index)`` for :func:`execute`: until the mock (another process:
+    nothing to wait on) logged a hang-up for that run."""
+
+    async def peer_closed(index: int) -> None:
+        while not await get(mock_url, f"/mock/peer-closes?tag={index}"):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+    return peer_closed

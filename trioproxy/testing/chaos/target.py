@@ -32,7 +32,7 @@ from typing import Any
 import trio
 
 from ..rawclient import request
-from .plan import Limits, RunResult, execute, must_cancel_upstream, plan
+from .plan import Limits, RunResult, execute_all, must_cancel_upstream, plan, poll_peer_closed
 
 __all__ = ["TargetError", "format_target_report", "rss_of", "run_target_campaign"]
 
@@ -101,24 +101,17 @@ async def run_target_campaign(
     await _get(mock, "/mock/stats")
     rss_before = rss_of(target_pid) if target_pid else None
 
-    async def peer_closed(index: int) -> None:
-        while not await _get(mock, f"/mock/peer-closes?tag={index}"):  # noqa: ASYNC110
-            await trio.sleep(0.05)
-
     planned = plan(runs, seed, limits, routes=("messages",) if anthropic else ("chat",))
-    results: list[RunResult] = []
-    limiter = trio.CapacityLimiter(concurrency)
     started = time.monotonic()
+    counted: list[RunResult] = []
 
-    async def one(run: Any) -> None:
-        async with limiter:
-            results.append(await execute(run, target, limits, peer_closed))
-            if progress is not None:
-                progress(len(results), len(planned), int(_seen(results[-1]) == "hung"))
+    def done(result: RunResult) -> None:
+        counted.append(result)
+        if progress is not None:
+            progress(len(counted), len(planned), int(_seen(result) == "hung"))
 
-    async with trio.open_nursery() as nursery:
-        for run in planned:
-            nursery.start_soon(one, run)
+    peer_closed = poll_peer_closed(_get, mock)
+    results = await execute_all(planned, target, limits, peer_closed, concurrency, done)
     duration = time.monotonic() - started
     # Let the target finish what it still does (a bounded wait), then look.
     with trio.move_on_after(limits.idle_timeout + CANCEL_BOUND + 1):
@@ -147,7 +140,6 @@ def _report(
     target_pid: int | None,
     target: str,
 ) -> dict[str, Any]:
-    results.sort(key=lambda r: r.run.index)
     table: dict[str, dict[str, dict[str, int]]] = {}
     for res in results:
         cell = table.setdefault(res.run.fault, {}).setdefault(res.run.behaviour, {})
