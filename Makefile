@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test quick lint typecheck unit bench clean
+.PHONY: run test quick lint typecheck unit bench clean redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,20 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --strict trioproxy
 
-unit: $(VENV)/.installed-dev
+# The shared-state tests run against a real redis-server (Debian's package).
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		echo "installing redis-server (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null || { echo "redis-server could not be installed"; exit 1; }
+
+unit: $(VENV)/.installed-dev redis-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
 # The inner loop: lint, types and the fast tests (no subprocesses, campaigns or benches).
-quick: lint typecheck
+quick: lint typecheck redis-server
 	$(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_ARGS)
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python

@@ -21,6 +21,8 @@ from trioproxy.config import Config
 from trioproxy.relay.exchange import CompletionRecord, Exchange
 from trioproxy.server.serve import RunningGateway, open_gateway
 
+pytest_plugins = ["tests.redis_server"]  # the redis_server fixture
+
 # An exchange moved along an edge its lifecycle table lacks fails the test.
 Exchange.strict = True
 

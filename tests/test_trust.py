@@ -148,7 +148,8 @@ async def test_ops_endpoints_need_an_admin_key_when_keys_exist() -> None:
         bare = await request(gw.url, "GET", "/readyz")
         assert bare.status == 200 and bare.json() == {"ready": True}  # probes need no key
         detailed = (await request(gw.url, "GET", "/readyz", headers=_auth(ROOT))).json()
-        assert set(detailed) == {"ready", "unhealthy_pools", "providers"}
+        assert set(detailed) == {"ready", "unhealthy_pools", "providers", "redis"}
+        assert detailed["redis"] == "off"  # no redis_url
         assert (await request(gw.url, "GET", "/v1/attestation/key")).status == 200  # public
 
 

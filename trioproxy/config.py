@@ -15,13 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .admission.auth import ApiKey, parse_keys
 from .errors import ConfigError, unknown_options
 from .routing.pools import STRATEGIES
 from .routing.providers import ProviderSpec, legacy_specs, parse_providers
 
-__all__ = ["Config", "ConfigFile", "load_config", "parse_bind"]
+__all__ = ["Config", "ConfigFile", "RedisAddress", "load_config", "parse_bind", "parse_redis_url"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ class Config:
     # no config file; a relative path in a config file is relative to that file.
     data_dir: str = ""
     signing_key_path: str = ""  # default: <data_dir>/signing.key (mode 0600)
-    receipt_store: str = "sqlite"  # sqlite | memory
+    receipt_store: str = ""  # sqlite | memory | redis (default: redis with redis_url, else sqlite)
     receipt_ttl_days: float = 30.0
     max_pending_receipts: int = 1024  # more are dropped, counted and logged
     sign_truncated: bool = True  # receipts for streams that ended early too
@@ -79,6 +80,14 @@ class Config:
     keys: tuple[Mapping[str, Any], ...] = ()  # [[keys]] tables: name, sha256, models, ...
     allow_open_public: bool = False  # no keys on a non-loopback bind is refused unless true
     cors_origins: tuple[str, ...] = ()  # web origins allowed (CORS); others refused in open mode
+    # --- shared state (see trioproxy.shared): unset = this process's own state -----
+    redis_url: str = ""  # redis://HOST:PORT/DB or rediss://...; no password in it
+    redis_password_env: str = "TRIOPROXY_REDIS_PASSWORD"  # the variable holding the password
+    redis_timeout: float = 0.05  # s: bound on every Redis call
+    redis_failure: str = "open"  # open: this process's own counters | closed: 503
+    lease_ttl: float = 30.0  # s: a dead host's max_streams leases expire within this
+    # --- usage ----------------------------------------------------------------
+    request_usage: bool = False  # ask upstream for usage (include_usage); strip it for the client
     # --- misc ---------------------------------------------------------------
     debug_endpoints: bool = False
     metrics: bool = True  # GET /metrics (Prometheus text format)
@@ -113,6 +122,8 @@ class Config:
             "client_stall_timeout",
             "drain_timeout",
             "cooldown",
+            "redis_timeout",
+            "lease_ttl",
         ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
@@ -124,8 +135,18 @@ class Config:
                 f"refusing to serve {self.bind} without API keys: add [[keys]] "
                 "(trioproxy keys new --name NAME) or set allow_open_public = true"
             )
-        if self.receipt_store not in ("sqlite", "memory"):
-            raise ConfigError("receipt_store must be sqlite or memory")
+        if self.redis_url:
+            parse_redis_url(self.redis_url)
+        if not self.receipt_store:
+            object.__setattr__(self, "receipt_store", "redis" if self.redis_url else "sqlite")
+        if self.receipt_store not in ("sqlite", "memory", "redis"):
+            raise ConfigError("receipt_store must be sqlite, memory or redis")
+        if self.receipt_store == "redis" and not self.redis_url:
+            raise ConfigError("receipt_store = redis needs redis_url")
+        if self.redis_failure not in ("open", "closed"):
+            raise ConfigError("redis_failure must be open or closed")
+        if self.redis_timeout <= 0 or self.lease_ttl < 1:
+            raise ConfigError("redis_timeout must be > 0 and lease_ttl at least 1 s")
         if self.max_pending_receipts < 1 or self.receipt_ttl_days <= 0:
             raise ConfigError("max_pending_receipts and receipt_ttl_days must be positive")
         for url in self.openai_upstreams + self.anthropic_upstreams:
@@ -174,6 +195,37 @@ def parse_bind(bind: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"bind must be HOST:PORT, got {bind!r}")
     return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    host: str
+    port: int
+    db: int
+    tls: bool
+    username: str | None
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """``redis://[USER@]HOST[:PORT][/DB]`` or ``rediss://`` (TLS). A password in
+    the URL is refused: config files get copied and logged; the password comes
+    from the environment variable named by ``redis_password_env``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 6379
+    except ValueError as exc:
+        raise ConfigError(f"redis_url is not a URL: {exc}") from None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError("redis_url must be redis://HOST:PORT/DB or rediss://HOST:PORT/DB")
+    if parts.password is not None:
+        raise ConfigError(
+            "redis_url must not hold a password: set it in the environment "
+            "variable named by redis_password_env (default TRIOPROXY_REDIS_PASSWORD)"
+        )
+    db = parts.path.strip("/") or "0"
+    if not db.isdigit() or parts.query or parts.fragment:
+        raise ConfigError("redis_url: the path must be a database number (/0)")
+    return RedisAddress(parts.hostname, port, int(db), parts.scheme == "rediss", parts.username)
 
 
 def _coerce(name: str, value: Any) -> Any:

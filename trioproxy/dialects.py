@@ -21,6 +21,11 @@ The table::
                          incomplete
     completion id        first event: id / response.id              first event: message.id
     usage                last event with "usage" (response.usage)   message_start usage + last "usage"
+    token counts         prompt_tokens / completion_tokens          input_tokens / output_tokens
+                         (Responses: input_tokens / output_tokens)
+    content event        data with a non-empty "content"/"text"     event: content_block_delta
+                         (Responses: response.output_text.delta)
+    usage-only event     data: {... "choices":[], "usage": ...}     (none)
     credential           Authorization: Bearer KEY                  x-api-key: KEY, anthropic-version
     base URL             ends in /v1                                stops before /v1
 """
@@ -42,10 +47,13 @@ __all__ = [
     "default_headers",
     "dialect_for_path",
     "error_body",
+    "is_content",
     "is_final",
+    "is_usage_only",
     "render_json",
     "render_sse",
     "response_model",
+    "token_counts",
     "upstream_path",
     "usage",
 ]
@@ -99,6 +107,27 @@ def is_final(block: bytes) -> bool:
     return block == b"data: [DONE]\n\n" or block.startswith(_FINAL_PREFIXES)
 
 
+_CONTENT_PREFIXES = (b"event: content_block_delta\n", b"event: response.output_text.delta\n")
+
+
+def is_content(block: bytes) -> bool:
+    """Does this event carry generated text (about one token)? Counted for every
+    stream, so that a stream cut short, or one that reports no usage, still has
+    an estimate of the tokens it made: OpenAI chat deltas with a non-empty
+    ``content`` (``reasoning_content`` too) or completions ``text``; Anthropic
+    ``content_block_delta``; Responses ``response.output_text.delta``."""
+    if block.startswith(b"data: {"):
+        return (b'content":"' in block and b'content":""' not in block) or (
+            b'"text":"' in block and b'"text":""' not in block
+        )
+    return block.startswith(_CONTENT_PREFIXES)
+
+
+def is_usage_only(block: bytes) -> bool:
+    """OpenAI's usage chunk (``stream_options.include_usage``): no choices, only usage."""
+    return block.startswith(b"data: {") and b'"choices":[]' in block and b'"usage"' in block
+
+
 def _dict(v: Any) -> dict[str, Any] | None:
     return v if isinstance(v, dict) else None
 
@@ -144,6 +173,22 @@ def usage(
         if reported:
             found.update(reported)
     return found or None
+
+
+def token_counts(reported: dict[str, Any] | None) -> tuple[int | None, int | None]:
+    """(prompt, completion) tokens of a usage object, either dialect's names;
+    None for a count it does not hold as a non-negative integer."""
+    if not reported:
+        return None, None
+
+    def count(*names: str) -> int | None:
+        for name in names:
+            value = reported.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+        return None
+
+    return count("prompt_tokens", "input_tokens"), count("completion_tokens", "output_tokens")
 
 
 # -- upstream requests -------------------------------------------------------------

@@ -64,6 +64,7 @@ __all__ = [
     "UpstreamUnreachable",
     "config_table",
     "unknown_options",
+    "SharedStateUnavailable",
 ]
 
 
@@ -203,6 +204,16 @@ class Overloaded(GatewayError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class SharedStateUnavailable(Overloaded):
+    """Redis cannot be asked and ``redis_failure = "closed"``: no request passes
+    a limit nobody can check."""
+
+    status = 503
+    openai_type = "server_error"
+    anthropic_type = "overloaded_error"
+    code = "shared_state_unavailable"
 
 
 class UpstreamError(GatewayError):

@@ -1,4 +1,4 @@
-"""API keys: who may call, which models, how many streams, how many requests a minute.
+"""API keys: who may call, which models; the limits each key carries.
 
 Rules:
 - The config holds only the SHA-256 of each key (``trioproxy keys new`` prints a
@@ -6,17 +6,17 @@ Rules:
   (``hmac.compare_digest`` against every configured hash).
 - Clients send ``Authorization: Bearer KEY`` (OpenAI) or ``x-api-key: KEY``
   (Anthropic). A gateway with keys never forwards them upstream.
-- 401 for a missing or unknown key, 403 for a model the key may not use, 429 when
-  the key's own stream limiter is full or its requests-per-minute are used up;
-  each in the route's dialect. A key never appears in logs, errors or records:
-  only its ``name`` does.
+- 401 for a missing or unknown key, 403 for a model the key may not use, each in
+  the route's dialect. The key's limits (``max_streams``, ``rpm``, ``tpm``) are
+  enforced by :mod:`trioproxy.admission.quotas` (this process) or
+  :mod:`trioproxy.shared.limits` (every host, through Redis). A key never
+  appears in logs, errors or records: only its ``name`` does.
 - No keys configured = open mode: allowed on loopback only, unless
   ``allow_open_public = true`` (checked at start-up by the config).
 """
 
 from __future__ import annotations
 
-import collections
 import fnmatch
 import hashlib
 import hmac
@@ -25,8 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, Forbidden, Overloaded, Unauthorized, config_table
-from .limits import StreamLimiter
+from ..errors import ConfigError, Forbidden, Unauthorized, config_table
 
 __all__ = ["ApiKey", "KeyRing", "new_key", "parse_keys"]
 
@@ -39,9 +38,11 @@ class ApiKey:
     models: tuple[str, ...] = ("*",)
     rpm: int = 0  # 0: no requests-per-minute limit
     admin: bool = False  # may read /metrics, /debug/*, /readyz details and every receipt
+    tpm: int = 0  # 0: no tokens-per-minute limit (prompt + completion)
 
 
-_KEY_OPTIONS = frozenset({"name", "sha256", "max_streams", "models", "rpm", "admin"})
+_KEY_OPTIONS = frozenset({"name", "sha256", "max_streams", "models", "rpm", "admin", "tpm"})
+MAX_KEY_NAME = 64  # names become Redis keys, labels and record fields
 
 
 def parse_keys(raw: Iterable[Mapping[str, Any]]) -> tuple[ApiKey, ...]:
@@ -54,7 +55,9 @@ def parse_keys(raw: Iterable[Mapping[str, Any]]) -> tuple[ApiKey, ...]:
         models = entry.get("models", ["*"])
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
             raise ConfigError(f"{label}: models must be a list of names or patterns")
-        for field in ("max_streams", "rpm"):
+        if not 1 <= len(name.encode()) <= MAX_KEY_NAME or not name.isprintable():
+            raise ConfigError(f"{label}: name must be 1-{MAX_KEY_NAME} printable bytes")
+        for field in ("max_streams", "rpm", "tpm"):
             value = entry.get(field, 0)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{label}: {field} must be an integer >= 0")
@@ -69,6 +72,7 @@ def parse_keys(raw: Iterable[Mapping[str, Any]]) -> tuple[ApiKey, ...]:
                 tuple(models),
                 entry.get("rpm", 0),
                 admin,
+                entry.get("tpm", 0),
             )
         )
     if len({k.name for k in keys}) != len(keys):
@@ -95,6 +99,7 @@ def new_key(name: str) -> tuple[str, str]:
         f'models = ["*"]  # model names or patterns this key may use\n'
         f"max_streams = 0  # concurrent streams of this key, 0 = unlimited (the global limit)\n"
         f"rpm = 0  # requests per minute, 0 = unlimited\n"
+        f"tpm = 0  # tokens (prompt + completion) per minute, 0 = unlimited\n"
     )
     return key, block
 
@@ -109,23 +114,9 @@ def _presented(headers: list[tuple[bytes, bytes]]) -> bytes | None:
 
 
 class KeyRing:
-    def __init__(self, keys: tuple[ApiKey, ...], previous: KeyRing | None = None) -> None:
-        """``previous``: the ring this one replaces (SIGHUP). A key whose table did
-        not change keeps its stream limiter and its rpm window; a removed key is
-        refused from now on (its streams in flight finish)."""
+    def __init__(self, keys: tuple[ApiKey, ...]) -> None:
         self.keys = keys
         self._digests = [(k, k.sha256.encode()) for k in keys]
-        kept = {k.name: k for k in previous.keys} if previous is not None else {}
-        self.limiters: dict[str, StreamLimiter] = {}
-        self.windows: dict[str, collections.deque[float]] = {}
-        for k in keys:
-            same = previous is not None and kept.get(k.name) == k
-            if k.max_streams:
-                old = previous.limiters.get(k.name) if same and previous else None
-                self.limiters[k.name] = old or StreamLimiter(k.max_streams, 0)
-            if k.rpm:
-                window = previous.windows.get(k.name) if same and previous else None
-                self.windows[k.name] = window or collections.deque[float](maxlen=k.rpm)
 
     def __bool__(self) -> bool:
         return bool(self.keys)
@@ -150,19 +141,3 @@ class KeyRing:
         if model is None or self.allows(key, model):
             return
         raise Forbidden(f"key {key.name!r} may not use model {model!r}")
-
-    def admit(self, key: ApiKey, now: float) -> None:
-        """Requests-per-minute: a sliding window of the key's last ``rpm`` requests;
-        ``now`` in seconds on any monotonic clock (the gateway passes trio's)."""
-        recent = self.windows.get(key.name)
-        if recent is None:
-            return
-        if len(recent) == recent.maxlen and now - recent[0] < 60:
-            raise Overloaded(
-                f"key {key.name!r} is over its {key.rpm} requests per minute",
-                retry_after=max(1, int(60 - (now - recent[0])) + 1),
-            )
-        recent.append(now)
-
-    def limiter(self, key: ApiKey) -> StreamLimiter | None:
-        return self.limiters.get(key.name)

@@ -53,6 +53,15 @@ class StreamLimiter:
             retry_after=max(1, round(self._queue_timeout) or 1),
         )
 
+    def try_acquire(self, borrower: object) -> bool:
+        """A slot for ``borrower`` now, or False (counted as rejected)."""
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(borrower)
+        except trio.WouldBlock:
+            self._rejected += 1
+            return False
+        return True
+
     def release(self, borrower: object) -> None:
         """Release the slot held for ``borrower``; a no-op if it holds none."""
         with contextlib.suppress(RuntimeError):

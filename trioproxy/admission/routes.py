@@ -23,6 +23,7 @@ __all__ = [
     "Route",
     "forward_headers",
     "session_key",
+    "usage_requested",
     "validate",
 ]
 
@@ -119,6 +120,22 @@ def validate(route: Route, body: bytes) -> ParsedBody:
             raise BadRequest(f"'{name}' must be {_type_name(kind)}")
     user = obj.get("user")
     return ParsedBody(model, stream, obj, user if isinstance(user, str) and user else None)
+
+
+_USAGE_ROUTES = frozenset({"chat", "completions"})
+
+
+def usage_requested(route: Route, parsed: ParsedBody) -> dict[str, Any] | None:
+    """``request_usage = true``: the body to send when the gateway must ask for
+    usage itself (an OpenAI stream whose client did not set
+    ``stream_options.include_usage``), else None (send the client's bytes)."""
+    if route.name not in _USAGE_ROUTES or not parsed.stream or parsed.json is None:
+        return None
+    options = parsed.json.get("stream_options")
+    options = options if isinstance(options, dict) else {}
+    if options.get("include_usage") is True:
+        return None
+    return {**parsed.json, "stream_options": {**options, "include_usage": True}}
 
 
 # Client headers relayed upstream as they are; everything else is dropped:

@@ -41,6 +41,10 @@ class Gauges:
     limiter_waiting: int
     detached_pending: int
     receipts_pending: int
+    redis_up: int = -1  # 1 up, 0 down, -1 no redis_url
+    redis_outages: int = 0
+    redis_failed_calls: int = 0
+    limit_fallbacks: int = 0  # admissions decided by this process: Redis was down
 
 
 class _StateCollector(Collector):
@@ -67,6 +71,20 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "trioproxy_receipts_pending", "Receipts not stored yet", g.receipts_pending
         )
+        if g.redis_up >= 0:
+            yield GaugeMetricFamily("trioproxy_redis_up", "1 while Redis answers", g.redis_up)
+            yield CounterMetricFamily(
+                "trioproxy_redis_outages", "Times Redis stopped answering", g.redis_outages
+            )
+            yield CounterMetricFamily(
+                "trioproxy_redis_failed_calls", "Redis calls failed or skipped while down",
+                g.redis_failed_calls,
+            )  # fmt: skip
+            yield CounterMetricFamily(
+                "trioproxy_limit_fallbacks",
+                "Admissions decided by this process's counters because Redis was unavailable",
+                g.limit_fallbacks,
+            )  # fmt: skip
         try:
             providers = self._providers()
         except RuntimeError:  # registration (auto_describe) runs outside trio
@@ -146,6 +164,10 @@ class Metrics:
             "trioproxy_cancel_latency_seconds", "Client hang-up to upstream connection closed",
             buckets=_LATENCY, registry=r,
         )  # fmt: skip
+        self.tokens = Counter(
+            "trioproxy_tokens", "Tokens by API key name, kind (prompt|completion) and source "
+            "(upstream|estimated)", ["key", "kind", "source"], registry=r,
+        )  # fmt: skip
         self.failovers = Counter(
             "trioproxy_failovers", "Attempts that failed before the first byte and moved on",
             ["provider", "reason"], registry=r,
@@ -189,6 +211,10 @@ class Metrics:
             self.ttft.labels(route).observe(record.ttft_ms / 1000)
         if record.max_gap_ms is not None:
             self.max_gap.labels(route).observe(record.max_gap_ms / 1000)
+        if record.usage_source is not None:
+            key = record.key or ""  # key names come from the config: a bounded set
+            self.tokens.labels(key, "prompt", record.usage_source).inc(record.prompt_tokens)
+            self.tokens.labels(key, "completion", record.usage_source).inc(record.completion_tokens)
         if record.cancel_latency_ms is not None:
             self.cancellations.inc()
             self.cancel_latency.observe(record.cancel_latency_ms / 1000)

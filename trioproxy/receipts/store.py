@@ -174,12 +174,39 @@ class SQLiteStore:
             )
             return int(cursor.rowcount)
 
+    async def oldest(self, limit: int) -> list[Row]:
+        """Up to ``limit`` rows, oldest first (the Redis spool's copier)."""
+
+        def query() -> list[Row]:
+            found = self._db.execute(
+                "SELECT id, completion_id, owner, created, body FROM receipts_v2 "
+                "ORDER BY created LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [Row(r[0], r[1], r[2], r[3], bytes(r[4])) for r in found]
+
+        async with self._lock:
+            return await trio.to_thread.run_sync(query)
+
+    async def delete(self, ids: list[str]) -> None:
+        def write() -> None:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("DELETE FROM receipts_v2 WHERE id = ?", [(i,) for i in ids])
+
+        async with self._lock:
+            await trio.to_thread.run_sync(write)
+
     async def aclose(self) -> None:
         async with self._lock:
             await trio.to_thread.run_sync(self._db.close)
 
 
 async def open_store(kind: str, data_dir: Path) -> ReceiptStore:
+    """``memory`` or ``sqlite``; ``redis`` opens the SQLite file as its spool
+    (the server wraps it, :mod:`trioproxy.shared.receipts`)."""
     if kind == "memory":
         return MemoryStore()
+    if kind == "redis":
+        return await SQLiteStore.open(data_dir / "receipts-spool.sqlite3")
     return await SQLiteStore.open(data_dir / "receipts.sqlite3")

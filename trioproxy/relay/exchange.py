@@ -20,6 +20,11 @@ Rules:
   :class:`CompletionRecord`, exactly once: the access line, metrics, receipts
   and hooks all read that record. Only two events of a stream are JSON-parsed,
   then: the first and the last one that mentions ``"usage"``.
+- Token usage of every exchange that reached an upstream: ``usage_source`` is
+  ``upstream`` when the upstream reported both counts for a stream it finished,
+  else ``estimated``: the completion is the content events relayed (about one
+  token each, :func:`trioproxy.dialects.is_content`), the prompt what the
+  upstream said or the request body's bytes / 4.
 """
 
 from __future__ import annotations
@@ -160,6 +165,9 @@ class Exchange:
     chunks: int = 0
     events: int = 0
     final_event: bool = False
+    content_events: int = 0  # events with generated text (the estimate of a cut stream)
+    prompt_estimate: int = 0  # request body bytes / 4, counted against tpm at admission
+    strip_usage: bool = False  # request_usage added include_usage: the usage chunk is withheld
     event_stream: bool = False  # the upstream answered an event stream
     partial_event: bool = False  # the stream ended inside an event
     first_block: bytes | None = None
@@ -271,6 +279,9 @@ class CompletionRecord:
     upstream_model: str | None = None  # the model that answered (as the upstream says)
     truncated: bool = False  # an event stream that ended before its final event
     timeline: tuple[tuple[str, float], ...] = ()  # (event, ms since received): not logged
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_source: str | None = None  # upstream | estimated; None: no upstream was reached
 
     @classmethod
     def from_exchange(cls, ex: Exchange) -> CompletionRecord:
@@ -297,6 +308,7 @@ class CompletionRecord:
             truncated = not ex.final_event
         else:
             truncated = ex.outcome not in (Outcome.DONE, Outcome.UPSTREAM_ERROR)
+        prompt, completion, source = _tokens(ex, usage, truncated)
         cancel = None
         if ex.disconnected_at is not None and ex.upstream_closed_at is not None:
             cancel = round(max(0.0, ex.upstream_closed_at - ex.disconnected_at) * 1000, 3)
@@ -333,6 +345,9 @@ class CompletionRecord:
             upstream_model=answered or ex.sent_model,
             truncated=truncated,
             timeline=tuple(ex.timeline.rows()),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            usage_source=source,
         )
 
     def to_json(self) -> bytes:
@@ -340,6 +355,23 @@ class CompletionRecord:
         fields = asdict(self)
         del fields["timeline"]
         return orjson.dumps(fields)
+
+
+def _tokens(
+    ex: Exchange, usage: dict[str, Any] | None, truncated: bool
+) -> tuple[int, int, str | None]:
+    """(prompt, completion, source) of an exchange (see the module's rules)."""
+    if ex.upstream_sent_at is None:
+        return 0, 0, None
+    prompt, completion = dialects.token_counts(usage)
+    if prompt is not None and completion is not None and not truncated:
+        return prompt, completion, "upstream"
+    # A whole response without usage: about 4 bytes a token.
+    whole = ex.bytes_in // 4 if ex.status < 400 else 0
+    estimated = ex.content_events if ex.event_stream else whole
+    if completion is None or truncated:
+        completion = max(completion or 0, estimated)
+    return (ex.prompt_estimate if prompt is None else prompt), completion, "estimated"
 
 
 def _overhead_ms(ex: Exchange) -> float | None:

@@ -3,7 +3,9 @@
 Rules:
 - Bytes are passed through: the client gets exactly the upstream's bytes. The
   sans-IO framer (:mod:`trioproxy.relay.sse`) only finds event boundaries
-  (first event, usage, final event).
+  (first event, usage, final event, content events counted). The one
+  exception, opt-in (``request_usage``): when the gateway itself asked for
+  usage, the client gets the framed events less the usage-only chunk.
 - Before the first byte is handed to the client, a failure moves on to the
   next provider of the request's plan (:mod:`trioproxy.routing.failover`); when
   none is left the writer answers an HTTP error. The reader sets
@@ -210,7 +212,7 @@ class UpstreamReader:
             raise UpstreamBroken(f"upstream sent a malformed event stream: {exc}") from None
         finally:
             await body.aclose()  # no checkpoint: runs in a cancelled scope too
-            ex.partial_event = framer.buffered > 0
+            ex.partial_event = framer.buffered > 0 and not ex.strip_usage
         if read_scope.cancelled_caught:
             if trio.current_time() >= end_by:
                 raise StreamTooLong("stream exceeded max_stream_duration")
@@ -232,6 +234,7 @@ class UpstreamReader:
         idle = self.config.idle_timeout or math.inf
         hb_progress = self.config.heartbeat_resets_idle
         arrivals = ex.metrics.arrivals if ex.metrics is not None else None
+        strip = ex.strip_usage
         started = False
         async for chunk in body:
             now = trio.current_time()
@@ -255,14 +258,22 @@ class UpstreamReader:
                         ex.first_block = block
                         ex.first_event_at = now
                         ex.mark("first_event")
+                    if dialects.is_content(block):
+                        ex.content_events += 1
                     if b'"usage"' in block:
                         ex.usage_block = block
                     if dialects.is_final(block):
                         ex.final_event = True
+                if strip:  # the client gets the events, less the usage chunk
+                    chunk = b"".join(b for b in blocks if not dialects.is_usage_only(b))
                 if ex.events > before:
                     ex.events_read(ex.events - before, now)
                 if progress and ex.first_event_at is not None:
                     read_scope.deadline = min(now + idle, end_by)
+            elif strip:
+                continue  # the event is not complete yet: nothing to send
+            if not chunk:
+                continue
             if not started:
                 started = True
                 headers = [*_STREAM_HEADERS, *_passed_headers(response)]

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import orjson
 
 from .. import dialects
+from ..admission.routes import ParsedBody, Route, forward_headers
 from ..dialects import Dialect
 from ..errors import (
     GatewayError,
@@ -45,9 +46,16 @@ from ..errors import (
     UpstreamTTFTTimeout,
     UpstreamUnreachable,
 )
-from .pools import Member, Plan
+from .pools import Member, Plan, Router
 
-__all__ = ["AttemptLog", "Target", "UpstreamRequest", "target_for", "with_failover"]
+__all__ = [
+    "upstream_request",
+    "AttemptLog",
+    "Target",
+    "UpstreamRequest",
+    "target_for",
+    "with_failover",
+]
 
 log = logging.getLogger("trioproxy.routing")
 
@@ -67,6 +75,34 @@ class UpstreamRequest:
     plan: Plan
     dialect: Dialect
     parse_body: bool  # parse a non-streaming JSON body once for id/usage
+
+
+def upstream_request(
+    router: Router,
+    route: Route,
+    client_headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    parsed: ParsedBody,
+    request_id: str,
+    session: bytes | None,
+) -> UpstreamRequest:
+    """A validated request and its plan of providers (``session``: the sticky key)."""
+    kind = route.upstream_kind
+    if kind == "any":
+        kind = "openai" if router.has("openai") else "anthropic"
+    pool = router.pool(kind, parsed.model)
+    # The parsed body is kept past admission only if a provider renames the model.
+    aliased = any(m.upstream_model not in (None, parsed.model) for m in pool.members)
+    return UpstreamRequest(
+        method=route.method,
+        path=route.upstream_path,
+        headers=forward_headers(client_headers, parsed.stream, request_id=request_id),
+        body=body,
+        body_json=parsed.json if aliased else None,
+        plan=pool.plan(session),
+        dialect=route.dialect,
+        parse_body=route.parse_response,
+    )
 
 
 @dataclass(frozen=True, slots=True)

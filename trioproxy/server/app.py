@@ -21,6 +21,7 @@ reaches Hypercorn's worker.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import logging
 import math
@@ -31,12 +32,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 import trio
 
 from ..admission.auth import KeyRing
 from ..admission.browser import Hygiene
 from ..admission.limits import LimiterStatistics, StreamLimiter
-from ..admission.routes import ROUTES, ParsedBody, Route, forward_headers, session_key, validate
+from ..admission.routes import (
+    ROUTES,
+    ParsedBody,
+    Route,
+    session_key,
+    usage_requested,
+    validate,
+)
 from ..asgi import Receive, Scope, Send, read_body, request_id
 from ..config import Config, parse_bind
 from ..dialects import dialect_for_path, render_sse
@@ -57,9 +66,10 @@ from ..relay.exchange import CompletionRecord, Exchange, Phase, StreamMetrics
 from ..relay.run import Relay
 from ..relay.timeline import traceparent_of
 from ..relay.writer import send_error
-from ..routing.failover import UpstreamRequest
+from ..routing.failover import UpstreamRequest, upstream_request
 from ..routing.pools import Router
 from . import endpoints
+from .accounts import Accounts
 from .hypercorn import already_disconnected
 from .lifespan import lifespan
 
@@ -108,6 +118,7 @@ class Gateway:
         self.hooks = tuple(hooks)
         self.limiter = StreamLimiter(config.max_streams, config.queue_timeout)
         self.keyring = KeyRing(config.api_keys)
+        self.accounts = Accounts(config, clock)  # each key's limits and usage
         self.router = Router(config.provider_specs, config.routing_strategy, clock=clock)
         self._sticky_header = config.sticky_header.lower().encode("latin-1")
         self.client: httpx.AsyncClient | None = None
@@ -154,7 +165,8 @@ class Gateway:
         )
         changes = {name: getattr(new, name) for name in _RELOADABLE}
         self.router = router
-        self.keyring = KeyRing(new.api_keys, previous=self.keyring)
+        self.keyring = KeyRing(new.api_keys)
+        self.accounts.reload(new)
         self.hygiene = Hygiene(not new.api_keys, parse_bind(self.config.bind)[0], new.cors_origins)
         self._sticky_header = new.sticky_header.lower().encode("latin-1")
         old, self.config = self.config, self.config.replace(**changes)
@@ -182,6 +194,7 @@ class Gateway:
             limiter_waiting=stats.limiter.tasks_waiting,
             detached_pending=stats.detached.pending if stats.detached else 0,
             receipts_pending=self.receipts.statistics().pending if self.receipts else 0,
+            **self.accounts.gauges(),
         )
 
     def debug_state(self) -> dict[str, Any]:
@@ -306,12 +319,8 @@ class Gateway:
         ex.model, ex.stream = parsed.model, parsed.stream
         if key is not None:
             self.keyring.authorize(key, parsed.model)
-            self.keyring.admit(key, self.clock())
-            key_limiter = self.keyring.limiter(key)
-            if key_limiter is not None:
-                await key_limiter.acquire(ex)
-                ex.held.append(key_limiter)
-        upstream = self._upstream_request(route, scope, body, parsed, ex.request_id)
+        await self.accounts.admit(key, ex, len(body) // 4)
+        upstream = self._upstream_request(route, scope, body, parsed, ex)
         assert self.client is not None
         await self.limiter.acquire(ex)
         ex.held.append(self.limiter)
@@ -322,28 +331,14 @@ class Gateway:
         return Relay(self.client, self.config, upstream, ex, extra)
 
     def _upstream_request(
-        self, route: Route, scope: Scope, body: bytes, parsed: ParsedBody, rid: str
+        self, route: Route, scope: Scope, body: bytes, parsed: ParsedBody, ex: Exchange
     ) -> UpstreamRequest:
-        kind = route.upstream_kind
-        if kind == "any":
-            kind = "openai" if self.router.has("openai") else "anthropic"
-        pool = self.router.pool(kind, parsed.model)
-        # The parsed body is kept past admission only if a provider renames the model.
-        aliased = any(m.upstream_model not in (None, parsed.model) for m in pool.members)
-        return UpstreamRequest(
-            method=route.method,
-            path=route.upstream_path,
-            headers=forward_headers(scope["headers"], parsed.stream, request_id=rid),
-            body=body,
-            body_json=parsed.json if aliased else None,
-            plan=pool.plan(
-                session_key(
-                    scope["headers"], self._sticky_header, parsed, self.config.sticky_user_field
-                )
-            ),
-            dialect=route.dialect,
-            parse_body=route.parse_response,
-        )
+        if self.config.request_usage and (asked := usage_requested(route, parsed)) is not None:
+            parsed = dataclasses.replace(parsed, json=asked)
+            body, ex.strip_usage = orjson.dumps(asked), True
+        headers = scope["headers"]
+        session = session_key(headers, self._sticky_header, parsed, self.config.sticky_user_field)
+        return upstream_request(self.router, route, headers, body, parsed, ex.request_id, session)
 
     async def _abort(
         self, exc: BaseException, ex: Exchange, send: Send, extra: list[tuple[bytes, bytes]]
@@ -377,6 +372,7 @@ class Gateway:
             log.error("request %s ended without an outcome", ex.request_id)
             ex.settle(ex.upstream_outcome or Outcome.UNKNOWN)
         record = CompletionRecord.from_exchange(ex)
+        self.accounts.settle(ex, record)
         self._total += 1
         outcome = record.outcome.value
         self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1

@@ -24,6 +24,7 @@ from ..observe.metrics import CONTENT_TYPE, Metrics
 from ..receipts.service import ReceiptService
 from ..relay.exchange import CompletionRecord
 from ..routing.pools import Router
+from .accounts import Accounts
 
 __all__ = [
     "MAX_RECORDS_PAGE",
@@ -32,6 +33,7 @@ __all__ = [
     "debug_records",
     "list_models",
     "readyz",
+    "usage",
     "receipt",
     "send_error_json",
     "send_metrics",
@@ -42,16 +44,24 @@ async def send_error_json(send: Send, err: GatewayError) -> None:
     await send_json(send, err.status, orjson.loads(render_json(err, Dialect.OPENAI)))
 
 
-async def readyz(send: Send, ready: bool, router: Router, now: float, detailed: bool) -> None:
+async def readyz(
+    send: Send, ready: bool, router: Router, now: float, detailed: bool, redis: str
+) -> None:
     """Ready to serve; with ``detailed`` (an admin key, or no keys configured) also
-    which declared model pools have no healthy provider and each provider's state."""
+    which declared model pools have no healthy provider, each provider's state
+    and Redis's (``up``, ``down``, ``off``). ``redis``: ``down-closed`` when
+    Redis is down and ``redis_failure = "closed"``: then not ready (limited
+    keys would get 503s)."""
     unhealthy, declared = router.unhealthy_pools(now)
     if unhealthy and len(unhealthy) == declared:
         ready = False  # nothing at all could be served
+    if redis == "down-closed":
+        ready = False
     body: dict[str, object] = {"ready": ready}
     if detailed:
         body["unhealthy_pools"] = unhealthy
         body["providers"] = {s.name: s.state for s in router.statistics(now)}
+        body["redis"] = redis.removesuffix("-closed")
     await send_json(send, 200 if ready else 503, body)
 
 
@@ -98,6 +108,20 @@ async def receipt(
     await send_error_json(send, NotFound("no such receipt"))
 
 
+async def usage(scope: Scope, gw: GatewayView, key: ApiKey | None, admin: bool) -> dict[str, Any]:
+    """``GET /v1/usage``: the calling key's totals; an admin key may ask for
+    another key's with ``?key=NAME`` (a name that is not configured is a 404)."""
+    name = key.name if key is not None else None
+    asked = parse_qs(scope.get("query_string", b"").decode("ascii", "replace")).get("key")
+    if asked and asked[0] != name:
+        if not admin:
+            raise AdminOnly("reading another key's usage needs an admin key")
+        if asked[0] not in {k.name for k in gw.keyring.keys}:
+            raise NotFound("no such key")
+        name = asked[0]
+    return {"key": name, **await gw.accounts.usage(name)}
+
+
 MAX_RECORDS_PAGE = 1000
 
 
@@ -138,7 +162,7 @@ async def list_models(
     return True
 
 
-_OWN = frozenset({"/healthz", "/readyz", "/metrics"})
+_OWN = frozenset({"/healthz", "/readyz", "/metrics", "/v1/usage"})
 _OWN_PREFIXES = ("/v1/signature/", "/v1/attestation/", "/debug/")
 
 
@@ -174,6 +198,9 @@ class GatewayView(Protocol):
     def recent(self) -> Sequence[CompletionRecord] | None: ...
 
     def clock(self) -> float: ...
+
+    @property
+    def accounts(self) -> Accounts: ...
 
     def debug_state(self) -> dict[str, Any]: ...
 
@@ -211,7 +238,12 @@ class OwnEndpoints:
                 refused = err
         if path == "/readyz":
             ready = gw.ready and gw.client is not None
-            await readyz(send, ready, gw.router, gw.clock(), detailed=admin)
+            await readyz(send, ready, gw.router, gw.clock(), admin, gw.accounts.redis_state())
+            return True
+        if path == "/v1/usage" and scope["method"] == "GET":
+            if refused is not None:
+                raise refused
+            await send_json(send, 200, await usage(scope, gw, key, admin))
             return True
         if path.startswith(("/v1/signature/", "/v1/attestation/")) and scope["method"] == "GET":
             if refused is not None and path.startswith("/v1/signature/"):

@@ -1,8 +1,10 @@
 """The ASGI lifespan of one worker: the resources that outlive requests.
 
 Resource handling: the lifespan task owns the upstream ``httpx.AsyncClient``,
-the service nursery (detached work: receipts, hooks) and a background nursery
-(the receipt pruner). On shutdown, after Hypercorn has let in-flight requests
+the Redis client when ``redis_url`` is set (:mod:`trioproxy.shared`), the
+service nursery (detached work: receipts, hooks, usage) and a background
+nursery (the receipt pruner; with Redis, the lease refresher, the Redis probe
+and the receipt spool's copier). On shutdown, after Hypercorn has let in-flight requests
 finish within ``graceful_timeout``, pending detached work is drained (bounded
 by ``drain_timeout``) before the client and the receipt store close.
 
@@ -13,8 +15,10 @@ first, so ``serve`` reports it as one line on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import httpx
@@ -25,7 +29,11 @@ from ..config import Config
 from ..observe.tracing import Tracing
 from ..receipts.detached import DetachedWork, open_detached_work
 from ..receipts.service import KeyError_, ReceiptService, open_signer_and_store
+from ..receipts.store import ReceiptStore, SQLiteStore
+from ..shared.receipts import RedisReceiptStore, SpooledStore
+from ..shared.redis import SharedRedis, open_shared_redis
 from ..upstream.client import open_upstream_client
+from .accounts import Accounts
 
 __all__ = ["lifespan"]
 
@@ -41,6 +49,16 @@ class Served(Protocol):
     receipts: ReceiptService | None
     ready: bool
     tracing: Tracing | None
+    accounts: Accounts
+
+
+@contextlib.asynccontextmanager
+async def _maybe_redis(config: Config) -> AsyncIterator[SharedRedis | None]:
+    if not config.redis_url:
+        yield None
+        return
+    async with open_shared_redis(config) as redis:
+        yield redis
 
 
 async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
@@ -57,12 +75,17 @@ async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
     try:
         async with (
             open_upstream_client(cfg) as client,
+            _maybe_redis(cfg) as redis,
             trio.open_nursery() as background,  # long-running chores, cancelled at the end
         ):
             async with open_detached_work(
                 cfg.max_pending_detached, cfg.detached_concurrency, cfg.drain_timeout
             ) as detached:
+                if redis is not None:
+                    shared = gw.accounts.share(redis, detached.submit)
+                    background.start_soon(shared.refresh_forever, name="lease-refresher")
                 if signer is not None and store is not None:
+                    store = _receipt_store(cfg, store, redis, background)
                     gw.receipts = ReceiptService(
                         signer, store, detached, cfg.max_pending_receipts, cfg.sign_truncated
                     )
@@ -73,8 +96,9 @@ async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()
                 gw.ready = False
-            # Detached work (receipts included) is drained by now.
+            # Detached work (receipts and usage included) is drained by now.
             background.cancel_scope.cancel()
+            gw.accounts.unshare()
     finally:
         gw.client = None
         if gw.tracing is not None:  # flush the spans (the exporter's thread joins)
@@ -84,3 +108,14 @@ async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
             with trio.CancelScope(shield=True):
                 await store.aclose()
     await send({"type": "lifespan.shutdown.complete"})
+
+
+def _receipt_store(
+    cfg: Config, store: ReceiptStore, redis: SharedRedis | None, background: trio.Nursery
+) -> ReceiptStore:
+    """``receipt_store = "redis"``: Redis, with the SQLite file as its spool."""
+    if cfg.receipt_store != "redis" or redis is None or not isinstance(store, SQLiteStore):
+        return store
+    spooled = SpooledStore(RedisReceiptStore(redis, cfg.receipt_ttl_days), store)
+    background.start_soon(spooled.copy_forever, name="receipt-spool-copier")
+    return spooled
