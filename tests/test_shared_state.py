@@ -1,0 +1,176 @@
+"""Redis down, slow or misconfigured: the gateway keeps its promises.
+
+Two in-process gateways share one real ``redis-server`` (each with its own
+local state and data dir); Redis is killed, paused and restarted under them.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+
+import pytest
+import trio
+
+from tests.conftest import chat, eventually, running
+from tests.redis_server import RedisServer
+from trioproxy.admission.auth import new_key
+from trioproxy.config import load_config
+from trioproxy.errors import ConfigError
+from trioproxy.shared.receipts import SpooledStore
+from trioproxy.testing.rawclient import request
+
+ALICE, ALICE_BLOCK = new_key("alice")
+ROOT, ROOT_BLOCK = new_key("root")
+FREE, FREE_BLOCK = new_key("free")  # no limits: needs no admission round trip
+CHAT = "/v1/chat/completions"
+
+
+def _keys() -> tuple[dict[str, object], ...]:
+    alice = ALICE_BLOCK.replace("rpm = 0", "rpm = 100000").replace(
+        "max_streams = 0", "max_streams = 64"
+    )
+    root = ROOT_BLOCK + "admin = true\n"
+    return tuple(tomllib.loads(alice + root + FREE_BLOCK)["keys"])
+
+
+def _auth(key: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {key}")]
+
+
+async def test_redis_killed_mid_campaign_fails_no_request_and_loses_no_receipt(
+    redis_server: RedisServer,
+) -> None:
+    shared = {"redis_url": redis_server.url, "keys": _keys(), "receipt_store": "redis"}
+    async with running(**shared) as (a, _), running(**shared) as (b, _):
+        total, done, receipts, failures = 150, [0], [], []
+
+        async def client() -> None:
+            while done[0] < total:
+                done[0] += 1
+                r = await request(a.url, "POST", CHAT, chat("mock-t3-i0"), _auth(ALICE))
+                if r.status != 200 or not r.body.endswith(b"data: [DONE]\n\n"):
+                    failures.append((r.status, r.body[-200:]))
+                receipts.append(r.headers[b"x-trioproxy-receipt-id"].decode())
+
+        async def chaos() -> None:
+            await eventually(lambda: done[0] >= total // 3, timeout=30)
+            redis_server.stop()
+            await eventually(lambda: done[0] >= 2 * total // 3, timeout=30)
+            redis_server.start()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(chaos)
+            for _ in range(6):
+                nursery.start_soon(client)
+        assert failures == []
+        assert a.app.accounts.redis is not None
+        stats = a.app.accounts.redis.statistics()
+        assert stats.outages >= 1 and stats.failed_calls > 0
+        assert a.app.accounts.shared is not None and a.app.accounts.shared.fallbacks > 0
+
+        # Every receipt reaches Redis once it is back: B reads them all from there.
+        async def all_readable_on_b() -> bool:
+            for rid in receipts:
+                r = await request(b.url, "GET", f"/v1/signature/{rid}", None, _auth(ALICE))
+                if r.status != 200:
+                    return False
+            return True
+
+        await eventually(all_readable_on_b, timeout=20, poll=0.2)
+        assert len(set(receipts)) == total
+        assert a.app.receipts is not None
+        spool = a.app.receipts.store
+        assert isinstance(spool, SpooledStore)
+        assert spool.spooled > 0 and spool.copied == spool.spooled  # the outage went to disk
+
+
+async def test_fail_closed_refuses_in_the_dialect_and_readyz_says_why(
+    redis_server: RedisServer,
+) -> None:
+    config = {"redis_url": redis_server.url, "keys": _keys(), "redis_failure": "closed"}
+    async with running(**config) as (gw, _):
+        assert await _status(gw.url, ALICE) == 200
+        redis_server.stop()
+        openai = await request(gw.url, "POST", CHAT, chat("mock-t2-i0"), _auth(ALICE))
+        assert openai.status == 503 and int(openai.headers[b"retry-after"]) >= 1
+        assert openai.json()["error"]["code"] == "shared_state_unavailable"
+        body = {"model": "mock-t2-i0", "max_tokens": 5, "messages": [], "stream": True}
+        anthropic = await request(gw.url, "POST", "/v1/messages", body, [("x-api-key", ALICE)])
+        assert anthropic.status == 503
+        assert anthropic.json() == {
+            "type": "error",
+            "error": {"type": "overloaded_error", "message": anthropic.json()["error"]["message"]},
+        }
+        assert await _status(gw.url, FREE) == 200  # a key without limits needs no Redis
+        ready = await request(gw.url, "GET", "/readyz", None, _auth(ROOT))
+        assert ready.status == 503 and ready.json()["redis"] == "down"
+        redis_server.start()
+
+        async def back() -> bool:
+            return (await request(gw.url, "GET", "/readyz")).status == 200
+
+        await eventually(back, timeout=10)
+        assert await _status(gw.url, ALICE) == 200
+
+
+async def _status(url: str, key: str) -> int:
+    return (await request(url, "POST", CHAT, chat("mock-t2-i0"), _auth(key))).status
+
+
+async def test_a_hung_redis_costs_one_request_redis_timeout_then_nothing(
+    redis_server: RedisServer,
+) -> None:
+    async with running(redis_url=redis_server.url, keys=_keys(), redis_timeout=0.05) as (gw, _):
+        assert await _status(gw.url, ALICE) == 200
+        redis_server.pause()  # holds the connection, answers nothing
+        try:
+            start = trio.current_time()
+            assert await _status(gw.url, ALICE) == 200  # fail open: this process decides
+            first = trio.current_time() - start
+            start = trio.current_time()
+            for _ in range(5):
+                assert await _status(gw.url, ALICE) == 200
+            later = (trio.current_time() - start) / 5
+        finally:
+            redis_server.resume()
+        assert first < 1.0  # bounded by redis_timeout (0.05 s), with room for a slow machine
+        assert later < first  # down: no more waiting for a timeout per request
+        metrics = await request(gw.url, "GET", "/metrics", None, _auth(ROOT))
+        assert b"trioproxy_limit_fallbacks_total 6.0" in metrics.body
+
+        async def up() -> bool:
+            ready = await request(gw.url, "GET", "/readyz", None, _auth(ROOT))
+            return bool(ready.json()["redis"] == "up")
+
+        await eventually(up, timeout=10)
+        assert (
+            b"trioproxy_redis_up 1.0"
+            in (await request(gw.url, "GET", "/metrics", None, _auth(ROOT))).body
+        )
+
+
+def test_a_password_in_redis_url_is_refused() -> None:
+    with pytest.raises(ConfigError, match="must not hold a password"):
+        load_config(None, redis_url="redis://:hunter2@127.0.0.1:6379/0")
+    with pytest.raises(ConfigError, match="redis_url must be"):
+        load_config(None, redis_url="http://127.0.0.1:6379/0")
+    with pytest.raises(ConfigError, match="database number"):
+        load_config(None, redis_url="redis://127.0.0.1:6379/x")
+
+
+async def test_the_redis_password_never_reaches_the_log(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A password Redis refuses: the outage is logged, the password is not, and
+    requests pass on this process's counters."""
+    redis_server.require_password("the-right-one")
+    secret = "s3cret-" + "x" * 16
+    monkeypatch.setenv("TRIOPROXY_REDIS_PASSWORD", secret)
+    caplog.set_level(logging.DEBUG)
+    async with running(redis_url=redis_server.url, keys=_keys()) as (gw, _):
+        assert await _status(gw.url, ALICE) == 200
+        metrics = await request(gw.url, "GET", "/metrics", None, _auth(ROOT))
+        assert b"trioproxy_redis_up 0.0" in metrics.body
+    assert any("redis at 127.0.0.1" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if secret in r.getMessage() or secret in str(r.args)]
