@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test quick lint typecheck unit bench clean redis-server
+.PHONY: run test quick lint typecheck unit bench clean redis-server multi-host
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 # All scenarios against direct, trioproxy and nginx (if installed: apt-get install nginx-light).
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench $(ARGS)
+
+# Two gateways sharing one Redis (examples/multi-host).
+multi-host: $(VENV)/.installed redis-server
+	bash examples/multi-host/run.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

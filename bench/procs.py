@@ -99,9 +99,12 @@ def start_mock() -> Proc:
     return Proc("mock", f"http://127.0.0.1:{port}", popen)
 
 
-def start_trioproxy(mock_url: str, metrics: bool = True, tree: Path | None = None) -> Proc:
+def start_trioproxy(
+    mock_url: str, metrics: bool = True, tree: Path | None = None, extra_config: str = ""
+) -> Proc:
     """A gateway on the proxy core; ``tree``: run the trioproxy of another
-    checkout (its root first on PYTHONPATH), e.g. to compare two commits."""
+    checkout (its root first on PYTHONPATH), e.g. to compare two commits;
+    ``extra_config``: TOML lines appended to its config."""
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="trioproxy-bench-"))
     config = workdir / "trioproxy.toml"
@@ -109,7 +112,7 @@ def start_trioproxy(mock_url: str, metrics: bool = True, tree: Path | None = Non
         f'openai_upstreams = ["{mock_url}/v1"]\nanthropic_upstreams = ["{mock_url}"]\n'
         "access_log = false\nmax_streams = 4096\ndebug_endpoints = true\n"
         f"metrics = {'true' if metrics else 'false'}\n"
-        f'data_dir = "{workdir}"\n'
+        f'data_dir = "{workdir}"\n' + extra_config
     )
     cmd = [sys.executable, "-m", "trioproxy", "serve", "--config", str(config)]
     env = {**os.environ, "PYTHONPATH": str(tree)} if tree is not None else None

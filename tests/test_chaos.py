@@ -107,6 +107,17 @@ async def test_campaign_with_two_providers_of_each_kind_holds_every_invariant() 
     assert report["failovers"]["attempts_moved_on"] > 0, text
 
 
+async def test_campaign_with_redis_killed_at_random_holds_every_invariant() -> None:
+    """``chaos --redis``: the gateway's receipts and usage live in a Redis that is
+    killed and restarted under the runs; no run fails for it, no receipt is lost."""
+    report = await run_campaign(None, runs=200, concurrency=16, seed=20261201, redis=True)
+    text = format_report(report)
+    assert report["passed"], text
+    names = [i["name"] for i in report["invariants"]]
+    assert "receipts_survive_redis_outages" in names, text
+    assert "Redis kills)" in text and "(0 Redis kills)" not in text, text
+
+
 def _serve_builtin(tmp: Any, *config_lines: str) -> tuple[Any, str]:
     """``trioproxy serve`` as `make run` starts it (the built-in mock in the same
     process), with short timeouts so that stalls end quickly."""

@@ -174,3 +174,24 @@ async def test_the_redis_password_never_reaches_the_log(
         assert b"trioproxy_redis_up 0.0" in metrics.body
     assert any("redis at 127.0.0.1" in r.getMessage() for r in caplog.records)
     assert not [r for r in caplog.records if secret in r.getMessage() or secret in str(r.args)]
+
+
+async def test_receipt_references_are_bounded_before_they_name_a_redis_key(
+    redis_server: RedisServer,
+) -> None:
+    async with running(redis_url=redis_server.url, keys=_keys()) as (gw, _):
+        made = await request(gw.url, "POST", CHAT, chat("mock-t2-i0"), _auth(ALICE))
+        rid = made.headers[b"x-trioproxy-receipt-id"].decode()
+
+        async def stored() -> bool:
+            r = await request(gw.url, "GET", f"/v1/signature/{rid}", None, _auth(ALICE))
+            return r.status == 200
+
+        await eventually(stored)
+        assert gw.app.accounts.redis is not None
+        before = gw.app.accounts.redis.statistics().calls
+        for ref in ("a" * 300, "tp:rcpt:*", "%00x", "rcpt_%20x"):
+            r = await request(gw.url, "GET", f"/v1/signature/{ref}", None, _auth(ALICE))
+            assert r.status == 404, ref
+        # The long one never reached Redis; the others were looked up as plain names.
+        assert gw.app.accounts.redis.statistics().calls - before <= 3

@@ -87,8 +87,9 @@ def _chaos(args: argparse.Namespace) -> int:
         return _chaos_target(args, seed, progress)
     try:
         report = trio.run(
-            run_campaign, args.gateway, args.runs, args.concurrency, seed, progress, args.providers
-        )
+            run_campaign, args.gateway, args.runs, args.concurrency, seed, progress,
+            args.providers, args.redis,
+        )  # fmt: skip
     except CampaignError as exc:
         print(f"\ntrioproxy chaos: {exc}", file=sys.stderr)
         return 2

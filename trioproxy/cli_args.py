@@ -100,6 +100,9 @@ def _chaos(sub: Any) -> None:
                        help="with --target: the target's idle, time-to-first-token and "
                        "slow-client timeouts in seconds, and how long past them a client counts "
                        "as hung (default 30,60,30,30)")  # fmt: skip
+    chaos.add_argument("--redis", action="store_true",
+                       help="without --gateway: keep the gateway's receipts and usage in a "
+                       "redis-server started here and killed at random (default: no Redis)")  # fmt: skip
     chaos.add_argument("--providers", type=int, default=1, metavar="N",
                        help="without --gateway: N providers of each kind on the one mock, to "
                             "fail over and eject under chaos (default 1)")  # fmt: skip

@@ -24,13 +24,15 @@ __all__ = ["debug_state", "find_trace", "rss_bytes", "task_names"]
 def task_names(exclude: Iterable[trio.Nursery] = ()) -> dict[str, int]:
     """Every task of this trio run (walked from the root task), counted by name,
     but those under the ``exclude`` nurseries (the built-in mock upstream's,
-    which shares the gateway's trio run but is not the gateway)."""
+    which shares the gateway's trio run but is not the gateway) and the Redis
+    client's connection tasks (coredis keeps a reader and a writer per pooled
+    connection: as many as its pool, whatever the requests do)."""
     skipped = set(map(id, exclude))
     names: dict[str, int] = {}
     stack = [trio.lowlevel.current_root_task()]
     while stack:
         task = stack.pop()
-        if task is None:
+        if task is None or task.name.startswith("coredis."):
             continue
         name = task.name.rsplit(".", 1)[-1]
         names[name] = names.get(name, 0) + 1

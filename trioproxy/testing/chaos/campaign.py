@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ import trio
 
 from ..rawclient import request
 from .plan import Limits, RunResult, execute_all, plan, poll_peer_closed
+from .redis_chaos import ChaosRedis, check_redis_invariants
 from .report import Observed, build_report
 
 __all__ = ["open_local_gateway", "run_campaign"]
@@ -101,9 +103,9 @@ def _free_port() -> int:
 
 
 @asynccontextmanager
-async def open_local_gateway(providers: int = 1) -> AsyncIterator[str]:
+async def open_local_gateway(providers: int = 1, redis_url: str = "") -> AsyncIterator[str]:
     """A mock upstream and a gateway (debug endpoints on) as child processes,
-    with ``providers`` providers of each kind."""
+    with ``providers`` providers of each kind (and its state in ``redis_url``)."""
     python = [sys.executable, "-m", "trioproxy"]
     mock_port, gw_port = _free_port(), _free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"
@@ -113,6 +115,8 @@ async def open_local_gateway(providers: int = 1) -> AsyncIterator[str]:
         f.write(LOCAL_CONFIG.format(data_dir=data_dir))
         if providers > 1:
             f.write("eject_after = 0\n")
+        if redis_url:
+            f.write(f'redis_url = "{redis_url}"\nreceipt_store = "redis"\n')
         for i in range(providers):
             f.write(PROVIDER_TABLES.format(mock=mock_url, i=i))
     procs: list[trio.Process] = []
@@ -158,7 +162,18 @@ async def run_campaign(
     seed: int,
     progress: Any = None,
     providers: int = 1,
+    redis: bool = False,
 ) -> dict[str, Any]:
+    """``redis``: the local gateway keeps its state in a Redis killed at random
+    (:mod:`.redis_chaos`)."""
+    if gateway is None and redis:
+        chaos_redis = ChaosRedis()
+        await chaos_redis.start()
+        try:
+            async with open_local_gateway(providers, chaos_redis.url) as url:
+                return await _campaign(url, runs, concurrency, seed, progress, chaos_redis)
+        finally:
+            await chaos_redis.aclose()
     if gateway is None:
         async with open_local_gateway(providers) as url:
             return await _campaign(url, runs, concurrency, seed, progress)
@@ -166,7 +181,12 @@ async def run_campaign(
 
 
 async def _campaign(
-    url: str, runs: int, concurrency: int, seed: int, progress: Any
+    url: str,
+    runs: int,
+    concurrency: int,
+    seed: int,
+    progress: Any,
+    redis: ChaosRedis | None = None,
 ) -> dict[str, Any]:
     state = await _get(url, "/debug/state")
     cfg = state["config"]
@@ -200,8 +220,15 @@ async def _campaign(
         if progress is not None:
             progress(len(counted), len(planned), int(result.client_error is not None))
 
-    results = await execute_all(planned, url, limits, peer_closed, concurrency, done)
+    finished = trio.Event()
+    async with trio.open_nursery() as nursery:
+        if redis is not None:
+            nursery.start_soon(redis.kill_at_random, seed, finished, name="redis-killer")
+        results = await execute_all(planned, url, limits, peer_closed, concurrency, done)
+        finished.set()
     duration = time.monotonic() - started
+    if redis is not None and (redis.proc is None or redis.proc.returncode is not None):
+        await redis.start()
     final = await _settle(url)
     observed = Observed(
         baseline=baseline,
@@ -210,7 +237,12 @@ async def _campaign(
         mock_stats=dict(await _get(mock_url, "/mock/stats")),
         peer_closes=list(await _get(mock_url, "/mock/peer-closes")),
     )
-    return build_report(seed, planned, results, observed, duration, concurrency)
+    report = build_report(seed, planned, results, observed, duration, concurrency)
+    if redis is not None:
+        extra = await check_redis_invariants(url, observed.records, redis)
+        report["invariants"] += [asdict(i) for i in extra]
+        report["passed"] = report["passed"] and all(i.ok for i in extra)
+    return report
 
 
 def write_report(report: dict[str, Any], path: str) -> None:

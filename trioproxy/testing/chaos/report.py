@@ -96,7 +96,7 @@ def check_invariants(runs: Sequence[Run], observed: Observed) -> list[Invariant]
             f"tasks baseline={base['tasks']} after={final['tasks']}"
             + _task_diff(base.get("task_names", {}), final.get("task_names", {}))
             + " (not counted: Hypercorn's keep-alive timers of idle connections, such as the one"
-            " that asked for this state, and the built-in mock upstream's tasks)",
+            " that asked for this state, the built-in mock upstream's tasks and the Redis client's connection tasks)",
         ),
         Invariant(
             "detached_drained",
