@@ -34,6 +34,7 @@ import trio
 
 from trioproxy.admission.auth import new_key
 from trioproxy.testing.rawclient import RawClient
+from trioproxy.testing.redis_server import redis_command
 
 from .procs import OTHER_CORES, PINNED, free_port, start_mock, start_trioproxy, wait_port
 
@@ -92,12 +93,12 @@ async def _throughput(url: str, n: int, concurrency: int, auth: bool) -> float:
 
 def _start_redis() -> tuple[subprocess.Popen[bytes], str, str]:
     port, workdir = free_port(), tempfile.mkdtemp(prefix="trioproxy-bench-redis-")
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("bench.redis_cost needs redis-server (apt-get install redis-server)")
+    try:
+        argv = redis_command(port, workdir, durable=False)
+    except RuntimeError as exc:
+        raise SystemExit(f"bench.redis_cost: {exc}") from None
     popen = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         preexec_fn=lambda: os.sched_setaffinity(0, OTHER_CORES),
     )  # fmt: skip
     wait_port(port)

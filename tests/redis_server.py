@@ -16,6 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from trioproxy.testing.redis_server import redis_command
+
 __all__ = ["RedisServer", "redis_server"]
 
 
@@ -27,23 +29,20 @@ def _free_port() -> int:
 
 class RedisServer:
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed: `make test` installs it (apt-get)")
-        self.binary = binary
         self.port = _free_port()
         self.dir = tempfile.mkdtemp(prefix="trioproxy-redis-")
+        try:
+            self.argv = redis_command(self.port, self.dir)
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}: `make test` installs it")
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir,
-             "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # until it accepts connections
             try:
@@ -61,7 +60,8 @@ class RedisServer:
     def stop(self) -> None:
         """SIGKILL: a crash. What Redis had acknowledged survives it (an append-only
         file synced on every write, as a deployment that keeps receipts in Redis
-        runs it), so what the gateway stored there is there again on restart."""
+        runs it: :func:`~trioproxy.testing.redis_server.redis_command`), so what
+        the gateway stored there is there again on restart."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -89,7 +89,7 @@ def redis_server() -> Iterator[RedisServer]:
     try:
         yield server
     finally:
-        if server.proc is not None:
-            server.resume() if server.proc.poll() is None else None
+        if server.proc is not None and server.proc.poll() is None:
+            server.resume()  # a paused server cannot be killed cleanly otherwise
         server.stop()
         shutil.rmtree(server.dir, ignore_errors=True)

@@ -31,7 +31,16 @@ from ..errors import Overloaded
 from .auth import ApiKey
 from .limits import StreamLimiter
 
-__all__ = ["Grant", "LocalQuotas", "TokenCount", "TokenWindow", "UsageBook", "UsageTotals"]
+__all__ = [
+    "LIMITS",
+    "Grant",
+    "LocalQuotas",
+    "over_limit",
+    "TokenCount",
+    "TokenWindow",
+    "UsageBook",
+    "UsageTotals",
+]
 
 WINDOW = 60  # seconds: rpm and tpm windows
 
@@ -169,9 +178,19 @@ class _KeyState:
     streams: StreamLimiter | None
 
 
-def _limited(key: ApiKey, name: str, limit: int, retry_after: int) -> Overloaded:
+# The limits of a key: the ApiKey field and how a 429 names it.
+LIMITS = {
+    "rpm": "requests per minute",
+    "tpm": "tokens per minute",
+    "max_streams": "concurrent streams",
+}
+
+
+def over_limit(key: ApiKey, limit: str, retry_after: int) -> Overloaded:
+    """The 429 for ``key`` over ``limit`` (a name of :data:`LIMITS`)."""
     return Overloaded(
-        f"key {key.name!r} is over its {limit} {name}", retry_after=max(1, retry_after)
+        f"key {key.name!r} is over its {getattr(key, limit)} {LIMITS[limit]}",
+        retry_after=max(1, retry_after),
     )
 
 
@@ -212,12 +231,12 @@ class LocalQuotas:
             return grant
         recent, tokens = state.requests, state.tokens
         if recent is not None and len(recent) == recent.maxlen and now - recent[0] < WINDOW:
-            raise _limited(key, "requests per minute", key.rpm, int(WINDOW - (now - recent[0])) + 1)
+            raise over_limit(key, "rpm", int(WINDOW - (now - recent[0])) + 1)
         if tokens is not None and tokens.used(now) >= key.tpm:
-            raise _limited(key, "tokens per minute", key.tpm, tokens.retry_after(now))
+            raise over_limit(key, "tpm", tokens.retry_after(now))
         if state.streams is not None:
             if not state.streams.try_acquire(borrower):
-                raise _limited(key, "concurrent streams", key.max_streams, 1)
+                raise over_limit(key, "max_streams", 1)
             grant.limiter = state.streams
         if recent is not None:
             recent.append(now)

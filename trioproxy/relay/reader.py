@@ -264,16 +264,14 @@ class UpstreamReader:
                         ex.usage_block = block
                     if dialects.is_final(block):
                         ex.final_event = True
-                if strip:  # the client gets the events, less the usage chunk
-                    chunk = b"".join(b for b in blocks if not dialects.is_usage_only(b))
                 if ex.events > before:
                     ex.events_read(ex.events - before, now)
                 if progress and ex.first_event_at is not None:
                     read_scope.deadline = min(now + idle, end_by)
-            elif strip:
-                continue  # the event is not complete yet: nothing to send
-            if not chunk:
-                continue
+            if strip:  # the client gets the complete events, less the usage chunk
+                chunk = b"".join(b for b in blocks if not dialects.is_usage_only(b))
+                if not chunk:
+                    continue
             if not started:
                 started = True
                 headers = [*_STREAM_HEADERS, *_passed_headers(response)]

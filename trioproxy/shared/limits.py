@@ -31,15 +31,14 @@ from typing import Any
 import trio
 
 from ..admission.auth import ApiKey
-from ..admission.quotas import Grant, LocalQuotas, TokenCount, UsageTotals
-from ..errors import Overloaded, SharedStateUnavailable
+from ..admission.quotas import Grant, LocalQuotas, TokenCount, UsageTotals, over_limit
+from ..errors import SharedStateUnavailable
 from .redis import RedisUnavailable, SharedRedis
 from .scripts import ADMIT, REFRESH, SETTLE, USAGE, key_prefix
 
 __all__ = ["SharedQuotas"]
 
 log = logging.getLogger("trioproxy.redis")
-_LIMIT_NAMES = {b"rpm": "requests per minute", b"tpm": "tokens per minute"}
 
 
 def _usage_args(tokens: TokenCount | None) -> tuple[int, int, int, int]:
@@ -99,13 +98,8 @@ class SharedQuotas:
                     "shared limits cannot be checked: the gateway's Redis is unavailable"
                 ) from None
             return self.local.admit(key, estimate, borrower)
-        if verdict != b"ok":
-            limit = {**_LIMIT_NAMES, b"max_streams": "concurrent streams"}[verdict]
-            amount = {"rpm": key.rpm, "tpm": key.tpm}.get(verdict.decode(), key.max_streams)
-            raise Overloaded(
-                f"key {key.name!r} is over its {amount} {limit}",
-                retry_after=max(1, -(-int(wait_ms) // 1000)),
-            )
+        if verdict != b"ok":  # the name of the limit it is over, and when to come back
+            raise over_limit(key, verdict.decode(), -(-int(wait_ms) // 1000))
         if lease:
             self.leases[lease] = key.name
         return Grant(key, estimate, now, shared=True, lease=lease or None)

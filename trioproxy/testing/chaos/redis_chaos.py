@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from ..rawclient import request
+from ..redis_server import redis_command
 from .report import Invariant
 
 __all__ = ["ChaosRedis", "check_redis_invariants"]
@@ -30,24 +31,17 @@ __all__ = ["ChaosRedis", "check_redis_invariants"]
 
 class ChaosRedis:
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("--redis needs redis-server (apt-get install redis-server)")
-        self.binary = binary
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
         self.dir = tempfile.mkdtemp(prefix="trioproxy-chaos-redis-")
+        self.argv = redis_command(self.port, self.dir)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: trio.Process | None = None
         self.kills = 0
 
     async def start(self) -> None:
-        cmd = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir,
-        ]  # fmt: skip
-        self.proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL)
+        self.proc = await trio.lowlevel.open_process(self.argv, stdout=subprocess.DEVNULL)
         with trio.fail_after(10):
             while True:
                 try:
