@@ -11,7 +11,10 @@ makes its admission round trip (``ADMIT``) and its completion round trip
 
 - TTFT: one request at a time (``mock-t2-i0``), request sent -> first content
   byte at the client; direct to the mock in the same rounds for the "added"
-  figure.
+  figure. ``on`` is the bench key, far from its limits: admitted early (its
+  ``ADMIT`` counted while the upstream request is on its way); ``on-near`` a
+  second key of the same gateway at half its limit or more (``max_streams =
+  1``), whose every admission waits for the ``ADMIT`` reply.
 - Throughput: a closed loop of C requests in flight, 100 tokens each, no delay.
 
 Results: ``bench/results/redis_cost.md`` and ``.json``.
@@ -20,6 +23,7 @@ Results: ``bench/results/redis_cost.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -33,14 +37,17 @@ import orjson
 import trio
 
 from trioproxy.admission.auth import new_key
-from trioproxy.testing.rawclient import RawClient
+from trioproxy.testing.rawclient import RawClient, request
 from trioproxy.testing.redis_server import redis_command
 
 from .procs import OTHER_CORES, PINNED, free_port, start_mock, start_trioproxy, wait_port
 
 KEY, BLOCK = new_key("bench")
 LIMITED = BLOCK.replace("rpm = 0", "rpm = 10000000").replace("tpm = 0", "tpm = 1000000000")
-LIMITED = LIMITED.replace("max_streams = 0", "max_streams = 100000")
+LIMITED = LIMITED.replace("max_streams = 0", "max_streams = 100000") + "admin = true\n"
+# A key at half its limit or more: every admission waits for Redis (max_streams = 1).
+NEAR_KEY, NEAR_BLOCK = new_key("near")
+NEAR = NEAR_BLOCK.replace("max_streams = 0", "max_streams = 1")
 CHAT = "/v1/chat/completions"
 
 
@@ -48,10 +55,10 @@ def _body(model: str) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
-async def _one(url: str, model: str, auth: bool) -> tuple[float, int]:
+async def _one(url: str, model: str, key: str | None) -> tuple[float, int]:
     """(seconds to the first content byte, tokens) of one stream."""
     client = await RawClient.connect(url)
-    headers = [("authorization", f"Bearer {KEY}")] if auth else []
+    headers = [("authorization", f"Bearer {key}")] if key else []
     start = time.perf_counter()
     await client.send_request("POST", CHAT, _body(model), headers)
     status, _ = await client.response_head()
@@ -66,29 +73,40 @@ async def _one(url: str, model: str, auth: bool) -> tuple[float, int]:
     return first, body.count(b'"content":"')
 
 
-async def _ttft(url: str, n: int, auth: bool, pause: float) -> list[float]:
+async def _ttft(url: str, n: int, key: str | None, pause: float) -> list[float]:
     """``pause`` s between requests: the previous request's after-work (its
     completion call, its receipt) is done before the next one is timed."""
     times = []
     for _ in range(n):
-        times.append((await _one(url, "mock-t2-i0", auth))[0])
+        times.append((await _one(url, "mock-t2-i0", key))[0])
         await trio.sleep(pause)
     return times
 
 
-async def _throughput(url: str, n: int, concurrency: int, auth: bool) -> float:
+async def _throughput(url: str, n: int, concurrency: int) -> float:
     left, tokens = [n], [0]
 
     async def worker() -> None:
         while left[0] > 0:
             left[0] -= 1
-            tokens[0] += (await _one(url, "mock-t100-i0", auth))[1]
+            got = (await _one(url, "mock-t100-i0", KEY))[1]
+            tokens[0] += got  # after the await: `tokens[0] += await ...` loses updates
 
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker)
     return tokens[0] / (time.perf_counter() - start)
+
+
+def _redis_core() -> None:
+    """Redis shares the other core with the mock and the client, which run flat
+    out in the throughput rounds; in production it has a host of its own. A
+    higher priority (when allowed) keeps it from being starved past
+    ``redis_timeout`` there, which would put the gateway in its outage state."""
+    os.sched_setaffinity(0, OTHER_CORES)
+    with contextlib.suppress(OSError):
+        os.nice(-10)
 
 
 def _start_redis() -> tuple[subprocess.Popen[bytes], str, str]:
@@ -98,8 +116,7 @@ def _start_redis() -> tuple[subprocess.Popen[bytes], str, str]:
     except RuntimeError as exc:
         raise SystemExit(f"bench.redis_cost: {exc}") from None
     popen = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: os.sched_setaffinity(0, OTHER_CORES),
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_redis_core,
     )  # fmt: skip
     wait_port(port)
     return popen, f"redis://127.0.0.1:{port}/0", workdir
@@ -110,18 +127,42 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+TARGETS = ("direct", "off", "on", "on-near")
+
+
+_COUNTERS = ("limit_early_admissions", "limit_fallbacks", "redis_outages", "redis_failed_calls")
+
+
+async def _counters(url: str) -> dict[str, int]:
+    """The Redis gateway's own account of its admissions (``/metrics``)."""
+    r = await request(url, "GET", "/metrics", None, [("authorization", f"Bearer {KEY}")])
+    found = {}
+    for line in r.body.decode().splitlines():
+        name, _, value = line.partition(" ")
+        short = name.removeprefix("trioproxy_").removesuffix("_total")
+        if short in _COUNTERS:
+            found[short] = int(float(value))
+    return found
+
+
 async def _run(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, Any]:
-    ttft: dict[str, list[float]] = {name: [] for name in urls}
+    """Targets: ``on`` with the bench key (far from its limits: admitted early),
+    ``on-near`` the same gateway with a key at its limit's half (max_streams = 1:
+    every admission waits for the ADMIT reply)."""
+    keys = {"direct": None, "off": KEY, "on": KEY, "on-near": NEAR_KEY}
+    ttft: dict[str, list[float]] = {name: [] for name in TARGETS}
     rates: dict[str, list[float]] = {name: [] for name in ("off", "on")}
-    for name, url in urls.items():  # warm up: connections, imports, scripts
-        await _ttft(url, 20, name != "direct", 0.0)
+    for name in TARGETS:  # warm up: connections, imports, scripts
+        await _ttft(urls[name], 20, keys[name], 0.0)
     for r in range(args.rounds):
-        order = ["direct", "off", "on"] if r % 2 == 0 else ["direct", "on", "off"]
+        order = ["direct", "off", "on", "on-near"]
+        if r % 2:
+            order = ["direct", "on-near", "on", "off"]
         for name in order:
-            ttft[name] += await _ttft(urls[name], args.requests, name != "direct", args.pause)
-        for name in order[1:]:
-            rates[name].append(await _throughput(urls[name], 300, args.concurrency, True))
-    return {"ttft": ttft, "rates": rates}
+            ttft[name] += await _ttft(urls[name], args.requests, keys[name], args.pause)
+        for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
+            rates[name].append(await _throughput(urls[name], 300, args.concurrency))
+    return {"ttft": ttft, "rates": rates, "counters": await _counters(urls["on"])}
 
 
 def main() -> None:
@@ -135,11 +176,11 @@ def main() -> None:
     os.sched_setaffinity(0, OTHER_CORES)
     redis, redis_url, redis_dir = _start_redis()
     mock = start_mock()
-    off = start_trioproxy(mock.url, extra_config=LIMITED)
-    on = start_trioproxy(mock.url, extra_config=f'redis_url = "{redis_url}"\n' + LIMITED)
+    off = start_trioproxy(mock.url, extra_config=LIMITED + NEAR)
+    on = start_trioproxy(mock.url, extra_config=f'redis_url = "{redis_url}"\n' + LIMITED + NEAR)
     try:
         time.sleep(1.0)
-        urls = {"direct": mock.url, "off": off.url, "on": on.url}
+        urls = {"direct": mock.url, "off": off.url, "on": on.url, "on-near": on.url}
         result = trio.run(_run, args, urls)
     finally:
         for proc in (on, off, mock):
@@ -149,12 +190,15 @@ def main() -> None:
     ttft, rates = result["ttft"], result["rates"]
     rows = []
     direct50 = _p(ttft["direct"], 0.5)
-    for name in ("direct", "off", "on"):
+    for name in TARGETS:
         p50, p99 = _p(ttft[name], 0.5), _p(ttft[name], 0.99)
         added = "" if name == "direct" else f"{p50 - direct50:.3f}"
         rate = f"{statistics.median(rates[name]):,.0f}" if name in rates else ""
         rows.append(f"| {name} | {p50:.3f} | {p99:.3f} | {added} | {rate} |")
     added_by_redis = _p(ttft["on"], 0.5) - _p(ttft["off"], 0.5)
+    added_near = _p(ttft["on-near"], 0.5) - _p(ttft["off"], 0.5)
+    measured = args.rounds * (args.requests + 300) + 20  # the bench key's requests on "on"
+    counters = result["counters"]
     text = "\n".join(
         [
             f"pinned: {PINNED} (gateways on core 0; mock, Redis and client on the others)",
@@ -166,7 +210,12 @@ def main() -> None:
             "|---|---|---|---|---|",
             *rows,
             "",
-            f"Redis adds {added_by_redis:.3f} ms to TTFT p50 (on - off, same run).",
+            f"Redis adds {added_by_redis:.3f} ms to TTFT p50 (on - off, same run) for a key "
+            f"far from its limits ({counters['limit_early_admissions']} of {measured} requests "
+            "of the bench key admitted early), and "
+            f"{added_near:.3f} ms for a key at its limit's half or more (on-near - off: "
+            "each admission waits for Redis).",
+            "Redis gateway: " + ", ".join(f"{k} {v}" for k, v in counters.items()) + ".",
         ]
     )
     print(text)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Overloaded
 from .auth import ApiKey
+from .early import EarlyAdmission
 from .limits import StreamLimiter
 
 __all__ = [
@@ -67,6 +68,7 @@ class Grant:
     shared: bool = False
     lease: str | None = None
     limiter: StreamLimiter | None = None
+    early: EarlyAdmission | None = None  # counted while the upstream request is on its way
 
     def release(self, borrower: object) -> None:
         """The stream slot held in this process (a ``Slot`` of the exchange)."""

@@ -45,6 +45,8 @@ class Gauges:
     redis_outages: int = 0
     redis_failed_calls: int = 0
     limit_fallbacks: int = 0  # admissions decided by this process: Redis was down
+    limit_early: int = 0  # admitted at once, counted while the upstream request was on its way
+    limit_early_overruns: int = 0  # ... counted over a limit another host had filled
 
 
 class _StateCollector(Collector):
@@ -84,6 +86,17 @@ class _StateCollector(Collector):
                 "trioproxy_limit_fallbacks",
                 "Admissions decided by this process's counters because Redis was unavailable",
                 g.limit_fallbacks,
+            )  # fmt: skip
+            yield CounterMetricFamily(
+                "trioproxy_limit_early_admissions",
+                "Admissions of keys far from their limits, counted in Redis while the "
+                "upstream request was on its way",
+                g.limit_early,
+            )  # fmt: skip
+            yield CounterMetricFamily(
+                "trioproxy_limit_early_overruns",
+                "Early admissions Redis counted over a limit other hosts had filled",
+                g.limit_early_overruns,
             )  # fmt: skip
         try:
             providers = self._providers()

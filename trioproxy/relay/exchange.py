@@ -41,6 +41,7 @@ import orjson
 import trio
 
 from .. import dialects
+from ..admission.early import EarlyAdmission
 from ..dialects import Dialect
 from ..errors import GatewayError, Outcome
 from .sse import parse_event
@@ -139,6 +140,7 @@ class Exchange:
     request_sha256: str | None = None
     receipt_id: str | None = None  # made by the gateway when receipts are on
     held: list[Slot] = field(default_factory=list)  # limiters holding a slot for it
+    admission: EarlyAdmission | None = None  # counted while the upstream request is on its way
     # -- routing (upstream reader) -----------------------------------------------
     upstream: str | None = None  # URL of the (last) upstream request
     provider: str | None = None  # name of the (last) provider tried

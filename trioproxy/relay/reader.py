@@ -17,6 +17,8 @@ Rules:
   cancel scope whose deadline moves with each event. Waiting for room in the
   channel is not upstream idle time: the deadline is lifted meanwhile. A
   channel full for ``client_stall_timeout`` is a slow client.
+- A key admitted early (:mod:`trioproxy.admission.early`): the reader says
+  when the upstream request is written, and the admission is counted then.
 - Outcomes: the reader decides how the upstream side ended
   (``Exchange.upstream_outcome``); the writer makes it the exchange's outcome.
 
@@ -129,6 +131,8 @@ class UpstreamReader:
                 ex.error = err
                 ex.upstream_outcome = err.outcome
             finally:
+                if ex.admission is not None:  # no request written: count it all the same
+                    ex.admission.go()
                 ex.upstream_closed_at = trio.current_time()
                 ex.mark("upstream_closed")
                 ex.release_slots()
@@ -154,7 +158,7 @@ class UpstreamReader:
             headers = {**headers, "traceparent": ex.trace.next_attempt()}
         stream = self.client.stream(
             request.method, target.url, headers=headers, content=target.body,
-            extensions={TRACE_EXTENSION: ex.mark},
+            extensions={TRACE_EXTENSION: self._mark},
         )  # fmt: skip
         with trio.CancelScope(deadline=first_deadline) as head_scope:
             response = await stream.__aenter__()
@@ -176,6 +180,12 @@ class UpstreamReader:
             return Outcome.DONE if response.status_code < 400 else Outcome.UPSTREAM_ERROR
         finally:  # the body's aclose never awaits: this runs in a cancelled scope too
             await stream.__aexit__(None, None, None)
+
+    def _mark(self, event: str) -> None:
+        """The transport's moments; the request written starts a pending admission."""
+        self.ex.mark(event)
+        if event == "request_written" and self.ex.admission is not None:
+            self.ex.admission.go()
 
     def _first_timeout(self) -> GatewayError:
         if self.ex.stream:

@@ -1,4 +1,4 @@
-"""The per-request relay: one nursery, three tasks, one bounded channel.
+"""The per-request relay: one nursery, three tasks, one bounded channel (and, sometimes, a fourth task).
 
 ::
 
@@ -8,8 +8,10 @@
     │     only the upstream read; releases the       ▼
     │     slots the moment the upstream side ends
     ├── client writer (writer.py) ◄── drains greedily, one ASGI send per drain
-    └── disconnect watcher ── blocked on ASGI receive(); http.disconnect cancels
-                              the nursery, which closes the upstream connection
+    ├── disconnect watcher ── blocked on ASGI receive(); http.disconnect cancels
+    │                         the nursery, which closes the upstream connection
+    └── early admission ── only for a key far from its shared limits: its
+                           Redis count, asked once the upstream request is written
 
 Rules:
 - The handler took the exchange's slots and moved it to ``admitted``;
@@ -70,6 +72,8 @@ class Relay:
             scope = nursery.cancel_scope
             nursery.start_soon(self._watch_disconnect, receive, scope, name="disconnect-watcher")
             nursery.start_soon(self._reader.run, scope, name="upstream-reader")
+            if ex.admission is not None:  # counted in Redis while the request is on its way
+                nursery.start_soon(ex.admission.run, name="early-admission")
             nursery.start_soon(
                 write_client, send, self._recv_ch, ex, self._extra_headers, scope,
                 name="client-writer",

@@ -55,7 +55,8 @@ class Accounts:
         cannot be checked and fail closed."""
         ex.prompt_estimate = estimate
         if self.shared is not None:
-            grant = await self.shared.admit(key, estimate, ex)
+            grant = await self.shared.admit(key, estimate, ex, ex.held.append, ex.mark)
+            ex.admission = grant.early
         else:
             grant = self.local.admit(key, estimate, ex)
         self.grants[ex] = grant
@@ -99,4 +100,6 @@ class Accounts:
             "redis_outages": stats.outages,
             "redis_failed_calls": stats.failed_calls,
             "limit_fallbacks": self.shared.fallbacks if self.shared is not None else 0,
+            "limit_early": self.shared.early if self.shared is not None else 0,
+            "limit_early_overruns": self.shared.early_overruns if self.shared is not None else 0,
         }

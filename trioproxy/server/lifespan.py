@@ -92,6 +92,8 @@ async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
                     background.start_soon(
                         gw.receipts.prune_forever, cfg.receipt_ttl_days, name="receipt-pruner"
                     )
+                if redis is not None:  # every script registered by now
+                    await redis.load_scripts()
                 gw.client, gw.detached, gw.ready = client, detached, True
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()

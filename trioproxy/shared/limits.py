@@ -17,28 +17,55 @@ of :mod:`trioproxy.shared.scripts`):
   ``redis_failure = "open"`` admits by this process's own counters (counted as
   a fallback); ``"closed"`` refuses with a 503 in the route's dialect. Usage of
   an exchange whose completion call failed is kept in this process.
-- An admission that timed out may still have run in Redis: its lease is never
-  refreshed and expires within ``lease_ttl``; its rpm entry stays for a minute.
+- *Early admission*: a key whose last reply (less than ``VIEW_MAX_AGE`` old,
+  plus this worker's admissions still unanswered) is under half of each of
+  its limits is admitted at once; the same ``ADMIT`` counts it while its
+  upstream request is on its way (:mod:`trioproxy.admission.early`). Near a
+  limit (from half of it on), on a key's first request, after a refusal,
+  while Redis is down and always with ``redis_failure = "closed"`` (no
+  request passes before Redis said yes), every decision waits for Redis, so
+  a limit is exact there. A key can overrun a limit only when other hosts take it from under
+  half to full between two replies to this worker; each overrun is counted
+  in Redis (the next decisions see it), in ``/metrics`` and in the log.
+- An admission that timed out may still have run in Redis: its lease is
+  given back when the exchange ends (or, Redis still away, expires within
+  ``lease_ttl``); its rpm entry stays for a minute (the request did run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from ..admission.auth import ApiKey
+from ..admission.early import EarlyAdmission
 from ..admission.quotas import Grant, LocalQuotas, TokenCount, UsageTotals, over_limit
-from ..errors import SharedStateUnavailable
+from ..errors import GatewayError, SharedStateUnavailable
 from .redis import RedisUnavailable, SharedRedis
 from .scripts import ADMIT, REFRESH, SETTLE, USAGE, key_prefix
 
 __all__ = ["SharedQuotas"]
 
 log = logging.getLogger("trioproxy.redis")
+
+
+VIEW_MAX_AGE = 10.0  # s: an older reply is not trusted for an early admission
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """A key's counts after its last admitted request, as Redis said."""
+
+    at: float  # the gateway's clock
+    requests: int  # in the rpm window
+    tokens: int  # in the tpm window
+    streams: int  # leases held
 
 
 def _usage_args(tokens: TokenCount | None) -> tuple[int, int, int, int]:
@@ -70,35 +97,111 @@ class SharedQuotas:
         self._usage = redis.script(USAGE)
         self.leases: dict[str, str] = {}  # live lease id -> key name
         self.fallbacks = 0  # admissions decided by this process because Redis was down
+        self.early = 0  # admitted at once, counted while the upstream request was on its way
+        self.early_overruns = 0  # ... counted over a limit another host had filled
+        # Per key name (bounded by [[keys]]): what the last admission reply said,
+        # and admissions asked and not answered yet (count, tokens).
+        self._views: dict[str, _View] = {}
+        self._pending: dict[str, tuple[int, int]] = {}
 
     def replace_local(self, local: LocalQuotas) -> None:
         self.local = local
 
-    async def admit(self, key: ApiKey | None, estimate: int, borrower: object) -> Grant:
+    async def admit(
+        self,
+        key: ApiKey | None,
+        estimate: int,
+        borrower: object,
+        hold: Callable[[Grant], None],
+        mark: Callable[[str], None],
+    ) -> Grant:
         """Raises :class:`~trioproxy.errors.Overloaded` (429) or, Redis down and
-        fail-closed, :class:`~trioproxy.errors.SharedStateUnavailable` (503)."""
+        fail-closed, :class:`~trioproxy.errors.SharedStateUnavailable` (503).
+        A key far from its limits is admitted at once, its grant's ``early``
+        count still to make (the relay runs it); ``hold``: how such a grant,
+        counted by the local fallback, holds this process's stream slot;
+        ``mark``: the exchange's timeline."""
         now = self.local.clock()
         if key is None or not (key.rpm or key.tpm or key.max_streams):
             return Grant(key, estimate, now, shared=True)
+        if not self._far_from_limits(key, estimate, now):
+            return await self._decide(key, estimate, borrower)
+        self.early += 1
+        grant = Grant(key, estimate, now, shared=True)
+        self._count_pending(key.name, 1, estimate)  # until its own call is made
+
+        async def count() -> None:
+            self._count_pending(key.name, -1, -estimate)
+            try:
+                final = await self._decide(key, estimate, borrower, early=True)
+            except GatewayError:  # the local fallback's counters are full
+                return  # it runs already: nothing to take back
+            grant.shared, grant.lease, grant.limiter = final.shared, final.lease, final.limiter
+            if final.limiter is not None:
+                hold(grant)
+
+        grant.early = EarlyAdmission(count, mark)
+        return grant
+
+    def _far_from_limits(self, key: ApiKey, estimate: int, now: float) -> bool:
+        """What Redis said last, with the admissions still on their way, is under
+        half of every limit of the key: decide while the upstream request leaves."""
+        view = self._views.get(key.name)
+        if view is None or self.fail_closed or not self.redis.up or now - view.at > VIEW_MAX_AGE:
+            return False
+        n, tokens = self._pending.get(key.name, (0, 0))
+        return (
+            (not key.rpm or view.requests + n + 1 <= key.rpm // 2)
+            and (not key.tpm or view.tokens + tokens + estimate <= key.tpm // 2)
+            and (not key.max_streams or view.streams + n + 1 <= key.max_streams // 2)
+        )
+
+    def _count_pending(self, name: str, n: int, tokens: int) -> None:
+        count, reserved = self._pending.get(name, (0, 0))
+        if count + n <= 0:
+            self._pending.pop(name, None)
+        else:
+            self._pending[name] = (count + n, reserved + tokens)
+
+    async def _decide(
+        self, key: ApiKey, estimate: int, borrower: object, early: bool = False
+    ) -> Grant:
+        """The admission round trip (``ADMIT``), or the fallback. ``early``: the
+        request runs already; it is counted whatever the limits say."""
+        now = self.local.clock()
         prefix = key_prefix(key.name)
         lease = secrets.token_hex(12) if key.max_streams else ""
+        self._count_pending(key.name, 1, estimate)
         try:
-            verdict, wait_ms = await self.redis.run(
+            verdict, wait_ms, requests, tokens, streams = await self.redis.run(
                 self._admit,
                 (prefix + "rpm", prefix + "tpm", prefix + "leases"),
                 (
                     key.rpm, key.tpm, key.max_streams, int(self.lease_ttl * 1000), lease,
-                    estimate, secrets.token_hex(8),
+                    estimate, secrets.token_hex(8), int(early),
                 ),
+                off_path=early,
             )  # fmt: skip
         except RedisUnavailable:
+            self._views.pop(key.name, None)
             self.fallbacks += 1
             if self.fail_closed:
                 raise SharedStateUnavailable(
                     "shared limits cannot be checked: the gateway's Redis is unavailable"
                 ) from None
-            return self.local.admit(key, estimate, borrower)
-        if verdict != b"ok":  # the name of the limit it is over, and when to come back
+            fallback = self.local.admit(key, estimate, borrower)
+            fallback.lease = lease or None  # the call may have run: given back at the end
+            return fallback
+        finally:
+            self._count_pending(key.name, -1, -estimate)
+        if verdict == b"ok":
+            self._views[key.name] = _View(now, int(requests), int(tokens), int(streams))
+        elif early:  # counted over a limit another host filled: ask first from now on
+            self._views.pop(key.name, None)
+            self.early_overruns += 1
+            log.warning("key %s: an early admission overran %s", key.name, verdict[5:].decode())
+        else:  # the name of the limit it is over, and when to come back
+            self._views.pop(key.name, None)
             raise over_limit(key, verdict.decode(), -(-int(wait_ms) // 1000))
         if lease:
             self.leases[lease] = key.name
@@ -106,8 +209,14 @@ class SharedQuotas:
 
     def settle(self, grant: Grant, tokens: TokenCount | None) -> None:
         """The exchange ended (called with its record, never awaits)."""
+        if grant.early is not None and not grant.early.started:
+            assert grant.key is not None  # the relay never ran: nothing was counted
+            self._count_pending(grant.key.name, -1, -grant.reserved)
+            return
         if not grant.shared:
             self.local.settle(grant, tokens)
+            if grant.lease is not None:  # its admission timed out but may have taken a lease
+                self._submit(self._release, grant, name="lease-release")
             return
         if grant.lease is not None:
             self.leases.pop(grant.lease, None)
@@ -125,9 +234,19 @@ class SharedQuotas:
                     grant.lease or "", grant.tpm_delta(tokens, self.local.clock()), int(tpm),
                     *(_usage_args(tokens)),
                 ),
+                off_path=True,
             )  # fmt: skip
         except RedisUnavailable:
             self.local.settle(grant, tokens)  # kept here; the lease expires
+
+    async def _release(self, grant: Grant) -> None:
+        """Give back a lease whose admission answer never came (Redis down: it
+        expires within ``lease_ttl`` instead)."""
+        prefix = key_prefix(grant.key.name if grant.key is not None else None)
+        args = (grant.lease, 0, 0, 0, 0, 0, 0)
+        with contextlib.suppress(RedisUnavailable):
+            keys = (prefix + "tpm", prefix + "leases", prefix + "usage")
+            await self.redis.run(self._settle, keys, args, off_path=True)
 
     async def refresh_forever(self) -> None:
         """Every ``lease_ttl / 3``: one call per key with live leases."""
@@ -142,6 +261,7 @@ class SharedQuotas:
                         self._refresh,
                         (key_prefix(name) + "leases",),
                         (int(self.lease_ttl * 1000), *leases),
+                        off_path=True,
                     )
                 except RedisUnavailable:
                     break

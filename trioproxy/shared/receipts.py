@@ -47,6 +47,7 @@ class RedisReceiptStore:
             self._put,
             ("tp:rcpt:" + row.receipt_id, "tp:cid:" + (row.completion_id or row.receipt_id)),
             (row.document, row.owner or "", repr(row.created), row.completion_id or "", self.ttl),
+            off_path=True,  # detached: the spool takes it if this fails
         )
         return bool(stored)
 

@@ -4,12 +4,22 @@ Rules:
 - Every call is bounded by ``redis_timeout`` (default 50 ms) with a trio
   deadline around the coredis call; coredis itself never retries (a retried
   admission script could count a request twice).
-- A call that fails (refused, reset, timed out) puts the connection in the
-  *down* state: logged once per outage, counted (``outages``), and from then
-  on calls fail at once with :class:`RedisUnavailable` instead of each waiting
-  for its timeout. A probe task pings every ``PROBE_INTERVAL`` seconds; the
-  first answer ends the outage (logged with its length) and wakes whoever
-  waits in :meth:`SharedRedis.wait_up` (the receipt copier).
+- A call refused or reset puts the connection in the *down* state: logged
+  once per outage, counted (``outages``), and from then on calls fail at once
+  with :class:`RedisUnavailable` instead of each waiting for its timeout. A
+  probe task pings every ``PROBE_INTERVAL`` seconds; the first answer ends the
+  outage (logged with its length) and wakes whoever waits in
+  :meth:`SharedRedis.wait_up` (the receipt copier).
+- Calls no client waits for (an early admission's count, a completion, a
+  lease given back) are bounded by ``OFF_PATH_TIMEOUT`` instead: a gateway
+  whose core is saturated answers its own Redis replies late, and these calls
+  falling back would move shared counts into one process for nothing.
+- A call that timed out fails alone (its caller falls back), and the probe
+  pings at once, allowing ``SUSPECT_PING`` (a busy event loop, not a Redis
+  gone, is the usual cause): no answer there either is an outage.
+- Every registered script is loaded (``SCRIPT LOAD``) at start-up and when an
+  outage ends, so that no call pays for a missing script (``NOSCRIPT``, then
+  ``EVAL``) under load.
 - A Redis error reply (a script bug, a wrong type) fails that call only.
 - What callers do with :class:`RedisUnavailable` is their decision, made
   explicitly: limits fall back to this process (``redis_failure = "open"``) or
@@ -49,6 +59,8 @@ __all__ = [
 
 log = logging.getLogger("trioproxy.redis")
 PROBE_INTERVAL = 0.5  # s between pings while Redis is down
+SUSPECT_PING = 0.2  # s a ping may take after a call timed out before it is an outage
+OFF_PATH_TIMEOUT = 1.0  # s for calls no client waits for (early counts, completions)
 
 
 class RedisUnavailable(Exception):
@@ -58,6 +70,7 @@ class RedisUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class RedisStatistics:
     up: bool
+    checking: bool  # a call timed out: the ping that decides whether it is an outage runs
     outages: int  # times it went down
     failed_calls: int  # calls that failed or were not tried because it was down
     calls: int
@@ -74,20 +87,47 @@ class SharedRedis:
         self._failed = 0
         self._calls = 0
         self._changed = trio.Event()
+        self._suspect = False  # a call timed out: the probe checks now
+        self._sources: list[str] = []
 
     def script(self, source: str) -> Script[bytes]:
+        self._sources.append(source)
         return self.client.register_script(source)
 
-    async def run(self, script: Script[bytes], keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One script call, bounded; raises :class:`RedisUnavailable`."""
+    async def load_scripts(self) -> None:
+        """``SCRIPT LOAD`` every registered script (bounded; a failure only means
+        the first call of a script finds it missing and sends it whole)."""
+        with trio.move_on_after(max(0.5, self.timeout * 4)):
+            try:
+                for source in self._sources:
+                    await self.client.script_load(source)
+            except (RedisError, OSError) as exc:
+                log.warning("redis at %s: scripts not loaded (%s)", self.where, _describe(exc))
+
+    async def run(
+        self,
+        script: Script[bytes],
+        keys: Sequence[str],
+        args: Sequence[Any],
+        off_path: bool = False,
+    ) -> Any:
+        """One script call, bounded by ``redis_timeout`` (``off_path``: a call no
+        client waits for, bounded by ``OFF_PATH_TIMEOUT``); raises
+        :class:`RedisUnavailable`."""
         self._calls += 1
         if not self.up:
             self._failed += 1
             raise RedisUnavailable(f"redis at {self.where} is down")
         try:
-            with trio.fail_after(self.timeout):
+            with trio.fail_after(max(self.timeout, OFF_PATH_TIMEOUT) if off_path else self.timeout):
                 return await script(keys=keys, args=args)
-        except (trio.TooSlowError, RedisConnectionError, OSError) as exc:
+        except trio.TooSlowError as exc:
+            self._failed += 1
+            if not self._suspect:
+                self._suspect = True
+                self._wake()
+            raise RedisUnavailable(f"redis at {self.where}: {_describe(exc)}") from None
+        except (RedisConnectionError, OSError) as exc:
             self._failed += 1
             self.down(exc)
             raise RedisUnavailable(f"redis at {self.where}: {_describe(exc)}") from None
@@ -116,26 +156,39 @@ class SharedRedis:
         while not self.up:
             await self._changed.wait()
 
+    async def _answers(self) -> bool:
+        with trio.move_on_after(max(self.timeout, SUSPECT_PING)):
+            try:
+                await self.client.ping()
+            except (RedisError, OSError):
+                return False
+            return True
+        return False
+
     async def probe_forever(self) -> None:
-        """While down, ping every ``PROBE_INTERVAL``; the first answer ends the outage."""
+        """After a timed-out call, ping at once: no answer is an outage. While
+        down, ping every ``PROBE_INTERVAL``; the first answer ends the outage."""
         while True:
-            while self.up:
+            while self.up and not self._suspect:
                 await self._changed.wait()
+            if self.up:  # suspect
+                if not await self._answers():
+                    self.down(trio.TooSlowError())
+                self._suspect = False
+                continue
             await trio.sleep(PROBE_INTERVAL)
-            with trio.move_on_after(max(self.timeout, 0.2)):
-                try:
-                    await self.client.ping()
-                except (RedisError, OSError):
-                    continue
-                self.up = True
-                log.warning(
-                    "redis at %s answers again after %.1f s",
-                    self.where, trio.current_time() - self._down_since,
-                )  # fmt: skip
-                self._wake()
+            if not await self._answers():
+                continue
+            await self.load_scripts()
+            self.up = True
+            log.warning(
+                "redis at %s answers again after %.1f s",
+                self.where, trio.current_time() - self._down_since,
+            )  # fmt: skip
+            self._wake()
 
     def statistics(self) -> RedisStatistics:
-        return RedisStatistics(self.up, self._outages, self._failed, self._calls)
+        return RedisStatistics(self.up, self._suspect, self._outages, self._failed, self._calls)
 
 
 def _describe(exc: BaseException) -> str:

@@ -22,23 +22,31 @@ def key_prefix(name: str | None) -> str:
 
 
 # KEYS: rpm zset, tpm hash, leases zset
-# ARGV: rpm, tpm, max_streams, lease_ttl_ms, lease_id, prompt_estimate, request_member
-# -> {"ok", 0} | {limit name, retry after ms}
+# ARGV: rpm, tpm, max_streams, lease_ttl_ms, lease_id, prompt_estimate, request_member,
+#       early (1: admitted already, its upstream request left: count it whatever the
+#       limits say, and name the limit it overran)
+# -> {"ok", 0, rpm count, tpm used, leases held} (after this request) |
+#    {limit name, retry after ms, 0, 0, 0} (refused, nothing counted) |
+#    {"over:" limit name, 0, counts...} (early and over a limit, counted)
 ADMIT = """
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rpm, tpm, streams = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
+local used, early, over = 0, ARGV[8] == '1', nil
 if rpm > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
   if redis.call('ZCARD', KEYS[1]) >= rpm then
+    over = 'over:rpm'
+  end
+  if over and not early then
     local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {'rpm', tonumber(oldest[2]) + 60000 - now}
+    return {'rpm', tonumber(oldest[2]) + 60000 - now, 0, 0, 0}
   end
 end
 if tpm > 0 then
-  local used, oldest = 0, sec
+  local oldest = sec
   local buckets = redis.call('HGETALL', KEYS[2])
   for i = 1, #buckets, 2 do
     local s = tonumber(buckets[i])
@@ -49,24 +57,35 @@ if tpm > 0 then
       if s < oldest then oldest = s end
     end
   end
-  if used >= tpm then return {'tpm', (oldest + 60 - sec) * 1000} end
+  if used >= tpm then
+    if not early then return {'tpm', (oldest + 60 - sec) * 1000, 0, 0, 0} end
+    over = over or 'over:tpm'
+  end
 end
+local held, requests = 0, 0
 if streams > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= streams then return {'max_streams', 1000} end
+  held = redis.call('ZCARD', KEYS[3])
+  if held >= streams then
+    if not early then return {'max_streams', 1000, 0, 0, 0} end
+    over = over or 'over:max_streams'
+  end
   redis.call('ZADD', KEYS[3], now + ttl, ARGV[5])
   redis.call('PEXPIRE', KEYS[3], ttl * 2)
+  held = held + 1
 end
 if rpm > 0 then
   redis.call('ZADD', KEYS[1], now, ARGV[7])
   redis.call('PEXPIRE', KEYS[1], 61000)
+  requests = redis.call('ZCARD', KEYS[1])
 end
 local estimate = tonumber(ARGV[6])
 if tpm > 0 and estimate > 0 then
   redis.call('HINCRBY', KEYS[2], sec, estimate)
   redis.call('EXPIRE', KEYS[2], 61)
+  used = used + estimate
 end
-return {'ok', 0}
+return {over or 'ok', 0, requests, used, held}
 """
 
 # KEYS: tpm hash, leases zset, usage hash
