@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import report
+from . import report, sustained
 from .idle import run_idle
-from .procs import CORES, PINNED, Proc, start_mock, start_nginx, start_trioproxy
+from .procs import CORES, PINNED, Proc, start_floor, start_mock, start_nginx, start_trioproxy
 from .scenarios import SCENARIOS, SWEEP, Scenario, measure, median_repeat
 
 
@@ -27,7 +27,7 @@ def _progress(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--scenario", action="append", choices=[*SCENARIOS, "sweep"],
+    parser.add_argument("--scenario", action="append", choices=[*SCENARIOS, "sweep", "sustained"],
                         help="repeatable; default: all")  # fmt: skip
     parser.add_argument("--target", action="append", default=[], metavar="NAME=URL",
                         help="measure this proxy (its upstream must be a trioproxy mock-upstream); "
@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--itl-ms", type=float, help="override the inter-token latency")
     parser.add_argument("--mock", metavar="URL", help="the mock upstream the --targets use")
     parser.add_argument("--no-nginx", action="store_true")
+    parser.add_argument("--ladder", help="sustained: the concurrencies to try, e.g. 50,100,200")
     parser.add_argument("--out", default="bench/out", type=Path)
     args = parser.parse_args(argv)
-    names = args.scenario or [*SCENARIOS, "sweep"]
+    names = args.scenario or [*SCENARIOS, "sweep", "sustained"]
 
     procs: list[Proc] = []
     try:
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                 name, _, url = spec.partition("=")
                 targets[name] = (None, url.rstrip("/"))
         else:
+            floor = start_floor(mock.url)
+            procs.append(floor)
+            targets["trio floor"] = (floor, floor.url)
             gateway = start_trioproxy(mock.url)
             procs.append(gateway)
             targets["trioproxy"] = (gateway, gateway.url)
@@ -68,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             else "one core: nothing pinned"
         )
         print(machine, file=sys.stderr)
-        results: dict[str, Any] = {"machine": machine, "scenarios": {}, "sweep": {}}
+        results: dict[str, Any] = {
+            "machine": machine, "scenarios": {}, "sweep": {}, "sustained": {},
+        }  # fmt: skip
 
         def shaped(sc: Scenario) -> Scenario:
             changes: dict[str, Any] = {}
@@ -79,6 +85,15 @@ def main(argv: list[str] | None = None) -> int:
             return dataclasses.replace(sc, **changes)
 
         for name in names:
+            if name == "sustained":
+                for target, (proc, url) in targets.items():
+                    results["sustained"][target] = sustained.sweep(
+                        proc,
+                        url,
+                        lambda text, t=target: _progress(f"{t} {text}"),
+                        tuple(int(c) for c in args.ladder.split(",")) if args.ladder else None,
+                    )
+                continue
             if name == "sweep":
                 base = shaped(SCENARIOS["throughput"])
                 for target, (proc, url) in targets.items():

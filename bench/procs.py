@@ -88,15 +88,27 @@ class Proc:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def _spawn(name: str, cmd: list[str], port: int, cores: set[int]) -> Proc:
+    """A quiet process pinned to ``cores``, returned once ``port`` listens."""
+    popen = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: _pin(cores)
+    )
+    wait_port(port)
+    return Proc(name, f"http://127.0.0.1:{port}", popen)
+
+
 def start_mock() -> Proc:
     port = free_port()
     cmd = [sys.executable, "-m", "trioproxy", "mock-upstream", "--bind", f"127.0.0.1:{port}"]
-    popen = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: _pin(OTHER_CORES),
-    )  # fmt: skip
-    wait_port(port)
-    return Proc("mock", f"http://127.0.0.1:{port}", popen)
+    return _spawn("mock", cmd, port, OTHER_CORES)
+
+
+def start_floor(mock_url: str) -> Proc:
+    """The trio floor (:mod:`bench.floor`) on the proxy core, in front of the mock."""
+    port = free_port()
+    upstream = mock_url.removeprefix("http://")
+    cmd = [sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream", upstream]
+    return _spawn("trio floor", cmd, port, PROXY_CORES)
 
 
 def start_trioproxy(

@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from . import sustained
+
 
 def _f(value: Any, digits: int = 1) -> str:
     if value is None:
@@ -20,6 +22,7 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
     out = []
     for scenario, targets in results["scenarios"].items():
         direct = targets.get("direct", {})
+        floor = targets.get("trio floor", {}).get("proxy_cpu_s_per_1k_tokens")
         for target, r in targets.items():
             if scenario == "idle":
                 out.append([scenario, target, f"{r.get('streams_open')} open", "", "", "", "",
@@ -40,19 +43,29 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
                     f"{_f(r['gap_ms']['p50'], 2)} / {_f(r['gap_ms']['p99'], 2)}",
                     f"{r['same_read_share']:.0%}",
                     _f(r.get("proxy_peak_rss_mb")),
-                    _f(r.get("proxy_cpu_s_per_1k_tokens"), 4),
+                    _cpu(r.get("proxy_cpu_s_per_1k_tokens"), floor),
                     _f(r["failures"]),
                 ]
             )
     return out
 
 
+def _cpu(per_1k: float | None, floor: float | None) -> str:
+    """Proxy CPU µs per token, and how many times the trio floor's."""
+    if per_1k is None:
+        return "-"
+    ratio = f" ({per_1k / floor:.1f}x floor)" if floor else ""
+    return f"{per_1k * 1000:.0f}{ratio}"
+
+
 HEADER = ["scenario", "target", "tokens/s (x direct)", "TTFT p50/p99 ms", "TTFT added p50",
-          "gap p50/p99 ms", "same-read", "proxy RSS MB", "proxy CPU s/1k tok", "failures"]  # fmt: skip
+          "gap p50/p99 ms", "same-read", "proxy RSS MB", "proxy CPU µs/token", "failures"]  # fmt: skip
 
 
 def table(results: dict[str, Any]) -> str:
     body = rows(results)
+    if not body:  # no scenario rows (e.g. the sustained ladder alone)
+        return sustained.table(results["sustained"]) if results.get("sustained") else ""
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(HEADER)]
     line = "  ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True))
     out = [line, "-" * len(line)]
@@ -72,6 +85,8 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(
                     f"| {target} | {c} | {r['tokens_per_s']:,.0f} | {r['ttft_ms']['p99']:.1f} | {r['failures']} |"
                 )
+    if results.get("sustained"):
+        lines += ["", "## Streams sustained", "", sustained.table(results["sustained"])]
     lines += [
         "",
         f"Load client ceiling (direct, throughput shape): {results.get('client_ceiling')}",
@@ -142,4 +157,9 @@ def write(results: dict[str, Any], out: Path) -> list[str]:
         orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
     )
     (out / "results.md").write_text(markdown(results))
-    return ["results.json", "results.md", *plots(results, out)]
+    made = ["results.json", "results.md", *plots(results, out)]
+    if results.get("sustained") and sustained.plot(
+        results["sustained"], str(out / "sustained.png")
+    ):
+        made.append("sustained.png")
+    return made

@@ -26,8 +26,9 @@ def test_bench_harness_runs_end_to_end(tmp_path: pathlib.Path) -> None:
     assert "load client ceiling" in stdout
     results = orjson.loads((tmp_path / "results.json").read_bytes())
     throughput = results["scenarios"]["throughput"]
-    assert set(throughput) == {"direct", "trioproxy"}
+    assert set(throughput) == {"direct", "trio floor", "trioproxy"}
     assert all(r["failures"] == 0 and r["tokens"] == 20 * 100 for r in throughput.values())
+    assert "proxy CPU µs/token" in (tmp_path / "results.md").read_text()
     idle = results["scenarios"]["idle"]["trioproxy"]
     assert idle["streams_open"] == 5 and idle["proxy_rss_mb"] > 0
     assert (tmp_path / "results.md").exists()
@@ -48,3 +49,16 @@ def test_metrics_cost_runs_both_gateways(tmp_path: pathlib.Path) -> None:
     summary = orjson.loads((tmp_path / "metrics_cost.json").read_bytes())["summary"]
     assert len(summary["tokens_per_s_all"]["on"]) == len(summary["tokens_per_s_all"]["off"]) == 2
     assert summary["scrapes"] > 0  # the "on" gateway was scraped while it served
+
+
+def test_sustained_ladder_reports_each_target(tmp_path: pathlib.Path) -> None:
+    _run("bench", "--scenario", "sustained", "--ladder", "2,4", "--no-nginx",
+         "--out", str(tmp_path))  # fmt: skip
+    sustained = orjson.loads((tmp_path / "results.json").read_bytes())["sustained"]
+    assert set(sustained) == {"direct", "trio floor", "trioproxy"}
+    for target in sustained.values():  # 4 paced streams hold on any machine
+        assert target["sustained"] == 4
+        assert [p["streams"] for p in target["points"]] == [4, 8]
+        assert all(p["failed"] == 0 for p in target["points"])
+    assert sustained["trioproxy"]["points"][0]["cpu_us_per_frame"] > 0
+    assert "Streams sustained" in (tmp_path / "results.md").read_text()
