@@ -4,7 +4,8 @@
 
 Both gateways run at once, pinned to the proxy core, on one mock upstream; the
 rounds alternate base, this, this, base, ... so the machine's drift hits both
-alike. Each run is the ``throughput`` scenario's shape. Reported: median
+alike. Each run is the ``throughput`` scenario's shape (``--scenario paced`` or
+``overhead`` for those). Reported: median
 tokens/s and proxy CPU per 1k tokens of each, and the median within-round
 ratio. Used to check that a change costs no throughput (the architecture
 issue's "within 5%"). Writes ``<out>/ab.json``.
@@ -30,9 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, required=True, help="the other checkout's root")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--scenario", choices=["throughput", "paced", "overhead"],
+                        default="throughput", help="the shape of each run")  # fmt: skip
     parser.add_argument("--out", default="bench/out", type=Path)
     args = parser.parse_args(argv)
-    sc = dataclasses.replace(SCENARIOS["throughput"], requests=args.requests)
+    sc = dataclasses.replace(SCENARIOS[args.scenario], requests=args.requests)
     procs: list[Proc] = []
     runs: dict[str, list[dict[str, Any]]] = {"base": [], "this": []}
     try:

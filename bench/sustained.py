@@ -126,13 +126,12 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> bool:
     except ImportError:
         return False
     fig, (gap, cpu) = plt.subplots(1, 2, figsize=(11, 4))
-    for target, r in results.items():
+    for n, (target, r) in enumerate(results.items()):
         xs = [p["concurrency"] for p in r["points"]]
-        gap.plot(xs, [p["gap_p99_ms"] for p in r["points"]], marker="o", label=target)
+        style = {"marker": "o", "label": target, "color": f"C{n}"}  # one colour per target
+        gap.plot(xs, [p["gap_p99_ms"] for p in r["points"]], **style)
         if any(p["cpu_us_per_frame"] for p in r["points"]):
-            cpu.plot(
-                xs, [p["cpu_us_per_frame"] or 0 for p in r["points"]], marker="o", label=target
-            )
+            cpu.plot(xs, [p["cpu_us_per_frame"] or 0 for p in r["points"]], **style)
     gap.axhline(MAX_WAIT_MS, color="grey", linestyle=":", label=f"{MAX_WAIT_MS:g} ms")
     gap.set(xlabel="concurrent streams", ylabel="inter-frame gap p99, ms", yscale="log")
     cpu.set(xlabel="concurrent streams", ylabel="proxy CPU µs per frame")

@@ -89,6 +89,15 @@ async def test_from_half_a_limit_on_every_decision_waits_for_redis(
         assert await _metric(gw.url, "trioproxy_limit_early_overruns_total") == 0
 
 
+async def test_early_admission_false_makes_every_admission_wait(
+    redis_server: RedisServer,
+) -> None:
+    config = {"redis_url": redis_server.url, "keys": _keys(rpm=1000), "early_admission": False}
+    async with running(**config) as (gw, _):
+        assert [await _status(gw.url) for _ in range(3)] == [200, 200, 200]
+        assert await _metric(gw.url, "trioproxy_limit_early_admissions_total") == 0
+
+
 async def test_another_host_filling_the_limit_unseen_costs_one_overrun_then_429(
     redis_server: RedisServer,
 ) -> None:

@@ -86,6 +86,7 @@ class Config:
     redis_timeout: float = 0.05  # s: bound on every Redis call
     redis_failure: str = "open"  # open: this process's own counters | closed: 503
     lease_ttl: float = 30.0  # s: a dead host's max_streams leases expire within this
+    early_admission: bool = True  # far from its limits, a key is counted while its request goes
     # --- usage ----------------------------------------------------------------
     request_usage: bool = False  # ask upstream for usage (include_usage); strip it for the client
     # --- misc ---------------------------------------------------------------

@@ -39,6 +39,7 @@ class Accounts:
         fail_closed = self.config.redis_failure == "closed"
         self.redis = redis
         self.shared = SharedQuotas(redis, self.local, fail_closed, self.config.lease_ttl, submit)
+        self.shared.early_admission = self.config.early_admission and not fail_closed
         return self.shared
 
     def unshare(self) -> None:

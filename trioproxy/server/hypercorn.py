@@ -26,6 +26,9 @@ The guards:
    same write as its first bytes (found by profiling time to first byte).
 4. ``_cap_connections``: no cap on open connections; past ``max_connections``
    new ones are closed at once (found reading the trio worker for issue 11).
+5. ``_write_without_waiting``: every socket write went through a trio lock and
+   ``send_all``, two trips through the scheduler per streamed chunk; a write
+   the socket can take now is made at once (found profiling paced streams).
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import math
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import h11
@@ -44,6 +49,8 @@ from ..asgi import Receive
 __all__ = [
     "CONNECTIONS",
     "GUARDS",
+    "WRITES",
+    "WritePaths",
     "already_disconnected",
     "TESTED_HYPERCORN",
     "UnsupportedHypercorn",
@@ -217,11 +224,59 @@ def _cap_connections() -> _Patch:
     return TCPServer, "run", capped_run
 
 
+@dataclass
+class WritePaths:
+    """Socket writes of this process: made at once, or (in part) the waiting way."""
+
+    direct: int = 0  # the socket took all of it without waiting
+    waited: int = 0  # some or all of it went through Hypercorn's lock and send_all
+
+
+WRITES = WritePaths()
+
+
+def _write_without_waiting() -> _Patch:
+    """5. ``_write_without_waiting``: Hypercorn's ``protocol_send`` takes the
+    connection's send lock (a checkpoint) and calls ``send_all`` (another) for
+    every write: two trips through the scheduler, per chunk of every stream.
+    When no write is in progress on the connection (the lock is free, so no one
+    waits for it either) and it is plain TCP, the bytes go to the socket at once
+    with a non-blocking ``os.write`` on its descriptor, with no await between the
+    check and the write, so order is kept. Whatever the socket does not take (a
+    full send buffer: a client that reads slowly) and every error go the way
+    Hypercorn goes, shielded, under the lock, so slow clients, hang-ups and
+    closed sockets behave exactly as before."""
+    from hypercorn.events import RawData
+    from hypercorn.trio.tcp_server import TCPServer
+
+    protocol_send = TCPServer.protocol_send
+
+    async def protocol_send_at_once(self: Any, event: Any) -> None:
+        if type(event) is RawData and not self.send_lock.locked():
+            stream = self.stream
+            if type(stream) is trio.SocketStream:  # TLS streams go the usual way
+                data = event.data
+                try:
+                    written = os.write(stream.socket.fileno(), data)
+                except OSError:  # would block, reset, closed: Hypercorn's way decides
+                    written = 0
+                if written == len(data):
+                    WRITES.direct += 1
+                    return
+                if written:
+                    event = RawData(data=data[written:])
+        WRITES.waited += 1
+        await protocol_send(self, event)
+
+    return TCPServer, "protocol_send", protocol_send_at_once
+
+
 GUARDS: dict[str, Callable[[], _Patch]] = {
     "end_idle_wait_on_eof": _end_idle_wait_on_eof,
     "contain_connection_errors": _contain_connection_errors,
     "coalesce_head_with_first_body": _coalesce_head_with_first_body,
     "cap_connections": _cap_connections,
+    "write_without_waiting": _write_without_waiting,
 }
 _installed: dict[str, tuple[type, str, Any]] = {}  # guard -> (class, name, original)
 

@@ -97,6 +97,7 @@ class SharedQuotas:
         self._usage = redis.script(USAGE)
         self.leases: dict[str, str] = {}  # live lease id -> key name
         self.fallbacks = 0  # admissions decided by this process because Redis was down
+        self.early_admission = not fail_closed  # config: early_admission (never fail-closed)
         self.early = 0  # admitted at once, counted while the upstream request was on its way
         self.early_overruns = 0  # ... counted over a limit another host had filled
         # Per key name (bounded by [[keys]]): what the last admission reply said,
@@ -147,7 +148,9 @@ class SharedQuotas:
         """What Redis said last, with the admissions still on their way, is under
         half of every limit of the key: decide while the upstream request leaves."""
         view = self._views.get(key.name)
-        if view is None or self.fail_closed or not self.redis.up or now - view.at > VIEW_MAX_AGE:
+        if view is None or not self.early_admission or not self.redis.up:
+            return False
+        if now - view.at > VIEW_MAX_AGE:
             return False
         n, tokens = self._pending.get(key.name, (0, 0))
         return (

@@ -19,6 +19,7 @@ import functools
 import itertools
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -186,7 +187,7 @@ class MockUpstream:
         self._streams += 1
         self.streams_started.append(model)
         ok = False
-        emit = _Emitter(stream, self.record)
+        emit = _Emitter(stream, self.record, lambda at: _put(self.first_sent, script.id, at))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_peer, stream, buf, model, nursery.cancel_scope)
@@ -197,8 +198,6 @@ class MockUpstream:
                 nursery.cancel_scope.cancel()
         finally:
             self._streams -= 1
-            if emit.first_sent is not None:
-                _put(self.first_sent, script.id, emit.first_sent)
             if emit.transcript is not None:
                 _put(self.transcripts, script.id, b"".join(emit.transcript))
         return ok and keep
@@ -231,16 +230,22 @@ class _Emitter:
     """Sends events as HTTP chunks; notes when the first went out and, when the
     mock records, every event's bytes (for byte-fidelity checks)."""
 
-    __slots__ = ("first_sent", "stream", "transcript")
+    __slots__ = ("first_sent", "on_first", "stream", "transcript")
 
-    def __init__(self, stream: trio.SocketStream, record: bool) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, record: bool, on_first: Callable[[float], None]
+    ) -> None:
+        """``on_first``: told when the first event is sent (at once, not when the
+        stream ends: a fast client may read everything before that)."""
         self.stream = stream
         self.first_sent: float | None = None
+        self.on_first = on_first
         self.transcript: list[bytes] | None = [] if record else None
 
     async def __call__(self, *events: bytes) -> None:
         if self.first_sent is None:
             self.first_sent = trio.current_time()
+            self.on_first(self.first_sent)
         if self.transcript is not None:
             self.transcript.extend(events)
         if len(events) == 1:
