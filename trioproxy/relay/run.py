@@ -1,4 +1,4 @@
-"""The per-request relay: one nursery, three tasks, one bounded channel (and, sometimes, a fourth task).
+"""The per-request relay: one nursery, three tasks (four if admitted early), a bounded channel.
 
 ::
 

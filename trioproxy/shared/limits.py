@@ -24,9 +24,10 @@ of :mod:`trioproxy.shared.scripts`):
   limit (from half of it on), on a key's first request, after a refusal,
   while Redis is down and always with ``redis_failure = "closed"`` (no
   request passes before Redis said yes), every decision waits for Redis, so
-  a limit is exact there. A key can overrun a limit only when other hosts take it from under
-  half to full between two replies to this worker; each overrun is counted
-  in Redis (the next decisions see it), in ``/metrics`` and in the log.
+  a limit is exact there. A key can overrun a limit only when other hosts
+  take it from under half to full between two replies to this worker; each
+  overrun is counted in Redis (the next decisions see it), in ``/metrics``
+  and in the log. ``early_admission = false`` turns early admission off.
 - An admission that timed out may still have run in Redis: its lease is
   given back when the exchange ends (or, Redis still away, expires within
   ``lease_ttl``); its rpm entry stays for a minute (the request did run).
