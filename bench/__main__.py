@@ -17,7 +17,16 @@ from typing import Any
 
 from . import report, sustained
 from .idle import run_idle
-from .procs import CORES, PINNED, Proc, start_floor, start_mock, start_nginx, start_trioproxy
+from .procs import (
+    CORES,
+    PINNED,
+    Proc,
+    start_floor,
+    start_mock,
+    start_naive,
+    start_nginx,
+    start_trioproxy,
+)
 from .scenarios import SCENARIOS, SWEEP, Scenario, measure, median_repeat
 
 
@@ -40,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--itl-ms", type=float, help="override the inter-token latency")
     parser.add_argument("--mock", metavar="URL", help="the mock upstream the --targets use")
     parser.add_argument("--no-nginx", action="store_true")
+    parser.add_argument("--naive", action="store_true",
+                        help="also the 40-line Hypercorn + httpx relay (slow when paced)")  # fmt: skip
     parser.add_argument("--ladder", help="sustained: the concurrencies to try, e.g. 50,100,200")
     parser.add_argument("--out", default="bench/out", type=Path)
     args = parser.parse_args(argv)
@@ -62,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             gateway = start_trioproxy(mock.url)
             procs.append(gateway)
             targets["trioproxy"] = (gateway, gateway.url)
+            if args.naive:
+                naive = start_naive(mock.url)
+                procs.append(naive)
+                targets["naive relay"] = (naive, naive.url)
             nginx = None if args.no_nginx else start_nginx(mock.url)
             if nginx is not None:
                 procs.append(nginx)

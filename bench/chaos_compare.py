@@ -28,7 +28,7 @@ from trioproxy.testing.chaos.plan import Limits
 from trioproxy.testing.chaos.target import run_target_campaign
 from trioproxy.testing.naive_relay import READ_TIMEOUT
 
-from .procs import Proc, free_port, start_mock, start_nginx, wait_port
+from .procs import CORES, Proc, free_port, start_mock, start_naive, start_nginx, wait_port
 
 # The timeouts each target really has (what a fair campaign must wait for).
 TRIOPROXY = Limits(ttft_timeout=2.0, idle_timeout=1.0, client_stall_timeout=2.0, hang_bound=5.0)
@@ -54,13 +54,7 @@ def _trioproxy(mock_url: str) -> Proc:
 
 
 def _naive(mock_url: str) -> Proc:
-    port = free_port()
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "trioproxy.testing.naive_relay", mock_url, str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    wait_port(port)
-    return Proc("naive relay", f"http://127.0.0.1:{port}", popen)
+    return start_naive(mock_url, cores=set(range(CORES)))  # unpinned, as the others here
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,6 +111,13 @@ def start_floor(mock_url: str) -> Proc:
     return _spawn("trio floor", cmd, port, PROXY_CORES)
 
 
+def start_naive(mock_url: str, cores: set[int] = PROXY_CORES) -> Proc:
+    """The 40-line Hypercorn + httpx relay (:mod:`trioproxy.testing.naive_relay`)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "trioproxy.testing.naive_relay", mock_url, str(port)]
+    return _spawn("naive relay", cmd, port, cores)
+
+
 def start_trioproxy(
     mock_url: str, metrics: bool = True, tree: Path | None = None, extra_config: str = ""
 ) -> Proc:
