@@ -176,6 +176,7 @@ class SharedQuotas:
         prefix = key_prefix(key.name)
         lease = secrets.token_hex(12) if key.max_streams else ""
         self._count_pending(key.name, 1, estimate)
+        sent = self.redis.up  # down: the call fails before anything reaches Redis
         try:
             verdict, wait_ms, requests, tokens, streams = await self.redis.run(
                 self._admit,
@@ -194,7 +195,8 @@ class SharedQuotas:
                     "shared limits cannot be checked: the gateway's Redis is unavailable"
                 ) from None
             fallback = self.local.admit(key, estimate, borrower)
-            fallback.lease = lease or None  # the call may have run: given back at the end
+            if sent:  # the call may have run in Redis: its lease is given back at the end
+                fallback.lease = lease or None
             return fallback
         finally:
             self._count_pending(key.name, -1, -estimate)
