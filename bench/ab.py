@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, required=True, help="the other checkout's root")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--scenario", choices=["throughput", "paced", "overhead"],
+    parser.add_argument("--scenario", choices=["throughput", "paced", "overhead", "requests"],
                         default="throughput", help="the shape of each run")  # fmt: skip
     parser.add_argument("--out", default="bench/out", type=Path)
     args = parser.parse_args(argv)
@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         "requests_per_run": args.requests,
         "tokens_per_s": {k: med(k, "tokens_per_s") for k in runs},
         "cpu_s_per_1k_tokens": {k: med(k, "proxy_cpu_s_per_1k_tokens") for k in runs},
+        "cpu_ms_per_request": {k: med(k, "proxy_cpu_ms_per_request") for k in runs},
+        "ttft_p50_ms": {
+            k: float(statistics.median(r["ttft_ms"]["p50"] for r in runs[k])) for k in runs
+        },
         "this_over_base_paired_median": round(statistics.median(paired), 4),
         "this_over_base_paired": [round(r, 3) for r in paired],
         "tokens_per_s_all": {k: [round(r["tokens_per_s"]) for r in v] for k, v in runs.items()},

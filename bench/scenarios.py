@@ -37,6 +37,8 @@ SCENARIOS: dict[str, Scenario] = {
     "anthropic": Scenario("anthropic", "messages", 64, 0, 20, 2000, 100),
     "overhead": Scenario("overhead", "chat", 20, 20, 1, 100, 5),
     "paced": Scenario("paced", "chat", 50, 20, 200, 1000, 200),
+    # The per-request cost (a burst of N waits about N x it): one-token streams.
+    "requests": Scenario("requests", "chat", 1, 0, 50, 3000, 200),
     "idle": Scenario("idle", "chat", 1000, 0, 1000, 1000, 0, stall=True),
 }
 SWEEP = (1, 10, 50, 100, 200, 500)
@@ -121,6 +123,8 @@ def measure(
         result["proxy_cpu_s_per_1k_tokens"] = (
             cpu * share / result["tokens"] * 1000 if result["tokens"] else 0.0
         )
+        done = result["requests"] - result["failures"]
+        result["proxy_cpu_ms_per_request"] = cpu * share / done * 1000 if done else 0.0
     return result
 
 

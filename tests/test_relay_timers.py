@@ -25,6 +25,7 @@ from trioproxy.relay.run import Relay
 from trioproxy.routing.failover import UpstreamRequest
 from trioproxy.routing.pools import Router
 from trioproxy.routing.providers import parse_providers
+from trioproxy.upstream.client import Upstream
 
 EVENT = b'data: {"id":"c1","choices":[]}\n\n'
 HEARTBEAT = b": ping\n\n"
@@ -87,8 +88,9 @@ async def _relay(steps: list[Step], client: Client, **options: Any) -> Exchange:
     )  # fmt: skip
     ex = Exchange("r", "chat", "POST", trio.current_time(), stream=True, model="m")
     ex.move(Phase.ADMITTED)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as http:
-        await Relay(http, config, request, ex, []).run(client.send, client.receive)
+    await Relay(Upstream(httpx.MockTransport(upstream)), config, request, ex, []).run(
+        client.send, client.receive
+    )
     ex.ended = trio.current_time()
     return ex
 

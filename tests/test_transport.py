@@ -13,7 +13,7 @@ from trioproxy.config import Config
 from trioproxy.errors import UpstreamBroken, UpstreamUnreachable
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.mock_upstream import serve_mock
-from trioproxy.upstream.client import open_upstream_client
+from trioproxy.upstream.client import open_upstream
 from trioproxy.upstream.transport import UpstreamTransport
 
 CHAT = {"model": "mock-t5-i0", "messages": [], "stream": True}
@@ -59,10 +59,15 @@ async def _scripted_server(
     return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
 
 
-async def _read_request(stream: trio.SocketStream) -> None:
+async def _read_request(stream: trio.SocketStream) -> bytes:
+    """A request's head (lowercased), or b"" when the client closed first."""
     data = b""
     while b"\r\n\r\n" not in data:
-        data += await stream.receive_some(65536)
+        more = await stream.receive_some(65536)
+        if not more:
+            return b""
+        data += more
+    return data.lower()
 
 
 async def test_stale_keep_alive_connection_is_replaced() -> None:
@@ -136,19 +141,13 @@ async def test_a_request_that_reached_the_upstream_is_never_sent_twice() -> None
 
 async def test_upstream_cookies_are_never_stored_nor_sent() -> None:
     """The attack on tenant isolation: an upstream sets a cookie while serving one
-    tenant; the next request (any tenant) through the gateway's one client must
-    carry no Cookie. A Cookie header handed to the client is not sent either."""
+    tenant; the next request (any tenant) through the gateway's one sender must
+    carry no Cookie. A Cookie header handed to the sender is not sent either."""
     requests: list[bytes] = []
 
     async def set_cookie(stream: trio.SocketStream) -> None:
-        while True:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                more = await stream.receive_some(65536)
-                if not more:
-                    return
-                data += more
-            requests.append(data.lower())
+        while head := await _read_request(stream):  # keep-alive: every request
+            requests.append(head)
             await stream.send_all(
                 b"HTTP/1.1 200 OK\r\nset-cookie: session=tenant-a; Path=/\r\n"
                 b"set-cookie: other=1\r\ncontent-length: 2\r\n\r\nok"
@@ -156,12 +155,14 @@ async def test_upstream_cookies_are_never_stored_nor_sent() -> None:
 
     async with trio.open_nursery() as nursery:
         url = await _scripted_server(set_cookie, nursery)
-        async with open_upstream_client(Config(bind="127.0.0.1:0")) as client:
-            first = await client.post(url + "/v1/chat/completions", content=b"{}")
+        async with open_upstream(Config(bind="127.0.0.1:0")) as upstream:
+            first = await upstream.send("POST", url + "/v1/chat/completions", {}, b"{}")
             assert "set-cookie" not in first.headers
-            await client.post(url + "/v1/chat/completions", content=b"{}")
-            await client.post(url + "/v1/x", content=b"{}", headers={"cookie": "forged=1"})
-            assert len(client.cookies) == 0
+            await first.aread()
+            for path, headers in (("/v1/chat/completions", {}), ("/v1/x", {"cookie": "forged=1"})):
+                response = await upstream.send("POST", url + path, headers, b"{}")
+                assert "set-cookie" not in response.headers
+                await response.aread()
         assert len(requests) == 3
         assert not [r for r in requests if b"\r\ncookie:" in r]
         nursery.cancel_scope.cancel()
@@ -170,3 +171,24 @@ async def test_upstream_cookies_are_never_stored_nor_sent() -> None:
 def test_one_tls_context_per_transport() -> None:
     transport = UpstreamTransport()
     assert transport._tls() is transport._tls()  # built once, on first use
+
+
+async def test_requests_ask_for_identity_bodies_and_a_target_header_replaces_a_default() -> None:
+    requests: list[bytes] = []
+
+    async def answer(stream: trio.SocketStream) -> None:
+        while head := await _read_request(stream):  # keep-alive: every request
+            requests.append(head)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    async with trio.open_nursery() as nursery:
+        url = await _scripted_server(answer, nursery)
+        async with open_upstream(Config(bind="127.0.0.1:0")) as upstream:
+            for headers in ({}, {"User-Agent": "custom/1"}):
+                response = await upstream.send("POST", url, headers, b"{}")
+                assert await response.aread() == b"ok"
+        assert [r.count(b"\r\nuser-agent:") for r in requests] == [1, 1]
+        assert b"\r\nuser-agent: trioproxy\r\n" in requests[0]
+        assert b"\r\nuser-agent: custom/1\r\n" in requests[1]
+        assert all(b"\r\naccept-encoding: identity\r\n" in r for r in requests)
+        nursery.cancel_scope.cancel()

@@ -54,6 +54,7 @@ from ..errors import (
 )
 from ..routing.failover import Target, UpstreamRequest, with_failover
 from ..upstream.body import body_of
+from ..upstream.client import Upstream
 from .exchange import Exchange
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
 from .timeline import TRACE_EXTENSION
@@ -102,13 +103,13 @@ class UpstreamReader:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        upstream: Upstream,
         config: Config,
         request: UpstreamRequest,
         ex: Exchange,
         send_ch: trio.MemorySendChannel[bytes | Start],
     ) -> None:
-        self.client = client
+        self.upstream = upstream
         self.config = config
         self.request = request
         self.ex = ex
@@ -156,12 +157,10 @@ class UpstreamReader:
         headers = target.headers
         if ex.trace is not None:  # OpenTelemetry on: this attempt's span is the parent
             headers = {**headers, "traceparent": ex.trace.next_attempt()}
-        stream = self.client.stream(
-            request.method, target.url, headers=headers, content=target.body,
-            extensions={TRACE_EXTENSION: self._mark},
-        )  # fmt: skip
         with trio.CancelScope(deadline=first_deadline) as head_scope:
-            response = await stream.__aenter__()
+            response = await self.upstream.send(
+                request.method, target.url, headers, target.body, {TRACE_EXTENSION: self._mark}
+            )
         if head_scope.cancelled_caught:
             raise self._first_timeout()
         try:  # entered: the response is closed however this ends
@@ -179,7 +178,7 @@ class UpstreamReader:
             await self._relay_whole(response, first_deadline)
             return Outcome.DONE if response.status_code < 400 else Outcome.UPSTREAM_ERROR
         finally:  # the body's aclose never awaits: this runs in a cancelled scope too
-            await stream.__aexit__(None, None, None)
+            await response.aclose()
 
     def _mark(self, event: str) -> None:
         """The transport's moments; the request written starts a pending admission."""

@@ -28,12 +28,12 @@ request's nursery; nothing outlives :meth:`Relay.run`.
 
 from __future__ import annotations
 
-import httpx
 import trio
 
 from ..asgi import Receive, Send
 from ..config import Config
 from ..routing.failover import UpstreamRequest
+from ..upstream.client import Upstream
 from .exchange import Exchange, Phase
 from .reader import UpstreamReader
 from .writer import Start, write_client
@@ -46,7 +46,7 @@ class Relay:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        upstream: Upstream,
         config: Config,
         request: UpstreamRequest,
         ex: Exchange,
@@ -55,7 +55,7 @@ class Relay:
         self.ex = ex
         self._extra_headers = extra_headers
         self._send_ch, self._recv_ch = trio.open_memory_channel[bytes | Start](config.channel_size)
-        self._reader = UpstreamReader(client, config, request, ex, self._send_ch)
+        self._reader = UpstreamReader(upstream, config, request, ex, self._send_ch)
 
     def channel_statistics(self) -> trio.MemoryChannelStatistics:
         return self._send_ch.statistics()

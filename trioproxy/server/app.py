@@ -31,7 +31,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 import trio
 
@@ -68,6 +67,7 @@ from ..relay.timeline import traceparent_of
 from ..relay.writer import send_error
 from ..routing.failover import UpstreamRequest, upstream_request
 from ..routing.pools import Router
+from ..upstream.client import Upstream
 from . import endpoints
 from .accounts import Accounts
 from .hypercorn import already_disconnected
@@ -121,7 +121,7 @@ class Gateway:
         self.accounts = Accounts(config, clock)  # each key's limits and usage
         self.router = Router(config.provider_specs, config.routing_strategy, clock=clock)
         self._sticky_header = config.sticky_header.lower().encode("latin-1")
-        self.client: httpx.AsyncClient | None = None
+        self.upstream: Upstream | None = None
         self.detached: DetachedWork | None = None
         self.receipts: ReceiptService | None = None
         self.ready = False
@@ -321,14 +321,14 @@ class Gateway:
             self.keyring.authorize(key, parsed.model)
         await self.accounts.admit(key, ex, len(body) // 4)
         upstream = self._upstream_request(route, scope, body, parsed, ex)
-        assert self.client is not None
+        assert self.upstream is not None
         await self.limiter.acquire(ex)
         ex.held.append(self.limiter)
         ex.move(Phase.ADMITTED)
         ex.mark("admitted")
         if self.tracing is not None:
             ex.trace = traceparent_of(scope["headers"])
-        return Relay(self.client, self.config, upstream, ex, extra)
+        return Relay(self.upstream, self.config, upstream, ex, extra)
 
     def _upstream_request(
         self, route: Route, scope: Scope, body: bytes, parsed: ParsedBody, ex: Exchange

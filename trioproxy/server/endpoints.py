@@ -177,7 +177,7 @@ class GatewayView(Protocol):
     def ready(self) -> bool: ...
 
     @property
-    def client(self) -> object | None: ...
+    def upstream(self) -> object | None: ...
 
     @property
     def keyring(self) -> KeyRing: ...
@@ -237,7 +237,7 @@ class OwnEndpoints:
             except GatewayError as err:
                 refused = err
         if path == "/readyz":
-            ready = gw.ready and gw.client is not None
+            ready = gw.ready and gw.upstream is not None
             await readyz(send, ready, gw.router, gw.clock(), admin, gw.accounts.redis_state())
             return True
         if path == "/v1/usage" and scope["method"] == "GET":

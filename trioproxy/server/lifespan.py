@@ -1,12 +1,12 @@
 """The ASGI lifespan of one worker: the resources that outlive requests.
 
-Resource handling: the lifespan task owns the upstream ``httpx.AsyncClient``,
+Resource handling: the lifespan task owns the upstream sender (:class:`~trioproxy.upstream.client.Upstream`),
 the Redis client when ``redis_url`` is set (:mod:`trioproxy.shared`), the
 service nursery (detached work: receipts, hooks, usage) and a background
 nursery (the receipt pruner; with Redis, the lease refresher, the Redis probe
 and the receipt spool's copier). On shutdown, after Hypercorn has let in-flight requests
 finish within ``graceful_timeout``, pending detached work is drained (bounded
-by ``drain_timeout``) before the client and the receipt store close.
+by ``drain_timeout``) before the upstream pool and the receipt store close.
 
 Error handling: a signing key or store that cannot be used fails the start-up
 (``lifespan.startup.failed``, one line in the log); the CLI checks the key
@@ -21,7 +21,6 @@ import sqlite3
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-import httpx
 import trio
 
 from ..asgi import Receive, Send
@@ -32,7 +31,7 @@ from ..receipts.service import KeyError_, ReceiptService, open_signer_and_store
 from ..receipts.store import ReceiptStore, SQLiteStore
 from ..shared.receipts import RedisReceiptStore, SpooledStore
 from ..shared.redis import SharedRedis, open_shared_redis
-from ..upstream.client import open_upstream_client
+from ..upstream.client import Upstream, open_upstream
 from .accounts import Accounts
 
 __all__ = ["lifespan"]
@@ -44,7 +43,7 @@ class Served(Protocol):
     """What the lifespan sets up on the gateway."""
 
     config: Config
-    client: httpx.AsyncClient | None
+    upstream: Upstream | None
     detached: DetachedWork | None
     receipts: ReceiptService | None
     ready: bool
@@ -74,7 +73,7 @@ async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
         return
     try:
         async with (
-            open_upstream_client(cfg) as client,
+            open_upstream(cfg) as upstream,
             _maybe_redis(cfg) as redis,
             trio.open_nursery() as background,  # long-running chores, cancelled at the end
         ):
@@ -94,7 +93,7 @@ async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
                     )
                 if redis is not None:  # every script registered by now
                     await redis.load_scripts()
-                gw.client, gw.detached, gw.ready = client, detached, True
+                gw.upstream, gw.detached, gw.ready = upstream, detached, True
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()
                 gw.ready = False
@@ -102,7 +101,7 @@ async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
             background.cancel_scope.cancel()
             gw.accounts.unshare()
     finally:
-        gw.client = None
+        gw.upstream = None
         if gw.tracing is not None:  # flush the spans (the exporter's thread joins)
             with trio.move_on_after(5, shield=True):
                 await trio.to_thread.run_sync(gw.tracing.shutdown, abandon_on_cancel=True)
