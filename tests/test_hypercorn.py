@@ -118,9 +118,15 @@ async def test_closed_keep_alive_connections_do_not_linger(hypercorn_as: str) ->
         client = await RawClient.connect(gw.url)
         await client.send_request("GET", "/healthz")
         assert (await client.read_response()).status == 200
-        await eventually(lambda: task_names().get("_idle_timeout", 0) == 1)  # idle, kept alive
+        await eventually(lambda: _timer_tasks() == 1)  # idle, kept alive
         await client.close()
-        await eventually(lambda: task_names().get("_idle_timeout", 0) == 0, timeout=1)
+        await eventually(lambda: _timer_tasks() == 0, timeout=1)
+
+
+def _timer_tasks() -> int:
+    """Keep-alive timer tasks: Hypercorn's (one per idle connection) or guard 6's."""
+    names = task_names()
+    return names.get("_idle_timeout", 0) + names.get("keep-alive-timer", 0)
 
 
 def test_an_untested_hypercorn_release_is_refused_with_one_line() -> None:
@@ -139,7 +145,7 @@ def test_uninstall_puts_hypercorn_back() -> None:
     assert (TCPServer.run, H11Protocol._send_h11_event) != patched
     guards.install_hypercorn_guards()
     assert (TCPServer.run.__name__, H11Protocol._send_h11_event.__name__) == (
-        "capped_run",
+        "run_with_one_timer",
         "_send_h11_event",
     )
 
@@ -211,3 +217,97 @@ async def test_what_a_slow_client_socket_cannot_take_goes_the_waiting_way_in_ord
     events = response.body.count(b"\n\ndata: ")
     assert events == read_at_once.body.count(b"\n\ndata: ") > 20000
     assert guards.WRITES.direct > direct  # the stream's earlier writes went at once
+
+
+class _SpawnCounter(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.names.append(task.name)
+
+
+async def test_keep_alive_requests_start_no_task_for_their_timer(hypercorn_as: str) -> None:
+    """Found profiling the per-request cost: Hypercorn started a new keep-alive
+    timer task (under a lock, with nursery.start) at the end of every request
+    and cancelled it at the start of the next. Here a connection has one timer."""
+    async with running() as (gw, _):
+        client = await RawClient.connect(gw.url)
+        counter = _SpawnCounter()
+        trio.lowlevel.add_instrument(counter)
+        try:
+            for _ in range(5):
+                await client.send_request("POST", "/v1/chat/completions", chat("mock-t2-i0"))
+                response = await client.read_response()
+                assert response.status == 200 and response.body.endswith(b"data: [DONE]\n\n")
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+            await client.close()
+    timers = [n for n in counter.names if n.endswith(("_idle_timeout", "keep-alive-timer"))]
+    assert len(timers) <= 1, timers
+
+
+def _timed_connection() -> SimpleNamespace:
+    """What a KeepAliveTimer reads of its TCPServer; ``closed`` records when it closed."""
+    conn = SimpleNamespace(closed=[])
+    conn.config = SimpleNamespace(keep_alive_timeout=75.0)
+    conn.context = SimpleNamespace(terminated=trio.Event())
+
+    async def close() -> None:
+        conn.closed.append(trio.current_time())
+
+    conn._initiate_server_close = close
+    return conn
+
+
+class _Group:
+    """Hypercorn's TaskGroup, as far as the timer uses it."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+
+async def test_an_idle_connection_closes_keep_alive_timeout_after_its_last_response(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    conn = _timed_connection()
+    timer = guards.KeepAliveTimer(conn)
+    async with trio.open_nursery() as nursery:
+        await timer.restart(_Group(nursery), None)  # connected: idle
+        await trio.sleep(10)
+        await timer.stop()  # a request for 100 s: never closed meanwhile
+        await trio.sleep(100)
+        assert conn.closed == []
+        await timer.restart(_Group(nursery), None)  # its response ended at 110
+        await trio.sleep(50)
+        await timer.stop()
+        await timer.restart(_Group(nursery), None)  # another one at 160
+    assert conn.closed == [160 + 75]
+
+
+async def test_a_terminating_server_closes_idle_connections_at_once_and_leaves_busy_ones(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    idle, busy = _timed_connection(), _timed_connection()
+    async with trio.open_nursery() as nursery:
+        idle_timer, busy_timer = guards.KeepAliveTimer(idle), guards.KeepAliveTimer(busy)
+        await idle_timer.restart(_Group(nursery), None)
+        await busy_timer.restart(_Group(nursery), None)
+        await trio.sleep(1)
+        await busy_timer.stop()
+        await trio.sleep(1)
+        for conn in (idle, busy):
+            conn.context.terminated.set()
+    assert idle.closed == [2] and busy.closed == []  # Hypercorn closes it after its response
+
+
+async def test_a_connection_whose_reads_ended_ends_its_timer_without_closing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    conn = _timed_connection()
+    timer = guards.KeepAliveTimer(conn)
+    async with trio.open_nursery() as nursery:
+        await timer.restart(_Group(nursery), None)
+        await trio.sleep(5)
+        timer.end()
+    assert trio.current_time() == 5 and conn.closed == []

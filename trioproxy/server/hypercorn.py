@@ -29,6 +29,10 @@ The guards:
 5. ``_write_without_waiting``: every socket write went through a trio lock and
    ``send_all``, two trips through the scheduler per streamed chunk; a write
    the socket can take now is made at once (found profiling paced streams).
+6. ``_keep_alive_without_a_task_per_request``: the keep-alive timer was a new
+   task per request, started and stopped under a lock (five task steps per
+   request, one before the app is even called); now one timer task per
+   connection whose deadline moves (found profiling the per-request cost).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from ..asgi import Receive
 __all__ = [
     "CONNECTIONS",
     "GUARDS",
+    "KeepAliveTimer",
     "WRITES",
     "WritePaths",
     "already_disconnected",
@@ -111,7 +116,11 @@ def _end_idle_wait_on_eof() -> _Patch:
 
     async def _read_data(self: Any) -> None:
         await read_data(self)
-        await self.idle_task.stop()
+        idle = self.idle_task
+        if isinstance(idle, KeepAliveTimer):  # guard 6's timer: stop is "busy", end is the end
+            idle.end()
+        else:
+            await idle.stop()
 
     return TCPServer, "_read_data", _read_data
 
@@ -271,12 +280,94 @@ def _write_without_waiting() -> _Patch:
     return TCPServer, "protocol_send", protocol_send_at_once
 
 
+class KeepAliveTimer:
+    """Guard 6's stand-in for Hypercorn's ``TrioSingleTask`` as a connection's
+    ``idle_task``, one task for the connection's life: ``restart`` (idle from
+    now: the close is due ``keep_alive_timeout`` from now; the first call starts
+    the task), ``stop`` (a request started: no close is due), :meth:`end` (the
+    read loop is over, guard 1: the task ends).
+
+    The task waits for the server to terminate, in a cancel scope whose deadline
+    is the due close. It closes the connection (Hypercorn's own, shielded) when
+    it wakes and the connection is idle past its due time, or idle when the
+    server terminates. While a request runs a termination is Hypercorn's to act
+    on (it closes the connection after the response), and the task ends."""
+
+    __slots__ = ("_due", "_ended", "_scope", "_server", "_started")
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self._due = math.inf
+        self._scope: trio.CancelScope | None = None
+        self._started = False
+        self._ended = False
+
+    async def restart(self, task_group: Any, action: Any) -> None:
+        self._due = trio.current_time() + self._server.config.keep_alive_timeout
+        if self._scope is not None:
+            self._scope.deadline = self._due
+        elif not self._started:
+            self._started = True
+            task_group._nursery.start_soon(self._run, name="keep-alive-timer")
+
+    async def stop(self) -> None:
+        self._due = math.inf
+        if self._scope is not None:
+            self._scope.deadline = math.inf
+
+    def end(self) -> None:
+        self._ended = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _run(self) -> None:
+        terminated = self._server.context.terminated
+        while not self._ended:
+            with trio.CancelScope(deadline=self._due) as scope:
+                self._scope = scope
+                await terminated.wait()
+            self._scope = None
+            if self._ended:
+                return
+            idle = self._due != math.inf
+            if not scope.cancelled_caught:  # the server terminates
+                if not idle:
+                    return
+                break
+            if idle and trio.current_time() >= self._due:
+                break
+        with trio.CancelScope(shield=True):
+            await self._server._initiate_server_close()
+
+
+def _keep_alive_without_a_task_per_request() -> _Patch:
+    """6. ``_keep_alive_without_a_task_per_request``: Hypercorn's trio worker
+    keeps a connection's keep-alive timer as a ``TrioSingleTask``: each request's
+    end starts a new ``_idle_timeout`` task with ``nursery.start`` under a trio
+    lock, and each request's start takes the lock again to cancel it, before the
+    app is called. That is a task and about five task steps per request. Here
+    each connection gets a :class:`KeepAliveTimer`: one task whose deadline
+    moves (no lock, no await, no new task per request). Same behaviour: an
+    idle connection is closed ``keep_alive_timeout`` after its last response,
+    and at once when the server terminates."""
+    from hypercorn.trio.tcp_server import TCPServer
+
+    run = TCPServer.run
+
+    async def run_with_one_timer(self: Any) -> None:
+        self.idle_task = KeepAliveTimer(self)
+        await run(self)
+
+    return TCPServer, "run", run_with_one_timer
+
+
 GUARDS: dict[str, Callable[[], _Patch]] = {
     "end_idle_wait_on_eof": _end_idle_wait_on_eof,
     "contain_connection_errors": _contain_connection_errors,
     "coalesce_head_with_first_body": _coalesce_head_with_first_body,
     "cap_connections": _cap_connections,
     "write_without_waiting": _write_without_waiting,
+    "keep_alive_without_a_task_per_request": _keep_alive_without_a_task_per_request,
 }
 _installed: dict[str, tuple[type, str, Any]] = {}  # guard -> (class, name, original)
 

@@ -59,6 +59,8 @@ class RawClient:
         self, method: str, path: str, body: Any = None, headers: Sequence[tuple[str, str]] = ()
     ) -> None:
         data = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()  # the next request on this keep-alive connection
         own_host = any(name.lower() == "host" for name, _ in headers)
         hdrs = [*([] if own_host else [("host", self.host)]), *headers]
         if data is not None:
