@@ -150,6 +150,59 @@ async def test_store_errors_are_counted_and_other_receipts_unaffected() -> None:
         assert (stats.failed, stats.stored, stats.pending) == (1, 1, 0)
 
 
+class _Spawned(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.names.append(task.name)
+
+
+class GatedStore(MemoryStore):
+    """A store whose writes wait for ``open``; it counts its batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = trio.Event()
+        self.batches: list[int] = []
+
+    async def put_many(self, rows: list[Row]) -> None:
+        await self.open.wait()
+        self.batches.append(len(rows))
+        await super().put_many(rows)
+
+
+async def test_receipts_that_end_together_are_signed_and_stored_in_one_batch() -> None:
+    """Per-request cost: a request only queues its record; one flusher signs and
+    stores what has queued. 40 streams ending while the store is busy cost two
+    batches (the first receipt's, then the other 39), not 40 jobs."""
+    async with running() as (gw, _):
+        assert gw.app.receipts is not None and gw.app.detached is not None
+        store = GatedStore()
+        gw.app.receipts.store = store
+        spawned = _Spawned()
+        trio.lowlevel.add_instrument(spawned)
+        responses: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(40):
+
+                async def one() -> None:
+                    body = chat("mock-t3-i0")
+                    responses.append(await request(gw.url, "POST", "/v1/chat/completions", body))
+
+                nursery.start_soon(one)
+        await eventually(lambda: gw.app.receipts.statistics().pending == 40)  # none stored yet
+        store.open.set()
+        await eventually(lambda: gw.app.receipts.statistics().stored == 40)
+        assert sum(store.batches) == 40 and len(store.batches) <= 2, store.batches
+        trio.lowlevel.remove_instrument(spawned)
+        assert 1 <= spawned.names.count("detached:receipts") <= 2  # one job per batch
+        for response in responses:
+            document = await _receipt(gw.url, response.headers[b"x-trioproxy-receipt-id"].decode())
+            assert document["receipt"]["outcome"] == "done"
+        assert gw.app.receipts.statistics().pending == 0
+
+
 @pytest.mark.slow
 async def test_shutdown_drains_100_pending_receipts_into_sqlite(tmp_path: pathlib.Path) -> None:
     ids: list[str] = []

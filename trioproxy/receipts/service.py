@@ -12,9 +12,12 @@ whitespace (``orjson`` with ``OPT_SORT_KEYS``); the signature is Ed25519 over
 those bytes, base64-encoded.
 
 Resource handling: hand-offs are bounded by ``max_pending_receipts``; when full
-the receipt is dropped, counted and logged (the request never waits). Signing
-and storage run as detached work in the service nursery and are drained on
-graceful shutdown.
+the receipt is dropped, counted and logged (the request never waits). A request
+only queues its record; one flusher (a detached job in the service nursery,
+started when the first record of an empty queue arrives) builds, signs and
+stores whatever has queued, in batches: one task, one thread hop and one
+transaction per batch rather than per receipt. It is drained on graceful
+shutdown like any detached work.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ __all__ = [
 
 log = logging.getLogger("trioproxy.receipts")
 _STORED_KEPT = 20_000  # as many as /debug/records keeps
+_SIGN_SLICE = 8  # signatures between two checkpoints of the flusher (~1 ms)
 
 
 class KeyError_(RuntimeError):
@@ -189,14 +193,6 @@ def verify_receipt(document: dict[str, Any], public: Ed25519PublicKey) -> str | 
     return None
 
 
-class _Slot:
-    __slots__ = ("done", "error")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.error: Exception | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class ReceiptStatistics:
     pending: int
@@ -221,7 +217,7 @@ class ReceiptService:
         self._detached = detached
         self._max_pending = max_pending
         self._sign_truncated = sign_truncated
-        self._queue: list[tuple[Row, _Slot]] = []
+        self._queue: list[CompletionRecord] = []  # submitted, not signed yet
         self._flushing = False
         # Receipt ids and completion ids, finished but not stored: ref -> owner (key name).
         self.pending: dict[str, str | None] = {}
@@ -237,87 +233,104 @@ class ReceiptService:
 
     def submit(self, record: CompletionRecord) -> None:
         """Called as a request ends; never awaits. Only exchanges that reached an
-        upstream get a receipt (not the gateway's own 4xx answers)."""
+        upstream get a receipt (not the gateway's own 4xx answers). The record is
+        queued; building and signing it wait for the flusher."""
         if record.receipt_id is None or record.response_sha256 is None:
             return
         if record.truncated and not self._sign_truncated:
             return
-        receipt = build_receipt(record)
         if self._pending >= self._max_pending:
             self._dropped += 1
             log.error(
-                "receipt queue full (%d): dropped receipt %s", self._max_pending, receipt["id"]
+                "receipt queue full (%d): dropped receipt %s", self._max_pending, record.receipt_id
             )
             return
-        if not self._detached.submit(self._sign_and_store, receipt, name="receipt"):
-            self._dropped += 1
-            return
+        if not self._flushing:
+            if not self._detached.submit(self._flush, name="receipts"):
+                self._dropped += 1
+                return
+            self._flushing = True
+        self._queue.append(record)
         for ref in (record.receipt_id, record.completion_id):
             if ref is not None:
                 self.pending[ref] = record.key
         self._pending += 1
 
-    async def _sign_and_store(self, receipt: dict[str, Any]) -> None:
-        refs = [receipt["id"], receipt["completion_id"]]
+    async def _flush(self) -> None:
+        """The one flusher (a detached job while records are queued): takes every
+        queued record, signs each, stores them in one batch, again until the queue
+        is empty. It lets other tasks run after every ``_SIGN_SLICE`` signatures
+        (signing is CPU in the event loop: ~120 µs a receipt)."""
         try:
-            text = compatible_text(receipt)
-            document = {
-                "receipt": receipt,
-                "signature": self.signer.sign(canonical(receipt)),
-                "signing_algo": "ed25519",
-                "key_id": self.signer.key_id,
-                "text": text,
-                "text_signature": self.signer.sign_hex(text.encode()),
-            }
-            row = Row(
-                receipt["id"], receipt["completion_id"], receipt["key"], receipt["created"],
-                orjson.dumps(document),
-            )  # fmt: skip
-            await self._commit(row)
-            self._stored += 1
-            self.stored_at[receipt["request_id"]] = time.time()
-            if len(self.stored_at) > _STORED_KEPT:
-                self.stored_at.popitem(last=False)
-        except Exception:
-            self._failed += 1
-            log.exception("storing receipt %s failed", receipt["id"])
+            while self._queue:
+                batch, self._queue = self._queue, []
+                rows: list[tuple[Row, CompletionRecord]] = []
+                for n, record in enumerate(batch, 1):
+                    try:
+                        rows.append((self._signed_row(build_receipt(record)), record))
+                    except Exception:
+                        self._failed += 1
+                        self._done(record)
+                        log.exception("signing receipt %s failed", record.receipt_id)
+                    if n % _SIGN_SLICE == 0:
+                        await trio.lowlevel.checkpoint()
+                await self._store(rows)
         finally:
-            for ref in refs:
-                if ref is not None:
-                    self.pending.pop(ref, None)
-            self._pending -= 1
+            self._flushing = False
+            for record in self._queue:  # cancelled (shutdown past drain_timeout): not stored
+                self._done(record)
+            self._queue = []
 
-    async def _commit(self, row: Row) -> None:
-        """Group commit: the first job to find no write in progress writes every
-        queued row in one batch (one thread hop, one transaction), again until
-        the queue is empty; the others wait for their row's batch. A failed
-        batch is retried row by row, so one bad row fails alone."""
-        slot = _Slot()
-        self._queue.append((row, slot))
-        if not self._flushing:
-            self._flushing = True
-            try:
-                while self._queue:
-                    batch, self._queue = self._queue, []
-                    await self._write(batch)
-            finally:
-                self._flushing = False
-        await slot.done.wait()
-        if slot.error is not None:
-            raise slot.error
+    def _signed_row(self, receipt: dict[str, Any]) -> Row:
+        text = compatible_text(receipt)
+        document = {
+            "receipt": receipt,
+            "signature": self.signer.sign(canonical(receipt)),
+            "signing_algo": "ed25519",
+            "key_id": self.signer.key_id,
+            "text": text,
+            "text_signature": self.signer.sign_hex(text.encode()),
+        }
+        return Row(
+            receipt["id"], receipt["completion_id"], receipt["key"], receipt["created"],
+            orjson.dumps(document),
+        )  # fmt: skip
 
-    async def _write(self, batch: list[tuple[Row, _Slot]]) -> None:
+    async def _store(self, rows: list[tuple[Row, CompletionRecord]]) -> None:
+        """One batch (one thread hop, one transaction); a failed batch is retried
+        row by row, so one bad row fails alone."""
+        if not rows:
+            return
+        settle = True  # the rows of this call stop being pending here
         try:
-            await self.store.put_many([row for row, _ in batch])
-        except Exception as exc:
-            if len(batch) == 1:
-                batch[0][1].error = exc
-            else:
-                for item in batch:
-                    await self._write([item])
+            try:
+                await self.store.put_many([row for row, _ in rows])
+            except Exception:
+                if len(rows) > 1:
+                    settle = False  # each row's own call settles it
+                    for one in rows:
+                        await self._store([one])
+                    return
+                self._failed += 1
+                log.exception("storing receipt %s failed", rows[0][0].receipt_id)
                 return
-        for _, slot in batch:
-            slot.done.set()
+            now = time.time()
+            for _, record in rows:
+                self._stored += 1
+                self.stored_at[record.request_id] = now
+                if len(self.stored_at) > _STORED_KEPT:
+                    self.stored_at.popitem(last=False)
+        finally:
+            if settle:
+                for _, record in rows:
+                    self._done(record)
+
+    def _done(self, record: CompletionRecord) -> None:
+        """The record is stored, or failed: no longer pending."""
+        for ref in (record.receipt_id, record.completion_id):
+            if ref is not None:
+                self.pending.pop(ref, None)
+        self._pending -= 1
 
     async def lookup(self, ref: str, owner: str | None) -> tuple[int, bytes | None]:
         """(200, document) | (202, None) while pending | (404, None). ``owner``: the
