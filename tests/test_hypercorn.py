@@ -23,6 +23,7 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 
 from tests.conftest import chat, eventually, running
+from trioproxy.asgi import read_body
 from trioproxy.observe.debug import task_names
 from trioproxy.server import hypercorn as guards
 from trioproxy.testing.rawclient import RawClient, request
@@ -311,3 +312,29 @@ async def test_a_connection_whose_reads_ended_ends_its_timer_without_closing(
         await trio.sleep(5)
         timer.end()
     assert trio.current_time() == 5 and conn.closed == []
+
+
+async def test_a_body_hypercorn_has_queued_is_read_without_awaiting_receive() -> None:
+    """The per-request fast path: Hypercorn queues the body with the head, so
+    the app takes it without a trip through the scheduler (``take_queued``);
+    under another server (a plain function as receive) it awaits as usual."""
+    send_ch, recv_ch = trio.open_memory_channel[dict[str, Any]](10)
+    assert guards.take_queued(recv_ch.receive) is None  # nothing queued yet
+    send_ch.send_nowait({"type": "http.request", "body": b'{"a":', "more_body": True})
+    send_ch.send_nowait({"type": "http.request", "body": b"1}", "more_body": False})
+
+    async def never() -> dict[str, Any]:
+        raise AssertionError("awaited receive although the body was queued")
+
+    scope = {"headers": [(b"content-length", b"7")]}
+    body = await read_body(scope, never, 100, lambda: guards.take_queued(recv_ch.receive))
+    assert body == b'{"a":1}'
+    received: list[str] = []
+
+    async def plain_receive() -> dict[str, Any]:
+        received.append("awaited")
+        return {"type": "http.request", "body": b"{}"}
+
+    assert guards.take_queued(plain_receive) is None
+    assert await read_body(scope, plain_receive, 100, lambda: None) == b"{}"
+    assert received == ["awaited"]

@@ -31,6 +31,34 @@ async def test_keep_alive_connections_are_reused() -> None:
             assert models.json()["object"] == "list"  # content-length body
             stats = transport.statistics()
             assert (stats.opened, stats.reused, stats.idle, stats.active) == (1, 3, 1, 0)
+            assert stats.written_at_once == 4  # each request went out without a wait
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_request_larger_than_the_socket_takes_goes_out_whole_and_in_order() -> None:
+    """The write fast path's other side: what os.write does not take is sent by
+    send_all after it, and the upstream reads exactly the request."""
+    received: list[bytes] = []
+
+    async def read_body(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+        received.append(body)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    payload = bytes(range(256)) * (64 * 1024)  # 16 MiB: more than loopback buffers hold
+    async with trio.open_nursery() as nursery:
+        url = await _scripted_server(read_body, nursery)
+        transport = UpstreamTransport()
+        async with httpx.AsyncClient(transport=transport) as client:
+            assert (await client.post(url, content=payload)).text == "ok"
+        assert received == [payload]
+        assert transport.statistics().written_at_once == 0
         nursery.cancel_scope.cancel()
 
 

@@ -38,9 +38,15 @@ def request_id(scope: dict[str, Any]) -> str:
 _ID_BYTES = frozenset(range(0x21, 0x7F))
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+async def read_body(
+    scope: Scope,
+    receive: Receive,
+    limit: int,
+    queued: Callable[[], dict[str, Any] | None] = lambda: None,
+) -> bytes | None:
     """The whole request body, at most ``limit`` bytes (413 beyond); None when
-    the client hung up before sending all of it."""
+    the client hung up before sending all of it. ``queued``: a message the
+    server has already queued, taken without waiting (None: await ``receive``)."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             if not value.isdigit():
@@ -50,7 +56,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
     parts: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        message = queued() or await receive()
         if message["type"] == "http.disconnect":
             return None
         chunk = message.get("body", b"")

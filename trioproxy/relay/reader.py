@@ -122,7 +122,7 @@ class UpstreamReader:
         writer renders it); ``Cancelled`` propagates.
         """
         ex, config = self.ex, self.config
-        async with self.send_ch:
+        try:
             try:
                 ex.upstream_outcome = await with_failover(
                     self.request, ex, config.max_attempts, config.eject_after, config.cooldown,
@@ -142,6 +142,8 @@ class UpstreamReader:
                 # (Hypercorn shields socket writes): end the exchange without it.
                 ex.settle(ex.upstream_outcome)
                 relay_scope.cancel()
+        finally:
+            self.send_ch.close()  # no checkpoint: the writer sees the end at once
 
     async def _attempt(self, target: Target) -> Outcome:
         """One provider's attempt: ``DONE``, or ``UPSTREAM_ERROR`` for an upstream

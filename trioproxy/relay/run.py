@@ -1,12 +1,13 @@
-"""The per-request relay: one nursery, three tasks (four if admitted early), a bounded channel.
+"""The per-request relay: one nursery, the request's task and two more, a bounded channel.
 
 ::
 
     request nursery (one per request, cancelled by whichever task ends it)
     ├── upstream reader ── UpstreamBody ──► memory channel (channel_size)
-    │     (reader.py) TTFT / idle timers wrap        │
-    │     only the upstream read; releases the       ▼
-    │     slots the moment the upstream side ends
+    │     (reader.py; the nursery's body, run    │
+    │     by the request's own task) TTFT / idle │
+    │     timers wrap only the upstream read;    ▼
+    │     releases the slots the moment the upstream side ends
     ├── client writer (writer.py) ◄── drains greedily, one ASGI send per drain
     ├── disconnect watcher ── blocked on ASGI receive(); http.disconnect cancels
     │                         the nursery, which closes the upstream connection
@@ -71,13 +72,16 @@ class Relay:
         async with trio.open_nursery() as nursery:
             scope = nursery.cancel_scope
             nursery.start_soon(self._watch_disconnect, receive, scope, name="disconnect-watcher")
-            nursery.start_soon(self._reader.run, scope, name="upstream-reader")
             if ex.admission is not None:  # counted in Redis while the request is on its way
                 nursery.start_soon(ex.admission.run, name="early-admission")
             nursery.start_soon(
                 write_client, send, self._recv_ch, ex, self._extra_headers, scope,
                 name="client-writer",
             )  # fmt: skip
+            # The reader is the nursery's body, in the request's own task: the
+            # upstream request leaves in the step that admitted it, with no task
+            # to start first. Cancelling the nursery cancels it like a child.
+            await self._reader.run(scope)
 
     async def _watch_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
         while True:

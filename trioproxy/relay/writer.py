@@ -43,9 +43,9 @@ async def write_client(
     scope: trio.CancelScope,
 ) -> None:
     """The task: the head, then the body as it arrives, then the end (or an error)."""
-    async with recv_ch:
+    try:
         try:
-            head = await recv_ch.receive()
+            head = await _next(recv_ch)
         except trio.EndOfChannel:
             # The upstream side failed before any byte: an HTTP error response.
             err = ex.error or UpstreamBroken("upstream ended without a response")
@@ -61,7 +61,7 @@ async def write_client(
         closed = False
         while not closed:
             try:
-                body = await recv_ch.receive()
+                body = await _next(recv_ch)
             except trio.EndOfChannel:
                 break
             assert isinstance(body, bytes)
@@ -88,7 +88,18 @@ async def write_client(
                 if ex.metrics is not None:
                     ex.metrics.delivered(1 + len(more), trio.current_time())
         await _finish(send, ex, b"")
-    scope.cancel()
+        scope.cancel()
+    finally:
+        recv_ch.close()
+
+
+async def _next(recv_ch: trio.MemoryReceiveChannel[bytes | Start]) -> bytes | Start:
+    """The next item: at once when it has arrived (no trip through the scheduler),
+    else the wait. Raises ``EndOfChannel`` after the last."""
+    try:
+        return recv_ch.receive_nowait()
+    except trio.WouldBlock:
+        return await recv_ch.receive()
 
 
 async def _finish(send: Send, ex: Exchange, body: bytes) -> None:

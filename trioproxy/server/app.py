@@ -70,7 +70,7 @@ from ..routing.pools import Router
 from ..upstream.client import Upstream
 from . import endpoints
 from .accounts import Accounts
-from .hypercorn import already_disconnected
+from .hypercorn import already_disconnected, take_queued
 from .lifespan import lifespan
 
 __all__ = ["CompletionHook", "Gateway", "GatewayStatistics"]
@@ -301,10 +301,17 @@ class Gateway:
             ex.status = 200
             ex.settle(Outcome.DONE)
             return None
-        # Bodies are read and parsed a bounded number at a time, within body_timeout.
-        async with self.body_reads:
+        # Bodies are read and parsed a bounded number at a time, within body_timeout;
+        # a free slot and a queued body are taken without a trip through the scheduler.
+        try:
+            self.body_reads.acquire_nowait()
+        except trio.WouldBlock:
+            await self.body_reads.acquire()
+        try:
             with trio.move_on_after(self.config.body_timeout or math.inf) as read_scope:
-                body = await read_body(scope, receive, self.config.max_body_bytes)
+                body = await read_body(
+                    scope, receive, self.config.max_body_bytes, lambda: take_queued(receive)
+                )
             if read_scope.cancelled_caught:
                 raise RequestTimeout(f"request body not complete in {self.config.body_timeout} s")
             if body is None:  # the client left before sending its whole body
@@ -312,6 +319,8 @@ class Gateway:
                 return None
             ex.mark("body_read")
             parsed = validate(route, body)
+        finally:
+            self.body_reads.release()
         ex.request_sha256 = hashlib.sha256(body).hexdigest()
         ex.response_hash = hashlib.sha256()
         if self.config.receipts:

@@ -12,8 +12,7 @@ Rules:
   Hypercorn back as it was.
 - Each guard has a strict-xfail test in ``tests/test_hypercorn.py`` that runs
   Hypercorn without it and shows the fault is still there: when a Hypercorn
-  release fixes one, that test passes, fails as strict xfail, and tells us the
-  guard can go.
+  release fixes one, that test passes, fails as strict xfail: the guard can go.
 
 The guards:
 
@@ -21,18 +20,15 @@ The guards:
    and CLOSE_WAIT socket for ``keep_alive_timeout`` (found by chaos).
 2. ``_contain_connection_errors``: Hypercorn #225, one connection's internal error
    stopped the whole worker (found by the HTTP fuzz test).
-3. ``_coalesce_head_with_first_body``: Hypercorn writes the response head and
-   each body part as separate socket writes; a stream's head now goes out in the
-   same write as its first bytes (found by profiling time to first byte).
+3. ``_coalesce_head_with_first_body``: a stream's head goes out in the same socket
+   write as its first bytes, not alone (found by profiling time to first byte).
 4. ``_cap_connections``: no cap on open connections; past ``max_connections``
    new ones are closed at once (found reading the trio worker for issue 11).
-5. ``_write_without_waiting``: every socket write went through a trio lock and
-   ``send_all``, two trips through the scheduler per streamed chunk; a write
-   the socket can take now is made at once (found profiling paced streams).
-6. ``_keep_alive_without_a_task_per_request``: the keep-alive timer was a new
-   task per request, started and stopped under a lock (five task steps per
-   request, one before the app is even called); now one timer task per
-   connection whose deadline moves (found profiling the per-request cost).
+5. ``_write_without_waiting``: a write the socket can take is made at once, not
+   through a lock and ``send_all`` (two scheduler trips; found profiling paced streams).
+6. ``_keep_alive_without_a_task_per_request``: one keep-alive timer task per
+   connection, not a new one per request started and stopped under a lock
+   (about five task steps per request; found profiling the per-request cost).
 """
 
 from __future__ import annotations
@@ -43,7 +39,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import h11
 import trio
@@ -57,6 +53,7 @@ __all__ = [
     "WRITES",
     "WritePaths",
     "already_disconnected",
+    "take_queued",
     "TESTED_HYPERCORN",
     "UnsupportedHypercorn",
     "check_hypercorn_version",
@@ -84,23 +81,27 @@ def check_hypercorn_version(version: str | None = None) -> None:
         )
 
 
-def already_disconnected(receive: Receive) -> bool:
-    """Has the client's hang-up already been queued? Relies on a Hypercorn detail:
-    its ``receive`` is a trio memory channel's bound ``receive``, whose
-    ``receive_nowait`` takes a queued message without blocking and without a
-    cancelled-scope poll (Hypercorn issue #210). It is called after the whole
-    body was read, when only ``http.disconnect`` can follow, so nothing else is
-    taken. Under another server the check is skipped (False) and the relay's
-    watcher still sees the hang-up."""
+def take_queued(receive: Receive) -> dict[str, Any] | None:
+    """A message Hypercorn has already queued for the app, taken without a trip
+    through the scheduler; None if there is none yet. Relies on a Hypercorn
+    detail: its ``receive`` is a trio memory channel's bound ``receive``, whose
+    ``receive_nowait`` neither blocks nor polls a cancelled scope (Hypercorn
+    issue #210). Under another server it always answers None (callers then
+    ``await receive()``)."""
     receive_nowait = getattr(getattr(receive, "__self__", None), "receive_nowait", None)
     if receive_nowait is None:
-        return False
+        return None
     try:
-        message = receive_nowait()
+        return cast(dict[str, Any], receive_nowait())
     except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-        return False
-    # After a complete body only http.disconnect can follow.
-    return bool(message.get("type") == "http.disconnect")
+        return None
+
+
+def already_disconnected(receive: Receive) -> bool:
+    """Has the client's hang-up already been queued? Called after the whole body
+    was read, when only ``http.disconnect`` can follow, so nothing else is taken."""
+    message = take_queued(receive)
+    return message is not None and message.get("type") == "http.disconnect"
 
 
 def _end_idle_wait_on_eof() -> _Patch:
@@ -341,15 +342,13 @@ class KeepAliveTimer:
 
 
 def _keep_alive_without_a_task_per_request() -> _Patch:
-    """6. ``_keep_alive_without_a_task_per_request``: Hypercorn's trio worker
-    keeps a connection's keep-alive timer as a ``TrioSingleTask``: each request's
-    end starts a new ``_idle_timeout`` task with ``nursery.start`` under a trio
-    lock, and each request's start takes the lock again to cancel it, before the
-    app is called. That is a task and about five task steps per request. Here
-    each connection gets a :class:`KeepAliveTimer`: one task whose deadline
-    moves (no lock, no await, no new task per request). Same behaviour: an
-    idle connection is closed ``keep_alive_timeout`` after its last response,
-    and at once when the server terminates."""
+    """6. ``_keep_alive_without_a_task_per_request``: Hypercorn keeps a
+    connection's keep-alive timer as a ``TrioSingleTask``: each request's end
+    starts an ``_idle_timeout`` task (``nursery.start``, under a lock), the next
+    request's start takes the lock to cancel it before the app is called. Here a
+    connection's :class:`KeepAliveTimer` is one task whose deadline moves. Same
+    behaviour: an idle connection closes ``keep_alive_timeout`` after its last
+    response, and at once when the server terminates."""
     from hypercorn.trio.tcp_server import TCPServer
 
     run = TCPServer.run
