@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import itertools
+import os
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -13,6 +15,8 @@ from trioproxy.config import Config
 from trioproxy.errors import UpstreamBroken, UpstreamUnreachable
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.mock_upstream import serve_mock
+from trioproxy.upstream import body as body_module
+from trioproxy.upstream.body import Conn
 from trioproxy.upstream.client import open_upstream
 from trioproxy.upstream.transport import UpstreamTransport
 
@@ -220,3 +224,84 @@ async def test_requests_ask_for_identity_bodies_and_a_target_header_replaces_a_d
         assert b"\r\nuser-agent: custom/1\r\n" in requests[1]
         assert all(b"\r\naccept-encoding: identity\r\n" in r for r in requests)
         nursery.cancel_scope.cancel()
+
+
+async def test_upstream_reads_take_what_is_there_and_wait_only_for_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upstream read finds data there: it returns with no trip through the
+    scheduler. Never more than READS_AT_ONCE in a row, so a stream that always
+    has data still lets other tasks run and is cancelled within that many reads."""
+    ours, theirs = trio.socket.socketpair()
+    reads: list[int] = []
+
+    def always_data(fd: int, size: int) -> bytes:
+        reads.append(fd)
+        return b"x" * size  # a full read: there may be more
+
+    monkeypatch.setattr(body_module, "read_now", always_data)
+    conn = Conn(trio.SocketStream(ours), (b"http", b"up", 80))
+    other_ran_after: list[int] = []
+
+    async def other_task() -> None:
+        while True:
+            other_ran_after.append(len(reads))
+            await trio.sleep(0)
+
+    with theirs, ours:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            await trio.sleep(0)
+            await theirs.send(b"ready")  # wait_readable has something to report
+            at_once = body_module.READS.at_once
+            with trio.move_on_after(0) as scope:  # cancelled: seen at the first wait
+                for _ in range(100):
+                    assert len(await conn.receive()) == body_module.READ_SIZE
+            assert scope.cancelled_caught
+            assert len(reads) == body_module.READS_AT_ONCE
+            assert body_module.READS.at_once - at_once == body_module.READS_AT_ONCE
+            for _ in range(3 * body_module.READS_AT_ONCE):
+                await conn.receive()
+            nursery.cancel_scope.cancel()
+    runs = sorted(set(other_ran_after))
+    steps = [b - a for a, b in itertools.pairwise(runs)]
+    # The others ran at every wait (one of them may fall in the reader's batch).
+    assert steps and max(steps) <= 2 * body_module.READS_AT_ONCE  # of 64 reads in all
+
+
+async def test_a_paced_upstream_read_waits_for_readiness_and_a_closed_conn_reads_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A short read took everything there was: the next read waits for readiness
+    first, without a read that could only fail (one syscall less per token)."""
+    ours, theirs = trio.socket.socketpair()
+    conn = Conn(trio.SocketStream(ours), (b"http", b"up", 80))
+    tries: list[bytes] = []
+
+    def counted(fd: int, size: int) -> bytes:
+        try:
+            data = os.read(fd, size)
+        except BlockingIOError:
+            tries.append(b"(would block)")
+            raise
+        tries.append(data)
+        return data
+
+    monkeypatch.setattr(body_module, "read_now", counted)
+    waited = body_module.READS.waited
+    with theirs:
+        for token in (b"token 1", b"token 2"):
+            async with trio.open_nursery() as nursery:
+
+                async def later(token: bytes = token) -> None:
+                    await trio.testing.wait_all_tasks_blocked()  # the reader waits
+                    await theirs.send(token)
+
+                nursery.start_soon(later)
+                assert await conn.receive() == token
+        assert body_module.READS.waited - waited == 2
+        # The first read tries at once; after its short read the second waits first.
+        assert tries == [b"(would block)", b"token 1", b"token 2"]
+        conn.close()
+        with pytest.raises(UpstreamBroken):  # the descriptor is forgotten, never reused
+            await conn.receive()

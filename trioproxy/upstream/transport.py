@@ -48,7 +48,6 @@ from .http11 import MAX_HEAD, Head, ProtocolError, parse_head, request_head
 
 __all__ = ["PoolStatistics", "UpstreamTransport"]
 
-READ_SIZE = 65536
 Origin = tuple[bytes, bytes, int]
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -227,8 +226,8 @@ async def _read_head(conn: Conn) -> Head:
         if len(buf) > MAX_HEAD:
             raise UpstreamBroken("upstream response head too large")
         try:
-            data = await conn.stream.receive_some(READ_SIZE)
-        except _STREAM_ERRORS:
+            data = await conn.receive()
+        except UpstreamBroken:  # reset or closed: no response
             data = b""
         if not data:
             if not buf:
