@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import orjson
 import pytest
 
 from trioproxy.dialects import Dialect
@@ -91,6 +94,9 @@ async def test_record_of_an_anthropic_stream_parses_first_and_usage_events_once(
     assert record.usage == {"input_tokens": 9, "output_tokens": 42}
     assert ex.phase is Phase.RECORDED
     assert b'"outcome":"done"' in record.to_json()
+    whole = dataclasses.asdict(record)
+    del whole["timeline"]
+    assert record.to_json() == orjson.dumps(whole)  # every field but the timeline, as is
 
 
 async def test_a_malformed_first_event_is_not_fatal() -> None:
