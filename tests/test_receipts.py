@@ -203,6 +203,17 @@ async def test_receipts_that_end_together_are_signed_and_stored_in_one_batch() -
         assert gw.app.receipts.statistics().pending == 0
 
 
+async def test_receipts_still_pending_when_the_drain_times_out_are_given_up_and_counted() -> None:
+    async with running(drain_timeout=0.2) as (gw, _):
+        assert gw.app.receipts is not None
+        gw.app.receipts.store = GatedStore()  # never opens: the flusher is cancelled mid-batch
+        for _ in range(3):
+            await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t3-i0"))
+        await eventually(lambda: gw.app.receipts.statistics().pending == 3)
+    stats = gw.app.receipts.statistics()
+    assert (stats.pending, stats.stored) == (0, 0) and not gw.app.receipts.pending
+
+
 @pytest.mark.slow
 async def test_shutdown_drains_100_pending_receipts_into_sqlite(tmp_path: pathlib.Path) -> None:
     ids: list[str] = []

@@ -261,6 +261,7 @@ class ReceiptService:
         queued record, signs each, stores them in one batch, again until the queue
         is empty. It lets other tasks run after every ``_SIGN_SLICE`` signatures
         (signing is CPU in the event loop: ~120 µs a receipt)."""
+        batch: list[CompletionRecord] = []
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
@@ -277,8 +278,9 @@ class ReceiptService:
                 await self._store(rows)
         finally:
             self._flushing = False
-            for record in self._queue:  # cancelled (shutdown past drain_timeout): not stored
-                self._done(record)
+            for record in [*batch, *self._queue]:  # cancelled (past drain_timeout): not stored
+                if record.receipt_id in self.pending:
+                    self._done(record)
             self._queue = []
 
     def _signed_row(self, receipt: dict[str, Any]) -> Row:
