@@ -203,6 +203,38 @@ async def test_receipts_that_end_together_are_signed_and_stored_in_one_batch() -
         assert gw.app.receipts.statistics().pending == 0
 
 
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    async def put_many(self, rows: list[Row]) -> None:
+        self.batches.append(len(rows))
+        await super().put_many(rows)
+
+
+@pytest.mark.parametrize(("delay", "batches"), [(1.0, [5]), (0.0, [1, 1, 1, 1, 1])])
+async def test_receipts_of_streams_ending_one_after_another_share_a_batch(
+    delay: float, batches: list[int]
+) -> None:
+    """A keep-alive client sends its next request as a stream ends: the flusher
+    waits ``receipt_flush_delay`` first, so five streams in a row cost one
+    batch (one thread hop), not five; with no delay each is stored alone."""
+    async with running(receipt_flush_delay=delay) as (gw, _):
+        assert gw.app.receipts is not None
+        store = CountingStore()
+        gw.app.receipts.store = store
+        client = await RawClient.connect(gw.url)
+        for _ in range(5):
+            await client.send_request("POST", "/v1/chat/completions", chat("mock-t3-i0"))
+            assert (await client.read_response()).status == 200
+            if not delay:
+                await eventually(lambda: gw.app.receipts.statistics().pending == 0)
+        await client.close()
+        await eventually(lambda: gw.app.receipts.statistics().stored == 5)
+        assert store.batches == batches
+
+
 async def test_receipts_still_pending_when_the_drain_times_out_are_given_up_and_counted() -> None:
     async with running(drain_timeout=0.2) as (gw, _):
         assert gw.app.receipts is not None

@@ -75,6 +75,7 @@ class Config:
     receipt_store: str = ""  # sqlite | memory | redis (default: redis with redis_url, else sqlite)
     receipt_ttl_days: float = 30.0
     max_pending_receipts: int = 1024  # more are dropped, counted and logged
+    receipt_flush_delay: float = 0.02  # s the flusher waits for more records before a batch
     sign_truncated: bool = True  # receipts for streams that ended early too
     # --- API keys (see trioproxy.admission.auth)--------------------------------------
     keys: tuple[Mapping[str, Any], ...] = ()  # [[keys]] tables: name, sha256, models, ...
@@ -150,6 +151,8 @@ class Config:
             raise ConfigError("redis_timeout must be > 0 and lease_ttl at least 1 s")
         if self.max_pending_receipts < 1 or self.receipt_ttl_days <= 0:
             raise ConfigError("max_pending_receipts and receipt_ttl_days must be positive")
+        if not 0 <= self.receipt_flush_delay <= 1:
+            raise ConfigError("receipt_flush_delay must be between 0 and 1 s")
         for url in self.openai_upstreams + self.anthropic_upstreams:
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"upstream URL must start with http:// or https://: {url!r}")

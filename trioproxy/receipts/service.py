@@ -14,10 +14,11 @@ those bytes, base64-encoded.
 Resource handling: hand-offs are bounded by ``max_pending_receipts``; when full
 the receipt is dropped, counted and logged (the request never waits). A request
 only queues its record; one flusher (a detached job in the service nursery,
-started when the first record of an empty queue arrives) builds, signs and
-stores whatever has queued, in batches: one task, one thread hop and one
-transaction per batch rather than per receipt. It is drained on graceful
-shutdown like any detached work.
+started when the first record of an empty queue arrives) waits
+``receipt_flush_delay`` (20 ms), then builds, signs and stores whatever has
+queued, in batches: one task, one thread hop and one transaction per batch
+rather than per receipt. It is drained on graceful shutdown like any detached
+work.
 """
 
 from __future__ import annotations
@@ -211,12 +212,14 @@ class ReceiptService:
         detached: DetachedWork,
         max_pending: int,
         sign_truncated: bool = True,
+        flush_delay: float = 0.0,
     ) -> None:
         self.signer = signer
         self.store = store
         self._detached = detached
         self._max_pending = max_pending
         self._sign_truncated = sign_truncated
+        self._flush_delay = flush_delay
         self._queue: list[CompletionRecord] = []  # submitted, not signed yet
         self._flushing = False
         # Receipt ids and completion ids, finished but not stored: ref -> owner (key name).
@@ -260,9 +263,14 @@ class ReceiptService:
         """The one flusher (a detached job while records are queued): takes every
         queued record, signs each, stores them in one batch, again until the queue
         is empty. It lets other tasks run after every ``_SIGN_SLICE`` signatures
-        (signing is CPU in the event loop: ~120 µs a receipt)."""
+        (signing is CPU in the event loop: ~120 µs a receipt). It first waits
+        ``flush_delay`` for more records: one thread hop then carries the receipts
+        of many streams, and the work lands after the moment a stream ends, which
+        is when a keep-alive client sends its next request."""
         batch: list[CompletionRecord] = []
         try:
+            if self._flush_delay:
+                await trio.sleep(self._flush_delay)
             while self._queue:
                 batch, self._queue = self._queue, []
                 rows: list[tuple[Row, CompletionRecord]] = []

@@ -86,8 +86,9 @@ async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
                 if signer is not None and store is not None:
                     store = _receipt_store(cfg, store, redis, background)
                     gw.receipts = ReceiptService(
-                        signer, store, detached, cfg.max_pending_receipts, cfg.sign_truncated
-                    )
+                        signer, store, detached, cfg.max_pending_receipts, cfg.sign_truncated,
+                        cfg.receipt_flush_delay,
+                    )  # fmt: skip
                     background.start_soon(
                         gw.receipts.prune_forever, cfg.receipt_ttl_days, name="receipt-pruner"
                     )
