@@ -273,3 +273,35 @@ async def test_sighup_revokes_a_key_in_every_worker(tmp_path: pathlib.Path) -> N
         assert await _sigterm(proc) == 0
     finally:
         _kill(proc)
+
+
+def test_response_headers_are_hypercorns_bytes_made_once_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Per-request cost: Hypercorn formatted the ``date`` header for every
+    response; ours makes the same headers once a second."""
+    import hypercorn.config
+
+    from trioproxy.server.serve import HypercornConfig
+
+    now = [1_796_000_000.25]
+    monkeypatch.setattr("time.time", lambda: now[0])
+    monkeypatch.setattr(hypercorn.config, "time", lambda: now[0])  # its own `from time import time`
+    ours, stock = HypercornConfig(), hypercorn.config.Config()
+    first = ours.response_headers("h11")
+    assert first == stock.response_headers("h11")
+    assert (b"date", b"Mon, 30 Nov 2026 00:53:20 GMT") in first
+    calls = [0]
+    real = hypercorn.config.Config.response_headers
+
+    def counted(self: hypercorn.config.Config, protocol: str) -> list[tuple[bytes, bytes]]:
+        calls[0] += 1
+        return real(self, protocol)
+
+    monkeypatch.setattr(hypercorn.config.Config, "response_headers", counted)
+    now[0] += 0.7  # the same second
+    assert ours.response_headers("h11") == first and calls[0] == 0
+    now[0] += 0.1  # the next one
+    later = ours.response_headers("h11")
+    assert calls[0] == 1 and (b"date", b"Mon, 30 Nov 2026 00:53:21 GMT") in later
+    assert ours.response_headers("h2") == stock.response_headers("h2")
