@@ -23,7 +23,7 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 
 from tests.conftest import chat, eventually, running
-from trioproxy.asgi import read_body
+from trioproxy.asgi import read_body, take_queued
 from trioproxy.observe.debug import task_names
 from trioproxy.server import hypercorn as guards
 from trioproxy.testing.rawclient import RawClient, request
@@ -146,7 +146,7 @@ def test_uninstall_puts_hypercorn_back() -> None:
     assert (TCPServer.run, H11Protocol._send_h11_event) != patched
     guards.install_hypercorn_guards()
     assert (TCPServer.run.__name__, H11Protocol._send_h11_event.__name__) == (
-        "run_with_one_timer",
+        "run_after_taking_the_queue",
         "_send_h11_event",
     )
 
@@ -248,6 +248,46 @@ async def test_keep_alive_requests_start_no_task_for_their_timer(hypercorn_as: s
     assert len(timers) <= 1, timers
 
 
+class _Passes(trio.abc.Instrument):
+    """Scheduler passes (one I/O poll each), and the pass each connection task started in."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+        self.handlers: list[int] = []
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.passes += 1
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("._run_handler"):
+            self.handlers.append(self.passes)
+
+
+async def test_a_burst_of_connections_is_taken_in_a_few_scheduler_passes(hypercorn_as: str) -> None:
+    """Found timing 200 streams that arrive together (650 ms before the last
+    request reached the app): trio's listener takes one connection per scheduler
+    pass. Here 32 connections queued at once all have their task within a few
+    passes, and each is served."""
+    async with running() as (gw, _):
+        host, port = gw.url.removeprefix("http://").rsplit(":", 1)
+        # Blocking connects: the kernel queues them while the trio loop does not run.
+        socks = [socket.create_connection((host, int(port))) for _ in range(32)]
+        passes = _Passes()
+        trio.lowlevel.add_instrument(passes)
+        try:
+            await eventually(lambda: len(passes.handlers) == 32)
+        finally:
+            trio.lowlevel.remove_instrument(passes)
+        streams = [trio.SocketStream(trio.socket.from_stdlib_socket(s)) for s in socks]
+        for stream in streams:
+            await stream.send_all(f"GET /healthz HTTP/1.1\r\nhost: {host}:{port}\r\n\r\n".encode())
+        for stream in streams:
+            with trio.fail_after(5):
+                assert (await stream.receive_some(4096)).startswith(b"HTTP/1.1 200")
+            await stream.aclose()
+    assert max(passes.handlers) <= 4, passes.handlers  # stock trio: one per pass, 32+
+
+
 def _timed_connection() -> SimpleNamespace:
     """What a KeepAliveTimer reads of its TCPServer; ``closed`` records when it closed."""
     conn = SimpleNamespace(closed=[])
@@ -322,7 +362,7 @@ async def test_a_body_hypercorn_has_queued_is_read_without_awaiting_receive() ->
     the app takes it without a trip through the scheduler (``take_queued``);
     under another server (a plain function as receive) it awaits as usual."""
     send_ch, recv_ch = trio.open_memory_channel[dict[str, Any]](10)
-    assert guards.take_queued(recv_ch.receive) is None  # nothing queued yet
+    assert take_queued(recv_ch.receive) is None  # nothing queued yet
     send_ch.send_nowait({"type": "http.request", "body": b'{"a":', "more_body": True})
     send_ch.send_nowait({"type": "http.request", "body": b"1}", "more_body": False})
 
@@ -330,7 +370,7 @@ async def test_a_body_hypercorn_has_queued_is_read_without_awaiting_receive() ->
         raise AssertionError("awaited receive although the body was queued")
 
     scope = {"headers": [(b"content-length", b"7")]}
-    body = await read_body(scope, never, 100, lambda: guards.take_queued(recv_ch.receive))
+    body = await read_body(scope, never, 100, lambda: take_queued(recv_ch.receive))
     assert body == b'{"a":1}'
     received: list[str] = []
 
@@ -338,6 +378,6 @@ async def test_a_body_hypercorn_has_queued_is_read_without_awaiting_receive() ->
         received.append("awaited")
         return {"type": "http.request", "body": b"{}"}
 
-    assert guards.take_queued(plain_receive) is None
+    assert take_queued(plain_receive) is None
     assert await read_body(scope, plain_receive, 100, lambda: None) == b"{}"
     assert received == ["awaited"]

@@ -226,7 +226,7 @@ async def test_heartbeats_can_count_and_max_stream_duration_ends_the_stream() ->
 
 
 async def test_a_hang_up_queued_before_the_upstream_request_is_seen_without_polling() -> None:
-    from trioproxy.server.hypercorn import already_disconnected
+    from trioproxy.asgi import already_disconnected
 
     send_ch, recv_ch = trio.open_memory_channel[dict[str, str]](4)
     assert not already_disconnected(recv_ch.receive)  # nothing queued: does not block

@@ -1,14 +1,16 @@
 """ASGI plumbing shared by the server and the relay: the callable types, reading
-a bounded body, JSON responses, request ids. It knows nothing of exchanges or
-the relay, nor of the server behind ``receive`` and ``send``."""
+a bounded body, JSON responses, request ids, messages already queued. It knows
+nothing of exchanges or the relay; of the server behind ``receive`` and
+``send`` it uses one detail, when it is there (:func:`take_queued`)."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
+import trio
 
 from .errors import BadRequest, PayloadTooLarge
 
@@ -16,10 +18,12 @@ __all__ = [
     "Receive",
     "Scope",
     "Send",
+    "already_disconnected",
     "read_body",
     "request_id",
     "send_json",
     "send_raw_json",
+    "take_queued",
 ]
 
 Scope = dict[str, Any]
@@ -81,3 +85,26 @@ async def send_raw_json(
     headers += extra or []
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def take_queued(receive: Receive) -> dict[str, Any] | None:
+    """A message Hypercorn has already queued for the app, taken without a trip
+    through the scheduler; None if there is none yet. Relies on a Hypercorn
+    detail: its ``receive`` is a trio memory channel's bound ``receive``, whose
+    ``receive_nowait`` neither blocks nor polls a cancelled scope (Hypercorn
+    issue #210). Under another server it always answers None (callers then
+    ``await receive()``)."""
+    receive_nowait = getattr(getattr(receive, "__self__", None), "receive_nowait", None)
+    if receive_nowait is None:
+        return None
+    try:
+        return cast(dict[str, Any], receive_nowait())
+    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+        return None
+
+
+def already_disconnected(receive: Receive) -> bool:
+    """Has the client's hang-up already been queued? Called after the whole body
+    was read, when only ``http.disconnect`` can follow, so nothing else is taken."""
+    message = take_queued(receive)
+    return message is not None and message.get("type") == "http.disconnect"

@@ -45,7 +45,7 @@ from ..admission.routes import (
     usage_requested,
     validate,
 )
-from ..asgi import Receive, Scope, Send, read_body, request_id
+from ..asgi import Receive, Scope, Send, already_disconnected, read_body, request_id, take_queued
 from ..config import Config, parse_bind
 from ..dialects import dialect_for_path, render_sse
 from ..errors import (
@@ -70,7 +70,6 @@ from ..routing.pools import Router
 from ..upstream.client import Upstream
 from . import endpoints
 from .accounts import Accounts
-from .hypercorn import already_disconnected, take_queued
 from .lifespan import lifespan
 
 __all__ = ["CompletionHook", "Gateway", "GatewayStatistics"]

@@ -5,7 +5,9 @@ Hypercorn settings that matter for SSE, fixed here rather than left to defaults:
 would fake a disconnect), ``backlog`` raised (bursts), ``graceful_timeout`` from
 config (in-flight streams get that long on shutdown), HTTP/1.1 and h2c as
 Hypercorn offers them. Its ``date`` and ``server`` response headers are made
-once a second, not once a response (:class:`HypercornConfig`).
+once a second, not once a response, and it records the listening sockets it
+made, from which Hypercorn guard 7 takes a burst's queued connections
+(:class:`HypercornConfig`).
 
 :func:`open_gateway` starts a gateway (and, when no upstream is configured, the
 built-in mock upstream) inside the caller's trio run and returns its URL: the
@@ -20,6 +22,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -63,6 +66,18 @@ class HypercornConfig(hypercorn.config.Config):
     a one-token request's CPU). The headers are the same bytes."""
 
     _cached: tuple[float, str, list[tuple[bytes, bytes]]] = (-1.0, "", [])
+    listening_sockets: tuple[socket.socket, ...] = ()  # what guard 7 takes queued connections from
+
+    def create_sockets(self) -> hypercorn.config.Sockets:
+        sockets = super().create_sockets()
+        self.listening_sockets = tuple(sockets.insecure_sockets)
+        return sockets
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Workers (``workers > 1``) get the sockets from Hypercorn, not in the config."""
+        state = self.__dict__.copy()
+        state.pop("listening_sockets", None)
+        return state
 
     def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
         second = time.time() // 1

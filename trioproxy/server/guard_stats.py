@@ -1,0 +1,35 @@
+"""What the Hypercorn guards count, process-wide: client connections open and
+refused (guard 4's cap), socket writes made at once or the waiting way (guard 5).
+Plain counters, read by the tests and ``/debug``; the guards live in
+:mod:`trioproxy.server.hypercorn`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["CONNECTIONS", "WRITES", "ConnectionCap", "WritePaths"]
+
+
+class ConnectionCap:
+    """The open client connections of this process, and the cap on them."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+        self._logged_at = -math.inf
+
+
+CONNECTIONS = ConnectionCap()
+
+
+@dataclass
+class WritePaths:
+    """Socket writes of this process: made at once, or (in part) the waiting way."""
+
+    direct: int = 0  # the socket took all of it without waiting
+    waited: int = 0  # some or all of it went through Hypercorn's lock and send_all
+
+
+WRITES = WritePaths()
