@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-nginx", action="store_true")
     parser.add_argument("--naive", action="store_true",
                         help="also the 40-line Hypercorn + httpx relay (slow when paced)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1,
+                        help="also trioproxy with this many worker processes, on every core "
+                             "(shared with the mock and the client)")  # fmt: skip
     parser.add_argument("--ladder", help="sustained: the concurrencies to try, e.g. 50,100,200")
     parser.add_argument("--out", default="bench/out", type=Path)
     args = parser.parse_args(argv)
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             gateway = start_trioproxy(mock.url)
             procs.append(gateway)
             targets["trioproxy"] = (gateway, gateway.url)
+            if args.workers > 1:
+                multi = start_trioproxy(mock.url, workers=args.workers)
+                procs.append(multi)
+                targets[multi.name] = (multi, multi.url)
             if args.naive:
                 naive = start_naive(mock.url)
                 procs.append(naive)

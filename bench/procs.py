@@ -119,11 +119,16 @@ def start_naive(mock_url: str, cores: set[int] = PROXY_CORES) -> Proc:
 
 
 def start_trioproxy(
-    mock_url: str, metrics: bool = True, tree: Path | None = None, extra_config: str = ""
+    mock_url: str,
+    metrics: bool = True,
+    tree: Path | None = None,
+    extra_config: str = "",
+    workers: int = 1,
 ) -> Proc:
     """A gateway on the proxy core; ``tree``: run the trioproxy of another
     checkout (its root first on PYTHONPATH), e.g. to compare two commits;
-    ``extra_config``: TOML lines appended to its config."""
+    ``extra_config``: TOML lines appended to its config. ``workers > 1``: that
+    many worker processes, on every core (their CPU is summed)."""
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="trioproxy-bench-"))
     config = workdir / "trioproxy.toml"
@@ -131,16 +136,28 @@ def start_trioproxy(
         f'openai_upstreams = ["{mock_url}/v1"]\nanthropic_upstreams = ["{mock_url}"]\n'
         "access_log = false\nmax_streams = 4096\ndebug_endpoints = true\n"
         f"metrics = {'true' if metrics else 'false'}\n"
-        f'data_dir = "{workdir}"\n' + extra_config
+        f'data_dir = "{workdir}"\nworkers = {workers}\n' + extra_config
     )
     cmd = [sys.executable, "-m", "trioproxy", "serve", "--config", str(config)]
     env = {**os.environ, "PYTHONPATH": str(tree)} if tree is not None else None
     popen = subprocess.Popen(
-        [*cmd, "--bind", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, preexec_fn=lambda: _pin(PROXY_CORES), env=env, cwd=workdir,
+        [*cmd, "--bind", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: _pin(PROXY_CORES if workers == 1 else set(range(CORES))), env=env,
+        cwd=workdir,
     )  # fmt: skip
     wait_port(port)
-    return Proc("trioproxy", f"http://127.0.0.1:{port}", popen, workdir)
+    if workers == 1:
+        return Proc("trioproxy", f"http://127.0.0.1:{port}", popen, workdir)
+    deadline = time.monotonic() + 20
+    while len(children := _children(popen.pid)) < workers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # every worker serving: each one started its lifespan
+    return Proc(f"trioproxy x{workers}", f"http://127.0.0.1:{port}", popen, workdir, children)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
 
 
 NGINX_CONF = """
@@ -192,7 +209,4 @@ def start_nginx(mock_url: str) -> Proc | None:
     )  # fmt: skip
     wait_port(port)
     time.sleep(0.2)
-    workers = subprocess.run(
-        ["pgrep", "-P", str(popen.pid)], capture_output=True, text=True, check=False
-    ).stdout.split()
-    return Proc("nginx", f"http://127.0.0.1:{port}", popen, workdir, [int(p) for p in workers])
+    return Proc("nginx", f"http://127.0.0.1:{port}", popen, workdir, _children(popen.pid))
