@@ -2,8 +2,10 @@
 
 Rules:
 - One :class:`Upstream` per worker process, opened inside ``trio.run`` by the
-  lifespan (:func:`open_upstream`). It builds an ``httpx.Request`` and hands it
-  to the transport (``handle_async_request``, httpx's public transport API).
+  lifespan (:func:`open_upstream`). To our transport it hands the header list an
+  ``httpx.Request`` would carry, same bytes and order, built without httpx's
+  ``Headers`` (42 -> 3 µs); any other transport gets the ``httpx.Request``
+  (``handle_async_request``, httpx's public transport API).
   ``httpx.AsyncClient``'s per-request stack (request building and merging, auth,
   redirects, hooks, cookie extraction) is not on the path: it cost 130 µs per
   request, ~4x the request itself, for features the gateway turns off.
@@ -40,10 +42,30 @@ import httpx
 from ..config import Config
 from .transport import UpstreamTransport
 
-__all__ = ["DEFAULT_HEADERS", "Upstream", "open_upstream"]
+__all__ = ["DEFAULT_HEADERS", "Upstream", "open_upstream", "request_headers"]
 
 DEFAULT_HEADERS = {"accept-encoding": "identity", "user-agent": "trioproxy"}
+_DEFAULT_RAW = [(k.encode(), v.encode()) for k, v in DEFAULT_HEADERS.items()]
 _URL_CACHE = 1024
+
+
+def request_headers(
+    method: str, url: httpx.URL, headers: Mapping[str, str], content: bytes
+) -> list[tuple[bytes, bytes]]:
+    """The headers of ``httpx.Request(method, url, headers=DEFAULT_HEADERS updated
+    by headers, content=content)``, in its order: ``Host``, the defaults no target
+    header names (in any case), the target's headers, ``Content-Length`` (right
+    after ``Host`` for an empty body). Names and values are ASCII, as in httpx."""
+    given = [(key.encode("ascii"), value.encode("ascii")) for key, value in headers.items()]
+    names = {name.lower() for name, _ in given}
+    items = [pair for pair in _DEFAULT_RAW if pair[0] not in names] + given
+    auto = [] if b"host" in names or not url.host else [(b"Host", url.netloc)]
+    sized = not names.isdisjoint((b"content-length", b"transfer-encoding"))
+    if content and b"content-length" not in names:
+        items.append((b"Content-Length", str(len(content)).encode()))
+    elif not content and not sized and method in ("POST", "PUT", "PATCH"):
+        auto.append((b"Content-Length", b"0"))
+    return auto + items
 
 
 class Upstream:
@@ -75,12 +97,18 @@ class Upstream:
 
         Error handling: the transport's errors (the gateway's hierarchy for
         ours) pass through unchanged."""
+        parsed = self._url(url)
+        transport = self.transport
+        if type(transport) is UpstreamTransport:
+            method = method.upper()
+            raw = request_headers(method, parsed, headers, content)
+            return await transport.send(method.encode(), parsed, raw, content, extensions or {})
         merged = httpx.Headers(DEFAULT_HEADERS)
         merged.update(headers)
         request = httpx.Request(
-            method, self._url(url), headers=merged, content=content, extensions=extensions
+            method, parsed, headers=merged, content=content, extensions=extensions
         )
-        return await self.transport.handle_async_request(request)
+        return await transport.handle_async_request(request)
 
     async def aclose(self) -> None:
         await self.transport.aclose()

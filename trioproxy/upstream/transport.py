@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import trio
@@ -140,13 +142,29 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
 
     # -- exchange -------------------------------------------------------------
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
+        body = await request.aread()
+        return await self.send(
+            request.method.encode(), request.url, request.headers.raw, body,
+            request.extensions, request,
+        )  # fmt: skip
+
+    async def send(
+        self,
+        method: bytes,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        extensions: Mapping[str, Any],
+        request: httpx.Request | None = None,
+    ) -> httpx.Response:
+        """The request as the bytes it is made of (what :meth:`handle_async_request`
+        takes from an ``httpx.Request``; :class:`~trioproxy.upstream.client.Upstream`
+        calls it directly). ``Cookie`` headers are never sent."""
         port = url.port or (443 if url.raw_scheme == b"https" else 80)
         origin: Origin = (url.raw_scheme, url.raw_host, port)
-        body = await request.aread()
-        headers = [(n, v) for n, v in request.headers.raw if n.lower() != b"cookie"]
-        data = request_head(request.method.encode(), url.raw_path, headers) + body
-        mark = request.extensions.get(TRACE_EXTENSION) or _no_mark
+        headers = [(n, v) for n, v in headers if n.lower() != b"cookie"]
+        data = request_head(method, url.raw_path, headers) + body
+        mark = extensions.get(TRACE_EXTENSION) or _no_mark
         conn = self._take_idle(origin)
         if conn is not None:
             mark("reused")
