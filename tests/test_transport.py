@@ -145,6 +145,36 @@ async def test_close_delimited_body_and_errors() -> None:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_an_ip_address_is_connected_to_without_the_resolver(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bursts on an empty pool: ``trio.open_tcp_stream`` (resolver, happy-eyeballs
+    nursery) cost 263 µs a connection, a plain connect 101. A name still goes
+    through it; a refused connection is unreachable either way."""
+    resolved: list[str] = []
+    real = trio.open_tcp_stream
+
+    async def counted(name: str, port: int) -> trio.SocketStream:
+        resolved.append(name)
+        return await real(name, port)
+
+    monkeypatch.setattr(trio, "open_tcp_stream", counted)
+
+    async def ok(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    async with trio.open_nursery() as nursery:
+        url = (await _scripted_server(ok, nursery)).replace("127.0.0.1", host)
+        async with httpx.AsyncClient(transport=UpstreamTransport()) as client:
+            assert (await client.get(url)).text == "ok"
+            with pytest.raises(UpstreamUnreachable, match="cannot connect"):
+                await client.get(f"http://{host}:1/")
+        nursery.cancel_scope.cancel()
+    assert resolved == ([] if host == "127.0.0.1" else ["localhost", "localhost"])
+
+
 async def test_a_request_that_reached_the_upstream_is_never_sent_twice() -> None:
     """The attack on billing: an upstream that reads a POST on a reused keep-alive
     connection, then closes without answering. Resending it on a new connection
