@@ -151,7 +151,9 @@ def start_trioproxy(
     deadline = time.monotonic() + 20
     while len(children := _children(popen.pid)) < workers and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(1.0)  # every worker serving: each one started its lifespan
+    # Nothing answers per worker, so give both a second for their lifespans; until then a
+    # worker's share of connections waits in the shared listen queue (none is refused).
+    time.sleep(1.0)
     return Proc(f"trioproxy x{workers}", f"http://127.0.0.1:{port}", popen, workdir, children)
 
 

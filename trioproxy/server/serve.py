@@ -61,9 +61,13 @@ _SOURCE_ENV = "TRIOPROXY_WORKER_SOURCE"
 
 
 class HypercornConfig(hypercorn.config.Config):
-    """Hypercorn's config whose per-response headers (``date``, ``server``) are
-    built once a second: Hypercorn formats the date for every response (1.4 % of
-    a one-token request's CPU). The headers are the same bytes."""
+    """Hypercorn's config, two public methods changed. ``response_headers``
+    (``date``, ``server``) are built once a second: Hypercorn formatted the date
+    for every response (1.4 % of a one-token request's CPU); the same bytes.
+    ``create_sockets`` keeps the listening sockets it made, for guard 7
+    (:mod:`trioproxy.server.hypercorn`) to take a burst's queued connections
+    from; they are not pickled to ``workers > 1`` processes, which get their
+    sockets from Hypercorn's parent (the guard then does nothing)."""
 
     _cached: tuple[float, str, list[tuple[bytes, bytes]]] = (-1.0, "", [])
     listening_sockets: tuple[socket.socket, ...] = ()  # what guard 7 takes queued connections from
