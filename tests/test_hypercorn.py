@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import h11
 import hypercorn.config
@@ -20,6 +20,7 @@ import trio
 from hypercorn.events import RawData
 from hypercorn.protocol.events import Body, EndBody, Response
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.tcp_server import TCPServer
 
 from tests.conftest import chat, eventually, running
@@ -58,6 +59,7 @@ def _protocol(sent: list[Any]) -> H11Protocol:
     proto.config = hypercorn.config.Config()
     proto.keep_alive_requests = 0
     proto.send = send
+    proto.stream = None  # as before its stream is made: guard 8 leaves it to guard 3
     proto.connection = h11.Connection(h11.SERVER)
     proto.connection.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
     assert isinstance(proto.connection.next_event(), h11.Request)
@@ -289,7 +291,7 @@ async def test_a_burst_of_connections_is_taken_in_a_few_scheduler_passes(hyperco
 
 
 def _timed_connection() -> SimpleNamespace:
-    """What a KeepAliveTimer reads of its TCPServer; ``closed`` records when it closed."""
+    """What guard 6's timer reads of its TCPServer; ``closed`` records when it closed."""
     conn = SimpleNamespace(closed=[])
     conn.config = SimpleNamespace(keep_alive_timeout=75.0)
     conn.context = SimpleNamespace(terminated=trio.Event())
@@ -312,7 +314,7 @@ async def test_an_idle_connection_closes_keep_alive_timeout_after_its_last_respo
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     conn = _timed_connection()
-    timer = guards.KeepAliveTimer(conn)
+    timer = guards.keep_alive_timer(conn)
     async with trio.open_nursery() as nursery:
         await timer.restart(_Group(nursery), None)  # connected: idle
         await trio.sleep(10)
@@ -331,7 +333,7 @@ async def test_a_terminating_server_closes_idle_connections_at_once_and_leaves_b
 ) -> None:
     idle, busy = _timed_connection(), _timed_connection()
     async with trio.open_nursery() as nursery:
-        idle_timer, busy_timer = guards.KeepAliveTimer(idle), guards.KeepAliveTimer(busy)
+        idle_timer, busy_timer = guards.keep_alive_timer(idle), guards.keep_alive_timer(busy)
         await idle_timer.restart(_Group(nursery), None)
         await busy_timer.restart(_Group(nursery), None)
         await trio.sleep(1)
@@ -346,12 +348,12 @@ async def test_a_connection_whose_reads_ended_ends_its_timer_without_closing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     conn = _timed_connection()
-    timer = guards.KeepAliveTimer(conn)
+    timer = guards.keep_alive_timer(conn)
     async with trio.open_nursery() as nursery:
         await timer.restart(_Group(nursery), None)
         await trio.sleep(5)
         timer.end()
-        early = guards.KeepAliveTimer(conn)
+        early = guards.keep_alive_timer(conn)
         await early.restart(_Group(nursery), None)
         early.end()  # before its task even ran
     assert trio.current_time() == 5 and conn.closed == []
@@ -381,3 +383,108 @@ async def test_a_body_hypercorn_has_queued_is_read_without_awaiting_receive() ->
     assert take_queued(plain_receive) is None
     assert await read_body(scope, plain_receive, 100, lambda: None) == b"{}"
     assert received == ["awaited"]
+
+
+def _on_stream(proto: H11Protocol, method: str) -> H11Protocol:
+    """Give the protocol the HTTP stream of a ``method`` request (all guard 8 reads of it)."""
+    stream = HTTPStream.__new__(HTTPStream)
+    stream.scope = cast(Any, {"method": method})
+    proto.stream = stream
+    return proto
+
+
+def _client_reads(data: bytes, method: bytes = b"GET") -> list[Any]:
+    """What an h11 client makes of the bytes the server wrote."""
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method=method, target="/", headers=[(b"host", b"x")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(data)
+    events: list[Any] = []
+    while (event := client.next_event()) is not h11.NEED_DATA:
+        events.append(event)
+        if type(event) is h11.EndOfMessage:
+            break
+    return events
+
+
+async def test_a_plain_response_is_checked_once_and_its_chunks_skip_h11(
+    hypercorn_as: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found profiling one stream at a time: a head's headers went through h11's
+    checks four times (after Hypercorn's own), and every chunk through h11's state
+    machine. Guarded: checked once, the chunks framed without h11, the same bytes."""
+    checks: list[int] = []
+    for module in (h11._headers, h11._events):
+        real = module.normalize_and_validate
+
+        def counting(headers: Any, _parsed: bool = False, real: Any = real) -> Any:
+            if not _parsed and any(name == b"x-probe" for name, _ in headers):
+                checks.append(1)
+            return real(headers, _parsed=_parsed)
+
+        monkeypatch.setattr(module, "normalize_and_validate", counting)
+    data_sends: list[int] = []
+    real_send = h11.Connection.send
+
+    def send(conn: h11.Connection, event: Any) -> Any:
+        data_sends.extend([1] if type(event) is h11.Data else [])
+        return real_send(conn, event)
+
+    monkeypatch.setattr(h11.Connection, "send", send)
+    sent: list[Any] = []
+    proto, plain = _on_stream(_protocol(sent), "GET"), guards.HEADS.plain
+    headers = [(b"x-probe", b"1"), (b"content-type", b"text/event-stream")]
+    await proto.stream_send(Response(stream_id=1, headers=headers, status_code=200))
+    for i in range(3):
+        await proto.stream_send(Body(stream_id=1, data=b"data: %d\n\n" % i))
+    await proto.stream_send(EndBody(stream_id=1))
+    writes = [e.data for e in sent if isinstance(e, RawData)]
+    head, *chunks, end = _client_reads(b"".join(writes))
+    assert head.status_code == 200 and (b"x-probe", b"1") in head.headers
+    assert [c.data for c in chunks] == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
+    assert type(end) is h11.EndOfMessage and len(writes) == 4  # the head went with data: 0
+    assert proto.connection.our_state is h11.DONE
+    assert len(checks) + guards.HEADS.plain - plain == 1  # stock: 4
+    assert data_sends == []  # stock: one h11 Data event per chunk
+
+
+@pytest.mark.parametrize("case", ["HEAD request", "last keep-alive request", "content-length"])
+async def test_a_head_h11_must_decide_goes_hypercorns_way(case: str) -> None:
+    guards.install_hypercorn_guards()
+    sent: list[Any] = []
+    proto = _on_stream(_protocol(sent), "HEAD" if case == "HEAD request" else "GET")
+    if case == "last keep-alive request":
+        proto.keep_alive_requests = proto.config.keep_alive_max_requests
+    headers = [(b"content-type", b"text/plain")]
+    if case == "content-length":
+        headers.append((b"content-length", b"2"))
+    plain, by_h11 = guards.HEADS.plain, guards.HEADS.h11
+    await proto.stream_send(Response(stream_id=1, headers=headers, status_code=200))
+    if case != "HEAD request":  # Hypercorn sends a HEAD response no body
+        await proto.stream_send(Body(stream_id=1, data=b"ok"))
+    await proto.stream_send(EndBody(stream_id=1))
+    assert (guards.HEADS.plain, guards.HEADS.h11) == (plain, by_h11 + 1)
+    data = b"".join(e.data for e in sent if isinstance(e, RawData))
+    head, *body = _client_reads(data, b"HEAD" if case == "HEAD request" else b"GET")
+    assert head.status_code == 200
+    assert [e.data for e in body if type(e) is h11.Data] == (
+        [] if case == "HEAD request" else [b"ok"]
+    )
+    if case == "last keep-alive request":
+        assert (b"connection", b"close") in head.headers
+
+
+async def test_the_relays_streams_take_the_plain_way_and_keep_alive_goes_on() -> None:
+    guards.install_hypercorn_guards()
+    async with running() as (gw, _):
+        client = await RawClient.connect(gw.url)
+        plain, chunks = guards.HEADS.plain, guards.HEADS.chunks
+        responses = []
+        for _ in range(2):  # the second on the same connection
+            await client.send_request("POST", "/v1/chat/completions", chat("mock-t5-i0"))
+            responses.append(await client.read_response())
+        await client.close()
+    for response in responses:
+        assert response.status == 200 and response.body.endswith(b"data: [DONE]\n\n")
+        assert response.body.count(b"data: ") == 8  # role, 5 tokens, finish, [DONE]
+    assert guards.HEADS.plain == plain + 2 and guards.HEADS.chunks > chunks

@@ -1,5 +1,6 @@
 """What the Hypercorn guards count, process-wide: client connections open and
-refused (guard 4's cap), socket writes made at once or the waiting way (guard 5).
+refused (guard 4's cap), socket writes made at once or the waiting way (guard 5),
+response heads and chunks framed by guard 8 or by h11.
 Plain counters, read by the tests and ``/debug``; the guards live in
 :mod:`trioproxy.server.hypercorn`."""
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["CONNECTIONS", "WRITES", "ConnectionCap", "WritePaths"]
+__all__ = ["CONNECTIONS", "HEADS", "WRITES", "ConnectionCap", "FramedHeads", "WritePaths"]
 
 
 class ConnectionCap:
@@ -33,3 +34,15 @@ class WritePaths:
 
 
 WRITES = WritePaths()
+
+
+@dataclass
+class FramedHeads:
+    """HTTP/1.1 response heads of this process: checked once here, or h11's way."""
+
+    plain: int = 0  # guard 8 checked the headers and told h11 of a head without them
+    h11: int = 0  # h11 decided (a framing header, HEAD, HTTP/1.0, a header it may refuse)
+    chunks: int = 0  # body pieces framed by guard 8
+
+
+HEADS = FramedHeads()
