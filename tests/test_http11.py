@@ -65,6 +65,29 @@ def test_any_split_same_body(cuts: list[int]) -> None:
     assert decode(BODY, cuts) == decode(BODY, [])
 
 
+def test_whole_chunks_fed_one_at_a_time_are_one_piece_each() -> None:
+    """The paced stream's usual read (one whole chunk alone) takes the one-step way."""
+    chunks = [
+        b"1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n",
+        b"3\r\n123\r\n",
+        b"A\r\n0123456789\r\n",
+    ]
+    decoder = ChunkedDecoder()
+    assert [decoder.feed(c) for c in chunks] == [
+        b"abcdefghijklmnopqrstuvwxyz",
+        b"123",
+        b"0123456789",
+    ]
+    assert decoder.state is ChunkState.SIZE_LINE and not decoder.done
+    assert decoder.feed(b"0\r\nx-trailer: 1\r\n\r\nNEXT") == b"" and decoder.rest == b"NEXT"
+
+
+@pytest.mark.parametrize("bad", [b"3\r\nabcXY", b"3\r\nabc\r\r", b"3\r\nabc\n\n"])
+def test_a_whole_chunk_with_a_bad_end_is_refused(bad: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        ChunkedDecoder().feed(bad)
+
+
 @pytest.mark.parametrize("bad", [b"zz\r\n", b"3\r\nabcX\r\n", b"-1\r\n", b"9" * 2000])
 def test_bad_chunks(bad: bytes) -> None:
     with pytest.raises(ProtocolError):

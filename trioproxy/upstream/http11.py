@@ -157,6 +157,13 @@ class ChunkedDecoder:
         return self.state is ChunkState.DONE
 
     def feed(self, data: bytes) -> bytes:
+        if self.state is ChunkState.SIZE_LINE and not self._buf:  # one whole chunk, alone:
+            end = data.find(b"\r\n")  # the usual read of a paced stream, in one step
+            size = _CHUNK_SIZE.fullmatch(data, 0, end) if end > 0 else None
+            if size is not None:
+                stop = end + 2 + int(size.group(1), 16)
+                if stop > end + 2 and len(data) == stop + 2 and data.endswith(b"\r\n"):
+                    return data[end + 2 : stop]
         if self.state is ChunkState.DONE:
             self.rest += data
             return b""
