@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
 import trio
@@ -18,7 +18,9 @@ __all__ = [
     "Receive",
     "Scope",
     "Send",
+    "DirectWriter",
     "already_disconnected",
+    "direct_writer",
     "read_body",
     "request_id",
     "send_json",
@@ -29,6 +31,24 @@ __all__ = [
 Scope = dict[str, Any]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class DirectWriter(Protocol):
+    """A response body's way to the client socket that never waits
+    (:class:`trioproxy.server.direct_write.DirectChunks` has the rules)."""
+
+    def write_now(self, body: bytes) -> bytes | None: ...
+
+    async def write_rest(self, rest: bytes) -> None: ...
+
+
+def _no_direct_writer(send: Send) -> DirectWriter | None:
+    return None
+
+
+# What a relay uses to write from its reader; the Hypercorn guards put theirs in
+# (guard 9); under another server, or with the guards out, there is none.
+direct_writer: Callable[[Send], DirectWriter | None] = _no_direct_writer
 
 
 def request_id(scope: dict[str, Any]) -> str:

@@ -17,6 +17,12 @@ Rules:
   cancel scope whose deadline moves with each event. Waiting for room in the
   channel is not upstream idle time: the deadline is lifted meanwhile. A
   channel full for ``client_stall_timeout`` is a slow client.
+- A chunk that arrives while the writer waits with nothing in hand (no item
+  queued, the writer parked on the channel) is written from here through the
+  server's ``DirectWriter``, which never waits; the reader accounts for it as the
+  writer would (bytes, hash, metrics) and hands the writer what the socket did
+  not take (:class:`~trioproxy.relay.writer.Rest`). Every other chunk goes
+  through the channel, so none passes one the writer holds.
 - A key admitted early (:mod:`trioproxy.admission.early`): the reader says
   when the upstream request is written, and the admission is counted then.
 - Outcomes: the reader decides how the upstream side ended
@@ -41,6 +47,7 @@ import orjson
 import trio
 
 from .. import dialects
+from ..asgi import DirectWriter
 from ..config import Config
 from ..errors import (
     GatewayError,
@@ -58,7 +65,7 @@ from ..upstream.client import Upstream
 from .exchange import Exchange
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
 from .timeline import TRACE_EXTENSION
-from .writer import Start
+from .writer import Item, Rest, Start
 
 __all__ = ["UpstreamReader", "parse_retry_after"]
 
@@ -107,13 +114,14 @@ class UpstreamReader:
         config: Config,
         request: UpstreamRequest,
         ex: Exchange,
-        send_ch: trio.MemorySendChannel[bytes | Start],
+        send_ch: trio.MemorySendChannel[Item],
     ) -> None:
         self.upstream = upstream
         self.config = config
         self.request = request
         self.ex = ex
         self.send_ch = send_ch
+        self.direct: DirectWriter | None = None  # the relay sets it: chunks written from here
 
     async def run(self, relay_scope: trio.CancelScope) -> None:
         """The task: every attempt, then close the channel and release the slots.
@@ -193,7 +201,7 @@ class UpstreamReader:
             return UpstreamTTFTTimeout("upstream sent no event within ttft_timeout")
         return UpstreamTTFTTimeout("upstream did not answer within request_timeout")
 
-    async def _deliver_when_room(self, item: bytes | Start) -> None:
+    async def _deliver_when_room(self, item: Item) -> None:
         """The channel is full: the client is slower than the upstream. Wait for
         room at most ``client_stall_timeout`` (this wait is not upstream idle time)."""
         stall = self.config.client_stall_timeout
@@ -202,7 +210,7 @@ class UpstreamReader:
         if cs.cancelled_caught:
             raise SlowClient(f"client read nothing for {stall} s")
 
-    async def _deliver(self, item: bytes | Start) -> None:
+    async def _deliver(self, item: Item) -> None:
         try:
             self.send_ch.send_nowait(item)
         except trio.WouldBlock:
@@ -246,7 +254,7 @@ class UpstreamReader:
         hb_progress = self.config.heartbeat_resets_idle
         arrivals = ex.metrics.arrivals if ex.metrics is not None else None
         strip = ex.strip_usage
-        started = False
+        started, direct = False, self.direct
         async for chunk in body:
             now = trio.current_time()
             if arrivals is not None:
@@ -289,6 +297,15 @@ class UpstreamReader:
                 send_ch.send_nowait(Start(200, headers))  # the channel is empty
                 ex.committed = True  # from here on, no failover
                 ex.mark("committed")
+            elif direct is not None and send_ch.statistics().tasks_waiting_receive:
+                rest = direct.write_now(chunk)  # the writer waits with nothing in hand
+                if rest is not None:
+                    ex.sent(chunk)
+                    if ex.metrics is not None:
+                        ex.metrics.delivered(1, now)
+                    if rest:  # the waiting writer takes it at once: nothing is queued
+                        send_ch.send_nowait(Rest(rest, direct.write_rest))
+                    continue
             try:  # no coroutine and no checkpoint per chunk while there is room
                 send_ch.send_nowait(chunk)
             except trio.WouldBlock:

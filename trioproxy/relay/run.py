@@ -7,7 +7,9 @@
     │     (reader.py; the nursery's body, run    │
     │     by the request's own task) TTFT / idle │
     │     timers wrap only the upstream read;    ▼
-    │     releases the slots the moment the upstream side ends
+    │     releases the slots the moment the upstream side ends;
+    │     writes a chunk itself while the writer waits empty-handed
+    │     and the socket takes it at once (``asgi.direct_writer``)
     ├── client writer (writer.py) ◄── drains greedily, one ASGI send per drain
     ├── disconnect watcher ── blocked on ASGI receive(); http.disconnect cancels
     │                         the nursery, which closes the upstream connection
@@ -31,13 +33,14 @@ from __future__ import annotations
 
 import trio
 
+from .. import asgi
 from ..asgi import Receive, Send
 from ..config import Config
 from ..routing.failover import UpstreamRequest
 from ..upstream.client import Upstream
 from .exchange import Exchange, Phase
 from .reader import UpstreamReader
-from .writer import Start, write_client
+from .writer import Item, write_client
 
 __all__ = ["Relay", "UpstreamRequest"]
 
@@ -55,7 +58,7 @@ class Relay:
     ) -> None:
         self.ex = ex
         self._extra_headers = extra_headers
-        self._send_ch, self._recv_ch = trio.open_memory_channel[bytes | Start](config.channel_size)
+        self._send_ch, self._recv_ch = trio.open_memory_channel[Item](config.channel_size)
         self._reader = UpstreamReader(upstream, config, request, ex, self._send_ch)
 
     def channel_statistics(self) -> trio.MemoryChannelStatistics:
@@ -69,6 +72,7 @@ class Relay:
         """
         ex = self.ex
         ex.move(Phase.RELAYING)
+        self._reader.direct = asgi.direct_writer(send)
         async with trio.open_nursery() as nursery:
             scope = nursery.cancel_scope
             nursery.start_soon(self._watch_disconnect, receive, scope, name="disconnect-watcher")

@@ -4,7 +4,11 @@ The writer is the only task that calls the ASGI ``send`` of a relayed request.
 It drains the channel greedily: whatever has already arrived goes out in one
 ``send`` (it never waits to batch), and the last data shares its ``send`` with
 the end of the body. The head (:class:`Start`) is sent when the reader commits
-to a response, i.e. together with the first body bytes.
+to a response, i.e. together with the first body bytes. While the writer waits
+with nothing in hand, the reader may write a chunk itself, through the server's
+``DirectWriter`` (never the ASGI ``send``, never waiting); a :class:`Rest` is
+what the socket did not take of one, which the writer sends before anything
+later.
 
 Error handling: if the channel closes before a head, the upstream side failed
 before any byte reached the client: the writer answers an HTTP error in the
@@ -15,6 +19,7 @@ in sync).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -24,7 +29,7 @@ from ..dialects import render_json, render_sse
 from ..errors import GatewayError, UpstreamBroken
 from .exchange import Exchange
 
-__all__ = ["Start", "receipt_header", "send_error", "write_client"]
+__all__ = ["Item", "Rest", "Start", "receipt_header", "send_error", "write_client"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +40,21 @@ class Start:
     headers: list[tuple[bytes, bytes]]
 
 
+@dataclass(frozen=True, slots=True)
+class Rest:
+    """What the socket did not take of a chunk the reader wrote itself (it
+    accounted for the chunk): the writer sends it, before anything later."""
+
+    data: bytes
+    write: Callable[[bytes], Awaitable[None]]
+
+
+Item = bytes | Start | Rest  # what the channel carries
+
+
 async def write_client(
     send: Send,
-    recv_ch: trio.MemoryReceiveChannel[bytes | Start],
+    recv_ch: trio.MemoryReceiveChannel[Item],
     ex: Exchange,
     extra_headers: list[tuple[bytes, bytes]],
     scope: trio.CancelScope,
@@ -64,6 +81,9 @@ async def write_client(
                 body = await _next(recv_ch)
             except trio.EndOfChannel:
                 break
+            if type(body) is Rest:  # handed to a waiting writer, never queued behind bytes
+                await body.write(body.data)
+                continue
             assert isinstance(body, bytes)
             if ex.first_byte_at is None:
                 ex.first_byte_at = trio.current_time()
@@ -93,7 +113,7 @@ async def write_client(
         recv_ch.close()
 
 
-async def _next(recv_ch: trio.MemoryReceiveChannel[bytes | Start]) -> bytes | Start:
+async def _next(recv_ch: trio.MemoryReceiveChannel[Item]) -> Item:
     """The next item: at once when it has arrived (no trip through the scheduler),
     else the wait. Raises ``EndOfChannel`` after the last."""
     try:

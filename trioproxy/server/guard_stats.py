@@ -31,6 +31,8 @@ class WritePaths:
 
     direct: int = 0  # the socket took all of it without waiting
     waited: int = 0  # some or all of it went through Hypercorn's lock and send_all
+    from_reader: int = 0  # relayed chunks the reader wrote itself (guard 9)
+    rest: int = 0  # of those, ones the socket took only part of (the writer sent the rest)
 
 
 WRITES = WritePaths()

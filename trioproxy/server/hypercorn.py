@@ -10,7 +10,7 @@ Rules:
   refused a release they were not read against (``TESTED_HYPERCORN``; also
   bounded in ``pyproject.toml``). :func:`uninstall_hypercorn_guards` puts
   Hypercorn back as it was.
-- Each guard has a strict-xfail test in ``tests/test_hypercorn.py`` that runs
+- Each guard (1-8) has a strict-xfail test in ``tests/test_hypercorn.py`` that runs
   Hypercorn without it and shows the fault is still there: when a Hypercorn
   release fixes one, that test passes, fails as strict xfail: the guard can go.
 
@@ -35,11 +35,12 @@ The guards:
 8. ``_frame_plain_responses_here``: a response head's headers were checked five
    times (Hypercorn, then h11 four times), ~100 µs a response, and each chunk went
    through h11's state machine (found profiling one stream at a time).
+9. ``_write_chunks_from_the_reader``: no fault, the relay's fast path (reads Hypercorn's
+   objects; :mod:`trioproxy.server.direct_write`); no twin, its test shows it is taken.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 from collections.abc import Callable
@@ -48,42 +49,25 @@ from typing import Any, cast
 import h11
 import trio
 
+from .. import asgi
+from .direct_write import DirectChunks
 from .guard_stats import CONNECTIONS, HEADS, WRITES, WritePaths
+from .hypercorn_version import TESTED_HYPERCORN, UnsupportedHypercorn, check_hypercorn_version
 from .keepalive import KeepAliveTimer
 from .response_head import frame_chunk, is_chunked, plain_head
 
 __all__ = ["CONNECTIONS", "GUARDS", "HEADS", "KeepAliveTimer", "WRITES", "WritePaths"]
-__all__ += ["keep_alive_timer"]
+__all__ += ["keep_alive_timer", "install_hypercorn_guards", "uninstall_hypercorn_guards"]
 __all__ += ["TESTED_HYPERCORN", "UnsupportedHypercorn", "check_hypercorn_version"]
-__all__ += ["install_hypercorn_guards", "uninstall_hypercorn_guards"]
 
 log = logging.getLogger("trioproxy")
-_Patch = tuple[type, str, Any]  # (class, method name, replacement)
-
-TESTED_HYPERCORN = ("0.17", "0.18")  # major.minor releases the guards were read against
-
-
-class UnsupportedHypercorn(RuntimeError):
-    """The installed Hypercorn is not a release the guards were read against."""
-
-
-def check_hypercorn_version(version: str | None = None) -> None:
-    """Refuse a Hypercorn release the guards were not read against (one clear line)."""
-    version = version or importlib.metadata.version("hypercorn")
-    if ".".join(version.split(".")[:2]) not in TESTED_HYPERCORN:
-        raise UnsupportedHypercorn(
-            f"Hypercorn {version} is not supported: trioproxy's guards were read against "
-            f"{', '.join(TESTED_HYPERCORN)} (pip install 'hypercorn>=0.17,<0.19')"
-        )
+_Patch = tuple[Any, str, Any]  # (class or module, name, replacement)
 
 
 def _end_idle_wait_on_eof() -> _Patch:
-    """Guard against a Hypercorn trio-worker linger (0.18): when a client closes
-    an idle keep-alive connection, ``TCPServer.run`` leaves its read loop but its
-    task group still waits for the keep-alive idle task, so the connection's task
-    and its CLOSE_WAIT socket stay for ``keep_alive_timeout``. Found by ``trioproxy
-    chaos`` (invariant ``no_orphan_tasks``). Stopping the idle task once the read
-    loop has ended lets the connection close at once."""
+    """1. A client closing an idle keep-alive connection ends ``TCPServer.run``'s
+    read loop, but its task group waits for the idle task: the task and CLOSE_WAIT
+    socket stayed ``keep_alive_timeout``. The idle task stops when the reads end."""
     from hypercorn.trio.tcp_server import TCPServer
 
     read_data = TCPServer._read_data
@@ -100,12 +84,9 @@ def _end_idle_wait_on_eof() -> _Patch:
 
 
 def _contain_connection_errors() -> _Patch:
-    """Guard against Hypercorn issue #225 (an unexpected error in one connection
-    ends the whole worker). Found by ``tests/test_fuzz.py``: a malformed chunked
-    body arriving while the app's response closes the connection makes
-    Hypercorn's error response race its own ``send_eof`` on the socket
-    (``trio.BusyResourceError``), which escaped ``serve_listeners`` and stopped
-    the server. Here such an error ends that connection only, and is logged."""
+    """2. Hypercorn #225: a malformed chunked body while the response closes the
+    connection races Hypercorn's error response with its ``send_eof``
+    (``BusyResourceError``), which stopped the server. It ends that connection only."""
     from hypercorn.trio.tcp_server import TCPServer
 
     run = TCPServer.run
@@ -122,17 +103,11 @@ def _contain_connection_errors() -> _Patch:
 
 
 def _coalesce_head_with_first_body() -> _Patch:
-    """One socket write for a response's head and its first body bytes.
-
-    Hypercorn's h11 protocol turns ``http.response.start`` into a socket write
-    at once, and the first ``http.response.body`` into another: two sends, two
-    trips through its write lock, for every response. The relay only ever sends
-    a head together with the first bytes (a ``Start`` is queued with them), so
-    the head is held here until the connection's next h11 event (body, end of
-    message) and written with it. Error handling: as Hypercorn's own, a
-    ``LocalProtocolError`` after the peer's error state sends nothing more than
-    the held head.
-    """
+    """3. One socket write for a response's head and its first body bytes (Hypercorn
+    wrote the head alone). The relay sends a head with its first bytes, so the head
+    is held until the connection's next h11 event and written with it. Error
+    handling: as Hypercorn's own, a ``LocalProtocolError`` after the peer's error
+    state sends nothing more than the held head."""
     from hypercorn.events import RawData
     from hypercorn.protocol.h11 import H11Protocol
 
@@ -195,16 +170,12 @@ def _cap_connections() -> _Patch:
 
 
 def _write_without_waiting() -> _Patch:
-    """5. ``_write_without_waiting``: Hypercorn's ``protocol_send`` takes the
-    connection's send lock (a checkpoint) and calls ``send_all`` (another) for
-    every write: two trips through the scheduler, per chunk of every stream.
-    When no write is in progress on the connection (the lock is free, so no one
-    waits for it either) and it is plain TCP, the bytes go to the socket at once
-    with a non-blocking ``os.write`` on its descriptor, with no await between the
-    check and the write, so order is kept. Whatever the socket does not take (a
-    full send buffer: a client that reads slowly) and every error go the way
-    Hypercorn goes, shielded, under the lock, so slow clients, hang-ups and
-    closed sockets behave exactly as before."""
+    """5. ``protocol_send`` took the send lock and called ``send_all`` for every write
+    (two trips through the scheduler per chunk). With the lock free (no write in
+    progress or waiting) on plain TCP, the bytes go out at once with a non-blocking
+    ``os.write``, no await between check and write, so order is kept. What the
+    socket does not take (a slow client), and every error, go Hypercorn's way,
+    shielded, under the lock: slow clients, hang-ups, closed sockets as before."""
     from hypercorn.events import RawData
     from hypercorn.trio.tcp_server import TCPServer
 
@@ -302,14 +273,11 @@ def _accept_what_is_queued() -> _Patch:
 
 
 def _frame_plain_responses_here() -> _Patch:
-    """8. ``_frame_plain_responses_here``: for a response h11 would frame as it
-    does any plain one (:mod:`trioproxy.server.response_head` has the rules),
-    the head's headers are checked once and h11 is told of the head without
-    them; it is held for the first body bytes as guard 3 holds one. A chunked
-    body's pieces are then framed here, not through h11 (nothing of its state
-    changes for them). ``HEAD`` requests, HTTP/1.0, WebSocket streams, the
-    ``connection: close`` of a connection's last request, and every head the
-    rules leave out go Hypercorn's way."""
+    """8. A plain head (:mod:`trioproxy.server.response_head` has the rules) is
+    checked once, h11 told of it without the app's headers, and held as guard 3
+    holds one; a chunked body's pieces are framed here. ``HEAD``, HTTP/1.0,
+    WebSocket, a connection's last request (``connection: close``) and every
+    head the rules leave out go Hypercorn's way."""
     from hypercorn.events import RawData
     from hypercorn.protocol.events import Body, Response
     from hypercorn.protocol.h11 import H11Protocol
@@ -356,6 +324,40 @@ def _frame_plain_responses_here() -> _Patch:
     return H11Protocol, "stream_send", send_framed_here
 
 
+def _write_chunks_from_the_reader() -> _Patch:
+    """9. :func:`trioproxy.asgi.direct_writer` for a plain HTTP/1.1 connection: ready
+    when guard 8 framed the body chunked and sent the head, the lock is free and
+    the stream open; the rest goes through ``protocol_send``."""
+    from hypercorn.events import RawData
+    from hypercorn.protocol.h11 import H11Protocol
+    from hypercorn.protocol.http_stream import HTTPStream
+    from hypercorn.trio.tcp_server import TCPServer
+
+    def direct_writer(send: Any) -> DirectChunks | None:
+        http = getattr(send, "__self__", None)
+        proto = getattr(getattr(http, "send", None), "__self__", None)
+        server = getattr(getattr(proto, "send", None), "__self__", None)
+        if type(http) is not HTTPStream or type(proto) is not H11Protocol:
+            return None
+        stream: Any = getattr(server, "stream", None)
+        if type(server) is not TCPServer or type(stream) is not trio.SocketStream:
+            return None  # TLS streams go the usual way
+
+        def ready() -> bool:
+            held = proto.__dict__
+            if http.closed or server.send_lock.locked() or held.get("_trioproxy_head"):
+                return False
+            return (
+                bool(held.get("_trioproxy_chunked")) and proto.connection.our_state is h11.SEND_BODY
+            )
+
+        return DirectChunks(
+            ready, stream.socket.fileno, lambda rest: proto.send(RawData(data=rest))
+        )
+
+    return asgi, "direct_writer", direct_writer
+
+
 GUARDS: dict[str, Callable[[], _Patch]] = {
     "end_idle_wait_on_eof": _end_idle_wait_on_eof,
     "contain_connection_errors": _contain_connection_errors,
@@ -365,6 +367,7 @@ GUARDS: dict[str, Callable[[], _Patch]] = {
     "keep_alive_without_a_task_per_request": _keep_alive_without_a_task_per_request,
     "accept_what_is_queued": _accept_what_is_queued,
     "frame_plain_responses_here": _frame_plain_responses_here,
+    "write_chunks_from_the_reader": _write_chunks_from_the_reader,
 }
 _installed: dict[str, tuple[type, str, Any]] = {}  # guard -> (class, name, original)
 
