@@ -1,8 +1,8 @@
 """What the Hypercorn guards count, process-wide: client connections open and
-refused (guard 4's cap), socket writes made at once or the waiting way (guard 5),
-response heads and chunks framed by guard 8 or by h11.
-Plain counters, read by the tests and ``/debug``; the guards live in
-:mod:`trioproxy.server.hypercorn`."""
+refused (guard 4's cap), socket writes made at once or the waiting way (guard 5)
+and the relay's chunks written from its reader (guard 9), response heads and
+chunks framed by guard 8 or by h11. Plain counters, read by the tests (no
+endpoint shows them); the guards live in :mod:`trioproxy.server.hypercorn`."""
 
 from __future__ import annotations
 
