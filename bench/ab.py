@@ -6,8 +6,8 @@ Both gateways run at once, pinned to the proxy core, on one mock upstream; the
 rounds alternate base, this, this, base, ... so the machine's drift hits both
 alike. Each run is the ``throughput`` scenario's shape (``--scenario paced`` or
 ``overhead`` for those). Reported: median
-tokens/s and proxy CPU per 1k tokens of each, and the median within-round
-ratio. Used to check that a change costs no throughput (the architecture
+tokens/s, proxy CPU per 1k tokens, TTFT p50 and p99 and gap p99 of each, and
+the median within-round ratio of tokens/s. Used to check that a change costs no throughput (the architecture
 issue's "within 5%"). Writes ``<out>/ab.json``.
 """
 
@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     def med(label: str, key: str) -> float:
         return float(statistics.median(r[key] for r in runs[label]))
 
+    def med2(label: str, key: str, p: str) -> float:
+        return float(statistics.median(r[key][p] for r in runs[label]))
+
     paired = [
         a["tokens_per_s"] / b["tokens_per_s"]
         for a, b in zip(runs["this"], runs["base"], strict=True)
@@ -73,8 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_s": {k: med(k, "tokens_per_s") for k in runs},
         "cpu_s_per_1k_tokens": {k: med(k, "proxy_cpu_s_per_1k_tokens") for k in runs},
         "cpu_ms_per_request": {k: med(k, "proxy_cpu_ms_per_request") for k in runs},
-        "ttft_p50_ms": {
-            k: float(statistics.median(r["ttft_ms"]["p50"] for r in runs[k])) for k in runs
+        "ttft_p50_ms": {k: med2(k, "ttft_ms", "p50") for k in runs},
+        "ttft_p99_ms": {k: med2(k, "ttft_ms", "p99") for k in runs},
+        "gap_p99_ms": {k: med2(k, "gap_ms", "p99") for k in runs},
+        "ttft_p99_ms_all": {k: [round(r["ttft_ms"]["p99"], 1) for r in v] for k, v in runs.items()},
+        "gap_p99_ms_all": {k: [round(r["gap_ms"]["p99"], 1) for r in v] for k, v in runs.items()},
+        "cpu_s_per_1k_tokens_all": {
+            k: [round(r["proxy_cpu_s_per_1k_tokens"], 4) for r in v] for k, v in runs.items()
         },
         "this_over_base_paired_median": round(statistics.median(paired), 4),
         "this_over_base_paired": [round(r, 3) for r in paired],

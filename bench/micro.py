@@ -24,7 +24,7 @@ from trioproxy.errors import Outcome
 from trioproxy.relay.exchange import CompletionRecord, Exchange, StreamMetrics
 from trioproxy.relay.reader import UpstreamReader
 from trioproxy.relay.sse import SSEFramer
-from trioproxy.relay.writer import Start, write_client
+from trioproxy.relay.writer import Start, Waiting, write_client
 from trioproxy.testing.mock_scripts import script_for
 from trioproxy.upstream.body import BODY_EXTENSION, Conn, UpstreamBody
 from trioproxy.upstream.http11 import ChunkedDecoder, Head, parse_head
@@ -85,7 +85,8 @@ async def _relay_loop(events: list[bytes]) -> float:
         extensions={BODY_EXTENSION: body},
     )
     send_ch, recv_ch = trio.open_memory_channel[bytes | Start](config.channel_size)
-    reader = UpstreamReader(None, config, None, ex, send_ch)  # type: ignore[arg-type]
+    waiting = Waiting()
+    reader = UpstreamReader(None, config, None, ex, send_ch, waiting)  # type: ignore[arg-type]
     sent = 0
 
     async def send(message: dict[str, object]) -> None:
@@ -101,7 +102,7 @@ async def _relay_loop(events: list[bytes]) -> float:
     t0 = time.perf_counter()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read)
-        nursery.start_soon(write_client, send, recv_ch, ex, [], nursery.cancel_scope)
+        nursery.start_soon(write_client, send, recv_ch, ex, [], nursery.cancel_scope, waiting)
     return (time.perf_counter() - t0) / len(events) * 1e6
 
 

@@ -65,7 +65,7 @@ from ..upstream.client import Upstream
 from .exchange import Exchange
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
 from .timeline import TRACE_EXTENSION
-from .writer import Item, Rest, Start
+from .writer import Item, Rest, Start, Waiting
 
 __all__ = ["UpstreamReader", "parse_retry_after"]
 
@@ -115,12 +115,14 @@ class UpstreamReader:
         request: UpstreamRequest,
         ex: Exchange,
         send_ch: trio.MemorySendChannel[Item],
+        waiting: Waiting,
     ) -> None:
         self.upstream = upstream
         self.config = config
         self.request = request
         self.ex = ex
         self.send_ch = send_ch
+        self.waiting = waiting  # cleared with every item handed to the writer
         self.direct: DirectWriter | None = None  # the relay sets it: chunks written from here
 
     async def run(self, relay_scope: trio.CancelScope) -> None:
@@ -205,6 +207,7 @@ class UpstreamReader:
         """The channel is full: the client is slower than the upstream. Wait for
         room at most ``client_stall_timeout`` (this wait is not upstream idle time)."""
         stall = self.config.client_stall_timeout
+        self.waiting.now = False
         with trio.move_on_after(stall or math.inf) as cs:
             await self.send_ch.send(item)
         if cs.cancelled_caught:
@@ -212,6 +215,7 @@ class UpstreamReader:
 
     async def _deliver(self, item: Item) -> None:
         try:
+            self.waiting.now = False
             self.send_ch.send_nowait(item)
         except trio.WouldBlock:
             await self._deliver_when_room(item)
@@ -249,7 +253,7 @@ class UpstreamReader:
         framer: SSEFramer,
         response: httpx.Response,
     ) -> None:
-        ex, send_ch = self.ex, self.send_ch
+        ex, send_ch, waiting = self.ex, self.send_ch, self.waiting
         idle = self.config.idle_timeout or math.inf
         hb_progress = self.config.heartbeat_resets_idle
         arrivals = ex.metrics.arrivals if ex.metrics is not None else None
@@ -294,19 +298,22 @@ class UpstreamReader:
             if not started:
                 started = True
                 headers = [*_STREAM_HEADERS, *_passed_headers(response)]
+                waiting.now = False
                 send_ch.send_nowait(Start(200, headers))  # the channel is empty
                 ex.committed = True  # from here on, no failover
                 ex.mark("committed")
-            elif direct is not None and send_ch.statistics().tasks_waiting_receive:
+            elif direct is not None and waiting.now:
                 rest = direct.write_now(chunk)  # the writer waits with nothing in hand
                 if rest is not None:
                     ex.sent(chunk)
                     if ex.metrics is not None:
                         ex.metrics.delivered(1, now)
                     if rest:  # the waiting writer takes it at once: nothing is queued
+                        waiting.now = False
                         send_ch.send_nowait(Rest(rest, direct.write_rest))
                     continue
             try:  # no coroutine and no checkpoint per chunk while there is room
+                waiting.now = False
                 send_ch.send_nowait(chunk)
             except trio.WouldBlock:
                 # Waiting for the client is not upstream idle time: lift the

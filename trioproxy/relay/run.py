@@ -40,7 +40,7 @@ from ..routing.failover import UpstreamRequest
 from ..upstream.client import Upstream
 from .exchange import Exchange, Phase
 from .reader import UpstreamReader
-from .writer import Item, write_client
+from .writer import Item, Waiting, write_client
 
 __all__ = ["Relay", "UpstreamRequest"]
 
@@ -59,7 +59,8 @@ class Relay:
         self.ex = ex
         self._extra_headers = extra_headers
         self._send_ch, self._recv_ch = trio.open_memory_channel[Item](config.channel_size)
-        self._reader = UpstreamReader(upstream, config, request, ex, self._send_ch)
+        self._waiting = Waiting()  # the writer parked with nothing in hand
+        self._reader = UpstreamReader(upstream, config, request, ex, self._send_ch, self._waiting)
 
     def channel_statistics(self) -> trio.MemoryChannelStatistics:
         return self._send_ch.statistics()
@@ -80,7 +81,7 @@ class Relay:
                 nursery.start_soon(ex.admission.run, name="early-admission")
             nursery.start_soon(
                 write_client, send, self._recv_ch, ex, self._extra_headers, scope,
-                name="client-writer",
+                self._waiting, name="client-writer",
             )  # fmt: skip
             # The reader is the nursery's body, in the request's own task: the
             # upstream request leaves in the step that admitted it, with no task

@@ -29,7 +29,7 @@ from ..dialects import render_json, render_sse
 from ..errors import GatewayError, UpstreamBroken
 from .exchange import Exchange
 
-__all__ = ["Item", "Rest", "Start", "receipt_header", "send_error", "write_client"]
+__all__ = ["Item", "Rest", "Start", "Waiting", "receipt_header", "send_error", "write_client"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +52,33 @@ class Rest:
 Item = bytes | Start | Rest  # what the channel carries
 
 
+class Waiting:
+    """Whether the writer waits on an empty channel with nothing handed to it yet.
+
+    The writer sets it as it parks and clears it when it wakes; the reader clears
+    it with every item it hands over, so a writer woken with an item but not yet
+    run never counts as waiting (the reader must not write past what it holds).
+    What ``send_ch.statistics().tasks_waiting_receive`` tells, without building a
+    statistics record per chunk."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = False
+
+
 async def write_client(
     send: Send,
     recv_ch: trio.MemoryReceiveChannel[Item],
     ex: Exchange,
     extra_headers: list[tuple[bytes, bytes]],
     scope: trio.CancelScope,
+    waiting: Waiting,
 ) -> None:
     """The task: the head, then the body as it arrives, then the end (or an error)."""
     try:
         try:
-            head = await _next(recv_ch)
+            head = await _next(recv_ch, waiting)
         except trio.EndOfChannel:
             # The upstream side failed before any byte: an HTTP error response.
             err = ex.error or UpstreamBroken("upstream ended without a response")
@@ -78,7 +94,7 @@ async def write_client(
         closed = False
         while not closed:
             try:
-                body = await _next(recv_ch)
+                body = await _next(recv_ch, waiting)
             except trio.EndOfChannel:
                 break
             if type(body) is Rest:  # handed to a waiting writer, never queued behind bytes
@@ -113,13 +129,18 @@ async def write_client(
         recv_ch.close()
 
 
-async def _next(recv_ch: trio.MemoryReceiveChannel[Item]) -> Item:
+async def _next(recv_ch: trio.MemoryReceiveChannel[Item], waiting: Waiting) -> Item:
     """The next item: at once when it has arrived (no trip through the scheduler),
-    else the wait. Raises ``EndOfChannel`` after the last."""
+    else the wait, marked in ``waiting``. Raises ``EndOfChannel`` after the last."""
     try:
         return recv_ch.receive_nowait()
     except trio.WouldBlock:
+        pass
+    waiting.now = True  # no checkpoint between this and parking in receive()
+    try:
         return await recv_ch.receive()
+    finally:
+        waiting.now = False
 
 
 async def _finish(send: Send, ex: Exchange, body: bytes) -> None:
