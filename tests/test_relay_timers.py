@@ -1,9 +1,12 @@
-"""The relay's timers on trio's MockClock, over memory streams: exact, instant.
+"""The relay's timers on trio's MockClock: exact, instant.
 
-The upstream is a scripted body of (delay, bytes) steps behind httpx's public
-``MockTransport``; the client is an ASGI send that records when each message
-went out (or blocks, for a client that stopped reading). Every timer fires at
-the second it must, not roughly: ``autojump_clock`` makes the test take no time.
+The upstream is a scripted body of (delay, bytes) steps, in two kinds (every
+test runs on both): behind httpx's public ``MockTransport`` (the deadline moves
+with each event), and chunked over a local socket pair into the transport's own
+``UpstreamBody`` (the deadline follows lazily; its early wakes are counted). The
+client is an ASGI send that records when each message went out (or blocks, for
+a client that stopped reading). Every timer fires at the second it must, not
+roughly: ``autojump_clock`` makes the test take no time.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ from trioproxy.config import Config
 from trioproxy.dialects import Dialect
 from trioproxy.errors import Outcome
 from trioproxy.relay.exchange import Exchange, Phase
+from trioproxy.relay.reader import IDLE_TIMER
 from trioproxy.relay.run import Relay
 from trioproxy.routing.failover import UpstreamRequest
 from trioproxy.routing.pools import Router
 from trioproxy.routing.providers import parse_providers
+from trioproxy.upstream.body import BODY_EXTENSION, Conn, UpstreamBody
 from trioproxy.upstream.client import Upstream
+from trioproxy.upstream.http11 import Head
 
 EVENT = b'data: {"id":"c1","choices":[]}\n\n'
 HEARTBEAT = b": ping\n\n"
@@ -72,14 +78,45 @@ class Client:
         return b"".join(m.get("body", b"") for _, m in self.messages[1:])
 
 
-async def _relay(steps: list[Step], client: Client, **options: Any) -> Exchange:
-    config = Config(bind="127.0.0.1:0", **options)
+async def _send_chunks(stream: trio.SocketStream, steps: list[Step]) -> None:
+    async with stream:
+        for delay, data in steps:
+            await trio.sleep(delay)
+            try:
+                await stream.send_all(b"%x\r\n%b\r\n" % (len(data), data))
+            except trio.BrokenResourceError:  # the relay closed the upstream
+                return
+        await trio.sleep_forever()
 
+
+@pytest.fixture(params=["httpx", "socket"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _relay(steps: list[Step], client: Client, kind: str, **options: Any) -> Exchange:
+    config = Config(bind="127.0.0.1:0", **options)
+    async with trio.open_nursery() as nursery:
+        ex = await _relay_in(nursery, steps, client, kind, config)
+        nursery.cancel_scope.cancel()
+    return ex
+
+
+async def _relay_in(
+    nursery: trio.Nursery, steps: list[Step], client: Client, kind: str, config: Config
+) -> Exchange:
     async def upstream(request: httpx.Request) -> httpx.Response:
         await trio.sleep(0)
-        return httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=ScriptedBody(steps)
-        )
+        headers = {"content-type": "text/event-stream"}
+        if kind == "httpx":
+            return httpx.Response(200, headers=headers, stream=ScriptedBody(steps))
+        ours, theirs = trio.socket.socketpair()
+        nursery.start_soon(_send_chunks, trio.SocketStream(theirs), steps)
+        head = Head(200, list(headers.items()), None, True, True)  # type: ignore[arg-type]
+        conn = Conn(trio.SocketStream(ours), (b"http", b"up", 80))
+        body = UpstreamBody(lambda conn, reusable: conn.close(), conn, head)
+        assert body.resumable
+        return httpx.Response(200, headers=headers, stream=body, extensions={BODY_EXTENSION: body})
 
     router = Router(parse_providers([{"name": "up", "base_url": "http://up/v1"}]), environ={})
     request = UpstreamRequest(
@@ -96,63 +133,80 @@ async def _relay(steps: list[Step], client: Client, **options: Any) -> Exchange:
 
 
 async def test_ttft_timeout_fires_at_its_second_and_answers_an_http_error(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, kind: str
 ) -> None:
     client = Client()
-    ex = await _relay([(70, EVENT)], client, ttft_timeout=60)
+    ex = await _relay([(70, EVENT)], client, kind, ttft_timeout=60)
     assert ex.outcome is Outcome.UPSTREAM_TTFT_TIMEOUT
     assert client.status == 504 and b"ttft_timeout" in client.body
     assert trio.current_time() == 60
 
 
 async def test_heartbeats_before_the_first_event_do_not_stop_the_ttft_timer(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, kind: str
 ) -> None:
     client = Client()
     steps = [(10, HEARTBEAT)] * 10
-    ex = await _relay(steps, client, ttft_timeout=25, heartbeat_resets_idle=True)
+    ex = await _relay(steps, client, kind, ttft_timeout=25, heartbeat_resets_idle=True)
     assert ex.outcome is Outcome.UPSTREAM_TTFT_TIMEOUT and ex.first_event_at is None
     assert trio.current_time() == 25
 
 
 async def test_idle_timeout_counts_from_the_last_event(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, kind: str
 ) -> None:
     client = Client()
-    ex = await _relay([(1, EVENT), (5, EVENT), (40, EVENT)], client, idle_timeout=30)
+    early_wakes = IDLE_TIMER.early_wakes
+    ex = await _relay([(1, EVENT), (5, EVENT), (40, EVENT)], client, kind, idle_timeout=30)
     assert ex.outcome is Outcome.UPSTREAM_IDLE_TIMEOUT
     assert trio.current_time() == 36  # last event at 6 s + 30 s
+    # Over the socket, the deadline set at the first event (31 s) wakes the read
+    # early, and it goes on to 36 s; through httpx the deadline moved at 6 s.
+    assert IDLE_TIMER.early_wakes - early_wakes == (1 if kind == "socket" else 0)
     assert client.status == 200 and client.body.endswith(b'"upstream_idle_timeout"}}\n\n')
     assert client.body.count(EVENT) == 2
 
 
+async def test_a_stream_longer_than_the_idle_timeout_loses_no_byte_to_its_early_wakes(
+    autojump_clock: trio.testing.MockClock, kind: str
+) -> None:
+    client = Client()
+    events = [b'data: {"id":"c1","n":%d}\n\n' % n for n in range(100)]  # one a second
+    early_wakes = IDLE_TIMER.early_wakes
+    ex = await _relay([(1, event) for event in events], client, kind, idle_timeout=30)
+    assert ex.outcome is Outcome.UPSTREAM_IDLE_TIMEOUT
+    assert trio.current_time() == 130  # the last event at 100 s, + 30 s
+    assert client.body.startswith(b"".join(events)) and ex.events == 100
+    assert IDLE_TIMER.early_wakes - early_wakes == (4 if kind == "socket" else 0)
+
+
 @pytest.mark.parametrize(("resets", "ends_at"), [(False, 31), (True, 81)])
 async def test_heartbeats_reset_the_idle_timer_only_when_configured(
-    autojump_clock: trio.testing.MockClock, resets: bool, ends_at: float
+    autojump_clock: trio.testing.MockClock, kind: str, resets: bool, ends_at: float
 ) -> None:
     client = Client()
     steps = [(1, EVENT), *[(10, HEARTBEAT)] * 5]  # heartbeats until 51 s, then silence
-    ex = await _relay(steps, client, idle_timeout=30, heartbeat_resets_idle=resets)
+    ex = await _relay(steps, client, kind, idle_timeout=30, heartbeat_resets_idle=resets)
     assert ex.outcome is Outcome.UPSTREAM_IDLE_TIMEOUT
     assert trio.current_time() == ends_at
 
 
 async def test_max_stream_duration_ends_a_stream_that_never_stops(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, kind: str
 ) -> None:
     client = Client()
-    ex = await _relay([(1, EVENT)] * 100, client, max_stream_duration=10.5, idle_timeout=30)
+    ex = await _relay([(1, EVENT)] * 100, client, kind, max_stream_duration=10.5, idle_timeout=30)
     assert ex.outcome is Outcome.MAX_DURATION
     assert trio.current_time() == 10.5
     assert client.body.count(EVENT) == 10 and b"max_stream_duration" in client.body
 
 
 async def test_a_client_that_stops_reading_is_cut_after_the_stall_timeout(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, kind: str
 ) -> None:
     client = Client(reads=1)  # takes the first body message, then blocks (shielded write)
     steps = [(1, EVENT)] * 50
-    ex = await _relay(steps, client, channel_size=2, client_stall_timeout=30, idle_timeout=5)
+    ex = await _relay(steps, client, kind, channel_size=2, client_stall_timeout=30, idle_timeout=5)
     assert ex.outcome is Outcome.SLOW_CLIENT
     # 1 s: sent; 2 s: stuck in the client's send; 3 s, 4 s: queued (channel full);
     # 5 s: no room, the stall timer starts. The idle timer (5 s) never fires meanwhile.
@@ -160,7 +214,9 @@ async def test_a_client_that_stops_reading_is_cut_after_the_stall_timeout(
     assert ex.upstream_closed_at == 35 and not ex.held
 
 
-async def test_a_hang_up_ends_the_relay_at_once(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_hang_up_ends_the_relay_at_once(
+    autojump_clock: trio.testing.MockClock, kind: str
+) -> None:
     client = Client()
 
     async def hang_up() -> None:
@@ -169,6 +225,6 @@ async def test_a_hang_up_ends_the_relay_at_once(autojump_clock: trio.testing.Moc
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(hang_up)
-        ex = await _relay([(1, EVENT)] * 10, client)
+        ex = await _relay([(1, EVENT)] * 10, client, kind)
     assert ex.outcome is Outcome.CLIENT_DISCONNECT
     assert ex.disconnected_at == ex.upstream_closed_at == 2.5

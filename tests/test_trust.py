@@ -237,7 +237,7 @@ async def test_a_3_mb_model_name_is_refused_before_anything_stores_it() -> None:
 
 
 def test_retry_after_is_ascii_digits_or_an_http_date() -> None:
-    from trioproxy.relay.reader import parse_retry_after
+    from trioproxy.upstream.http11 import parse_retry_after
 
     assert parse_retry_after("7") == 7
     assert parse_retry_after("²") is None  # isdigit() says yes; int() would crash

@@ -14,9 +14,14 @@ Rules:
   event in the route's dialect ends the stream.
 - Timers (``ttft_timeout``, ``idle_timeout``, ``max_stream_duration``, and
   ``request_timeout`` for a whole response) wrap the upstream read only, one
-  cancel scope whose deadline moves with each event. Waiting for room in the
-  channel is not upstream idle time: the deadline is lifted meanwhile. A
-  channel full for ``client_stall_timeout`` is a slow client.
+  cancel scope whose deadline follows the last event. Over a plain socket it
+  follows lazily: an event only notes its time, and a deadline that passes with
+  events since it was set is an early wake, not a timeout: the read goes on
+  (:attr:`~trioproxy.upstream.body.UpstreamBody.resumable`) under the deadline
+  the last event gives. So the timer still fires at its exact second, with no
+  deadline set per event (trio's setter was a tenth of a paced token's CPU).
+  Waiting for room in the channel is not upstream idle time: the deadline is
+  lifted meanwhile. A channel full for ``client_stall_timeout`` is a slow client.
 - A chunk that arrives while the writer waits with nothing in hand (no item
   queued, the writer parked on the channel) is written from here through the
   server's ``DirectWriter``, which never waits; the reader accounts for it as the
@@ -36,11 +41,10 @@ moment the upstream side is over, whatever the client is doing.
 
 from __future__ import annotations
 
-import email.utils
 import math
-import time
 from collections.abc import AsyncIterator
 from contextlib import suppress
+from dataclasses import dataclass
 
 import httpx
 import orjson
@@ -60,14 +64,15 @@ from ..errors import (
     UpstreamTTFTTimeout,
 )
 from ..routing.failover import Target, UpstreamRequest, with_failover
-from ..upstream.body import body_of
+from ..upstream.body import UpstreamBody, body_of
 from ..upstream.client import Upstream
+from ..upstream.http11 import parse_retry_after
 from .exchange import Exchange
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
 from .timeline import TRACE_EXTENSION
 from .writer import Item, Rest, Start, Waiting
 
-__all__ = ["UpstreamReader", "parse_retry_after"]
+__all__ = ["IDLE_TIMER", "UpstreamReader"]
 
 _STREAM_HEADERS = [
     (b"content-type", b"text/event-stream"),
@@ -75,26 +80,6 @@ _STREAM_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _PASSED_RESPONSE_HEADERS = frozenset({b"retry-after", b"x-request-id", b"openai-processing-ms"})
-_MAX_RETRY_AFTER = 3600
-
-
-def parse_retry_after(value: str, now: float | None = None) -> int | None:
-    """Seconds from a ``Retry-After`` of ASCII digits or an HTTP-date (capped at
-    an hour; a date in the past is 0); None for anything else. ``now``: wall
-    clock seconds (default: now)."""
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return min(int(value), _MAX_RETRY_AFTER)
-    if not value.isascii():
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    delta = when.timestamp() - (time.time() if now is None else now)
-    return max(0, min(math.ceil(delta), _MAX_RETRY_AFTER))
 
 
 def _passed_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
@@ -103,6 +88,16 @@ def _passed_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
         for name, value in response.headers.raw
         if name.lower() in _PASSED_RESPONSE_HEADERS
     ]
+
+
+@dataclass
+class IdleTimerPaths:
+    """Lazy idle deadlines of this process: passed with events since, the read went on."""
+
+    early_wakes: int = 0
+
+
+IDLE_TIMER = IdleTimerPaths()
 
 
 class UpstreamReader:
@@ -124,6 +119,7 @@ class UpstreamReader:
         self.send_ch = send_ch
         self.waiting = waiting  # cleared with every item handed to the writer
         self.direct: DirectWriter | None = None  # the relay sets it: chunks written from here
+        self.idle_from = -math.inf  # the last event's time, while the idle deadline is lazy
 
     async def run(self, relay_scope: trio.CancelScope) -> None:
         """The task: every attempt, then close the channel and release the slots.
@@ -225,12 +221,21 @@ class UpstreamReader:
         ex.event_stream = True
         framer = SSEFramer(config.max_event_bytes)
         end_by = ex.started + config.max_stream_duration if config.max_stream_duration else math.inf
-        # One scope for the whole read loop; its deadline moves with each event.
-        read_scope = trio.CancelScope(deadline=min(first_deadline, end_by))
+        idle = config.idle_timeout or math.inf
         body = body_of(response)
+        lazy = type(body) is UpstreamBody and body.resumable
+        deadline = min(first_deadline, end_by)
         try:
-            with read_scope:
-                await self._read_events(body, read_scope, end_by, framer, response)
+            while True:  # one scope for the read loop, and one more per early wake
+                read_scope = trio.CancelScope(deadline=deadline)
+                with read_scope:
+                    await self._read_events(body, read_scope, end_by, framer, response, lazy)
+                if not (lazy and read_scope.cancelled_caught and ex.first_event_at is not None):
+                    break
+                deadline = min(self.idle_from + idle, end_by)
+                if deadline <= trio.current_time():
+                    break  # no event since: the timer fired, at its second
+                IDLE_TIMER.early_wakes += 1
         except SSEFramingError as exc:
             raise UpstreamBroken(f"upstream sent a malformed event stream: {exc}") from None
         finally:
@@ -252,13 +257,17 @@ class UpstreamReader:
         end_by: float,
         framer: SSEFramer,
         response: httpx.Response,
+        lazy: bool,
     ) -> None:
+        """The read loop, entered again after an early wake (``lazy``: the idle
+        deadline is set at the first event, then each event notes ``idle_from``)."""
         ex, send_ch, waiting = self.ex, self.send_ch, self.waiting
         idle = self.config.idle_timeout or math.inf
         hb_progress = self.config.heartbeat_resets_idle
         arrivals = ex.metrics.arrivals if ex.metrics is not None else None
         strip = ex.strip_usage
-        started, direct = False, self.direct
+        started, direct = ex.committed, self.direct
+        armed = lazy and ex.first_event_at is not None  # the idle deadline is set
         async for chunk in body:
             now = trio.current_time()
             if arrivals is not None:
@@ -290,7 +299,11 @@ class UpstreamReader:
                 if ex.events > before:
                     ex.events_read(ex.events - before, now)
                 if progress and ex.first_event_at is not None:
-                    read_scope.deadline = min(now + idle, end_by)
+                    if armed:
+                        self.idle_from = now
+                    else:
+                        read_scope.deadline = min(now + idle, end_by)
+                        self.idle_from, armed = now, lazy
             if strip:  # the client gets the complete events, less the usage chunk
                 chunk = b"".join(b for b in blocks if not dialects.is_usage_only(b))
                 if not chunk:

@@ -8,7 +8,10 @@ Rules:
   :class:`~trioproxy.upstream.http11.ChunkedDecoder`), never an empty piece.
 - The connection goes back to its pool only when the body was read to its end
   and the server allowed keep-alive; every other ending closes the socket at
-  once, synchronously (:meth:`Conn.close`).
+  once, synchronously (:meth:`Conn.close`), by ``aclose`` when the ending was a
+  cancellation: a read cut short by one leaves the body as it was, and over a
+  plain socket (:attr:`UpstreamBody.resumable`) the next read simply goes on
+  (the only wait is for readiness, which consumes nothing).
 
 The transport passes the body in the response's public ``extensions`` under
 :data:`BODY_EXTENSION`; :func:`body_of` takes it from there, or wraps
@@ -98,6 +101,11 @@ class Conn:
         if isinstance(stream, trio.SocketStream):
             stream.socket.close()
 
+    @property
+    def plain(self) -> bool:
+        """A plain TCP connection, read here (not TLS, not closed)."""
+        return self._fd >= 0
+
     def looks_dead(self) -> bool:
         """An idle connection with something to read: EOF, a reset or junk."""
         stream = self._socket_stream()
@@ -167,6 +175,8 @@ class UpstreamBody(httpx.AsyncByteStream):
             raise StopAsyncIteration
         try:
             piece = await self._next_piece(conn)
+        except trio.Cancelled:
+            raise  # cut short: nothing was consumed; ``aclose`` ends the body
         except BaseException:
             self._finish(False)
             raise
@@ -220,6 +230,12 @@ class UpstreamBody(httpx.AsyncByteStream):
                     return None
                 raise UpstreamBroken(f"upstream closed the connection mid-body ({framing.value})")
             conn.buf = data
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a read cut short by a cancellation can simply be made again: a
+        plain socket's. (A TLS stream cancelled mid-record may be broken.)"""
+        return self._conn is not None and self._conn.plain
 
     def _finish(self, reusable: bool) -> None:
         conn, self._conn = self._conn, None

@@ -7,7 +7,8 @@ Rule 1: no I/O here (like :mod:`trioproxy.relay.sse`): bytes in, results out.
 Rule 2: only what an upstream response needs: a status line and headers
 (:func:`parse_head`), then a body framed by ``Content-Length``, by chunked
 transfer coding (:class:`ChunkedDecoder`), or by the connection closing.
-Requests are built by :func:`request_head`.
+Requests are built by :func:`request_head`; a ``Retry-After`` value is read by
+:func:`parse_retry_after`.
 
 Rule 3: strict, as h11 is (``tests/test_http11.py`` runs both on the same
 generated responses and requires the same verdicts and body bytes): a status
@@ -34,8 +35,11 @@ this decoder on the relay's per-token path (``python -m bench.micro``): see
 
 from __future__ import annotations
 
+import email.utils
 import enum
+import math
 import re
+import time
 from dataclasses import dataclass
 
 __all__ = [
@@ -46,6 +50,7 @@ __all__ = [
     "Head",
     "ProtocolError",
     "parse_head",
+    "parse_retry_after",
     "request_head",
 ]
 
@@ -220,3 +225,25 @@ def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]
     lines = [method + b" " + target + b" HTTP/1.1"]
     lines += [name + b": " + value for name, value in headers]
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+_MAX_RETRY_AFTER = 3600
+
+
+def parse_retry_after(value: str, now: float | None = None) -> int | None:
+    """Seconds from a ``Retry-After`` of ASCII digits or an HTTP-date (capped at
+    an hour; a date in the past is 0); None for anything else. ``now``: wall
+    clock seconds (default: now)."""
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(int(value), _MAX_RETRY_AFTER)
+    if not value.isascii():
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    delta = when.timestamp() - (time.time() if now is None else now)
+    return max(0, min(math.ceil(delta), _MAX_RETRY_AFTER))
