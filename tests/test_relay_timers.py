@@ -1,9 +1,10 @@
 """The relay's timers on trio's MockClock: exact, instant.
 
-The upstream is a scripted body of (delay, bytes) steps, in two kinds (every
-test runs on both): behind httpx's public ``MockTransport`` (the deadline moves
-with each event), and chunked over a local socket pair into the transport's own
-``UpstreamBody`` (the deadline follows lazily; its early wakes are counted). The
+The upstream is a scripted body of (delay, bytes) steps, in three kinds (every
+test runs on each): behind httpx's public ``MockTransport`` (the deadline moves
+with each event); chunked over a local socket pair into the transport's own
+``UpstreamBody`` (the deadline follows lazily; its early wakes are counted); and
+the same over TLS (never resumed: the deadline moves with each event). The
 client is an ASGI send that records when each message went out (or blocks, for
 a client that stopped reading). Every timer fires at the second it must, not
 roughly: ``autojump_clock`` makes the test take no time.
@@ -11,7 +12,12 @@ roughly: ``autojump_clock`` makes the test take no time.
 
 from __future__ import annotations
 
+import datetime
+import functools
 import math
+import pathlib
+import ssl
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +25,10 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from trioproxy.config import Config
 from trioproxy.dialects import Dialect
@@ -78,18 +88,46 @@ class Client:
         return b"".join(m.get("body", b"") for _, m in self.messages[1:])
 
 
-async def _send_chunks(stream: trio.SocketStream, steps: list[Step]) -> None:
-    async with stream:
+async def _send_chunks(stream: trio.abc.Stream, steps: list[Step]) -> None:
+    try:
         for delay, data in steps:
             await trio.sleep(delay)
-            try:
-                await stream.send_all(b"%x\r\n%b\r\n" % (len(data), data))
-            except trio.BrokenResourceError:  # the relay closed the upstream
-                return
+            await stream.send_all(b"%x\r\n%b\r\n" % (len(data), data))
         await trio.sleep_forever()
+    except trio.BrokenResourceError:  # the relay closed the upstream
+        pass
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
 
 
-@pytest.fixture(params=["httpx", "socket"])
+@functools.cache
+def _tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server and a client context for a self-signed certificate of host ``up``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "up")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("up")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with tempfile.TemporaryDirectory() as tmp:
+        chain = pathlib.Path(tmp) / "chain.pem"
+        chain.write_bytes(pem + key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ))  # fmt: skip
+        server.load_cert_chain(chain)
+    return server, ssl.create_default_context(cadata=pem.decode())
+
+
+@pytest.fixture(params=["httpx", "socket", "tls"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -111,11 +149,17 @@ async def _relay_in(
         if kind == "httpx":
             return httpx.Response(200, headers=headers, stream=ScriptedBody(steps))
         ours, theirs = trio.socket.socketpair()
-        nursery.start_soon(_send_chunks, trio.SocketStream(theirs), steps)
+        near: trio.abc.Stream = trio.SocketStream(ours)
+        far: trio.abc.Stream = trio.SocketStream(theirs)
+        if kind == "tls":
+            server, client = _tls()
+            far = trio.SSLStream(far, server, server_side=True)
+            near = trio.SSLStream(near, client, server_hostname="up")
+        nursery.start_soon(_send_chunks, far, steps)
         head = Head(200, list(headers.items()), None, True, True)  # type: ignore[arg-type]
-        conn = Conn(trio.SocketStream(ours), (b"http", b"up", 80))
+        conn = Conn(near, (b"http", b"up", 80))
         body = UpstreamBody(lambda conn, reusable: conn.close(), conn, head)
-        assert body.resumable
+        assert body.resumable is (kind == "socket")  # a cut-short TLS read is never resumed
         return httpx.Response(200, headers=headers, stream=body, extensions={BODY_EXTENSION: body})
 
     router = Router(parse_providers([{"name": "up", "base_url": "http://up/v1"}]), environ={})
