@@ -60,11 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         for proc in reversed(procs):
             proc.stop()
 
-    def med(label: str, key: str) -> float:
-        return float(statistics.median(r[key] for r in runs[label]))
+    def value(run: dict[str, Any], key: str) -> float:
+        """``key`` of one run's result; ``"ttft_ms.p99"`` reaches into a percentile."""
+        name, _, percentile = key.partition(".")
+        return float(run[name][percentile] if percentile else run[name])
 
-    def med2(label: str, key: str, p: str) -> float:
-        return float(statistics.median(r[key][p] for r in runs[label]))
+    def med(label: str, key: str) -> float:
+        return float(statistics.median(value(r, key) for r in runs[label]))
+
+    def each(key: str, digits: int) -> dict[str, list[float]]:
+        return {k: [round(value(r, key), digits) for r in v] for k, v in runs.items()}
 
     paired = [
         a["tokens_per_s"] / b["tokens_per_s"]
@@ -76,17 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_s": {k: med(k, "tokens_per_s") for k in runs},
         "cpu_s_per_1k_tokens": {k: med(k, "proxy_cpu_s_per_1k_tokens") for k in runs},
         "cpu_ms_per_request": {k: med(k, "proxy_cpu_ms_per_request") for k in runs},
-        "ttft_p50_ms": {k: med2(k, "ttft_ms", "p50") for k in runs},
-        "ttft_p99_ms": {k: med2(k, "ttft_ms", "p99") for k in runs},
-        "gap_p99_ms": {k: med2(k, "gap_ms", "p99") for k in runs},
-        "ttft_p99_ms_all": {k: [round(r["ttft_ms"]["p99"], 1) for r in v] for k, v in runs.items()},
-        "gap_p99_ms_all": {k: [round(r["gap_ms"]["p99"], 1) for r in v] for k, v in runs.items()},
-        "cpu_s_per_1k_tokens_all": {
-            k: [round(r["proxy_cpu_s_per_1k_tokens"], 4) for r in v] for k, v in runs.items()
-        },
+        "ttft_p50_ms": {k: med(k, "ttft_ms.p50") for k in runs},
+        "ttft_p99_ms": {k: med(k, "ttft_ms.p99") for k in runs},
+        "gap_p99_ms": {k: med(k, "gap_ms.p99") for k in runs},
+        "ttft_p99_ms_all": each("ttft_ms.p99", 1),
+        "gap_p99_ms_all": each("gap_ms.p99", 1),
+        "cpu_s_per_1k_tokens_all": each("proxy_cpu_s_per_1k_tokens", 4),
         "this_over_base_paired_median": round(statistics.median(paired), 4),
         "this_over_base_paired": [round(r, 3) for r in paired],
-        "tokens_per_s_all": {k: [round(r["tokens_per_s"]) for r in v] for k, v in runs.items()},
+        "tokens_per_s_all": each("tokens_per_s", 0),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ab.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))

@@ -97,8 +97,7 @@ async def _send_chunks(stream: trio.abc.Stream, steps: list[Step]) -> None:
     except trio.BrokenResourceError:  # the relay closed the upstream
         pass
     finally:
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(stream)
+        await trio.aclose_forcefully(stream)  # closes it in a cancelled scope too
 
 
 @functools.cache
