@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import h11
 import hypercorn.config
+import hypercorn.trio
 import pytest
 import trio
 from hypercorn.events import RawData
@@ -488,3 +489,51 @@ async def test_the_relays_streams_take_the_plain_way_and_keep_alive_goes_on() ->
         assert response.status == 200 and response.body.endswith(b"data: [DONE]\n\n")
         assert response.body.count(b"data: ") == 8  # role, 5 tokens, finish, [DONE]
     assert guards.HEADS.plain == plain + 2 and guards.HEADS.chunks > chunks
+
+
+async def test_a_responses_last_bytes_and_its_end_go_out_in_one_write(
+    hypercorn_as: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found counting a one-token stream's system calls: its last bytes and the
+    chunked end (``0\\r\\n\\r\\n``) went out in two socket writes. Guarded: one,
+    and a chunk before the last is never held (the client reads it while the app
+    still waits to send the last)."""
+    writes: list[bytes] = []
+    protocol_send = TCPServer.protocol_send  # guard 5's or Hypercorn's
+
+    async def recording(self: Any, event: Any) -> None:
+        if type(event) is RawData:
+            writes.append(bytes(event.data))
+        await protocol_send(self, event)
+
+    monkeypatch.setattr(TCPServer, "protocol_send", recording)
+    first_read, ends = trio.Event(), guards.HEADS.ends
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan")  # Hypercorn serves on without it
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await first_read.wait()
+        await send({"type": "http.response.body", "body": b"data: 2\n\n"})
+
+    config = hypercorn.config.Config()
+    config.bind, config.accesslog, config.errorlog = ["127.0.0.1:0"], None, None
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(hypercorn.trio.serve, app, config)
+        host, port = binds[0].removeprefix("http://").split(":")
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            data = b""
+            with trio.fail_after(5):
+                while b"data: 1" not in data:
+                    data += await stream.receive_some(4096)
+                first_read.set()
+                while not data.endswith(b"0\r\n\r\n"):
+                    data += await stream.receive_some(4096)
+        nursery.cancel_scope.cancel()
+    head, *chunks, end = _client_reads(data)
+    assert head.status_code == 200 and type(end) is h11.EndOfMessage
+    assert [c.data for c in chunks] == [b"data: 1\n\n", b"data: 2\n\n"]
+    assert writes[-1] == b"9\r\ndata: 2\n\n\r\n0\r\n\r\n"  # stock: the end alone
+    assert guards.HEADS.ends == ends + 1

@@ -6,6 +6,7 @@ endpoint shows them); the guards live in :mod:`trioproxy.server.hypercorn`."""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -20,6 +21,16 @@ class ConnectionCap:
         self.open = 0
         self.refused = 0
         self._logged_at = -math.inf
+
+    def refuse(self, now: float) -> None:
+        """Count a connection refused at the cap; log it at most once a second."""
+        self.refused += 1
+        if now - self._logged_at >= 1.0:
+            self._logged_at = now
+            logging.getLogger("trioproxy").warning(
+                "max_connections (%d) reached: closing new connections (%d so far)",
+                self.limit, self.refused,
+            )  # fmt: skip
 
 
 CONNECTIONS = ConnectionCap()
@@ -45,6 +56,7 @@ class FramedHeads:
     plain: int = 0  # guard 8 checked the headers and told h11 of a head without them
     h11: int = 0  # h11 decided (a framing header, HEAD, HTTP/1.0, a header it may refuse)
     chunks: int = 0  # body pieces framed by guard 8
+    ends: int = 0  # of those, last pieces written with the end of the body (guard 10)
 
 
 HEADS = FramedHeads()

@@ -4,39 +4,26 @@ This is the one module that touches Hypercorn's private names.
 
 Rules:
 - Each guard wraps one Hypercorn method, keeps its behaviour but for the one
-  fault it names. Importing this module changes nothing: the server installs
-  the guards when it starts serving (:func:`install_hypercorn_guards`, from
-  :mod:`trioproxy.server.serve`), after :func:`check_hypercorn_version`
-  refused a release they were not read against (``TESTED_HYPERCORN``; also
-  bounded in ``pyproject.toml``). :func:`uninstall_hypercorn_guards` puts
-  Hypercorn back as it was.
-- Each guard (1-8) has a strict-xfail test in ``tests/test_hypercorn.py`` that runs
+  fault it names. The server installs them as it starts serving
+  (:func:`install_hypercorn_guards`, :mod:`trioproxy.server.guard_install`), after
+  :func:`check_hypercorn_version` refused a release they were not read against
+  (``TESTED_HYPERCORN``; also bounded in ``pyproject.toml``).
+- Each guard but 9 has a strict-xfail test in ``tests/test_hypercorn.py`` that runs
   Hypercorn without it and shows the fault is still there: when a Hypercorn
   release fixes one, that test passes, fails as strict xfail: the guard can go.
 
-The guards:
+The guards (what each fixes and how it was found: its docstring):
 
-1. ``_end_idle_wait_on_eof``: a closed idle keep-alive connection kept its task
-   and CLOSE_WAIT socket for ``keep_alive_timeout`` (found by chaos).
-2. ``_contain_connection_errors``: Hypercorn #225, one connection's internal error
-   stopped the whole worker (found by the HTTP fuzz test).
-3. ``_coalesce_head_with_first_body``: a stream's head goes out in the same socket
-   write as its first bytes, not alone (found by profiling time to first byte).
-4. ``_cap_connections``: no cap on open connections; past ``max_connections``
-   new ones are closed at once (found reading the trio worker for issue 11).
-5. ``_write_without_waiting``: a write the socket can take is made at once, not
-   through a lock and ``send_all`` (two scheduler trips; found profiling paced streams).
-6. ``_keep_alive_without_a_task_per_request``: one keep-alive timer task per
-   connection, not a new one at a request's end (many of them) started and stopped
-   under a lock (about five task steps each; found profiling the per-request cost).
-7. ``_accept_what_is_queued``: trio accepts one connection per scheduler pass, so
-   a burst of N waited N passes; a new connection's task takes what else is queued
-   (found timing 200 streams that arrive together).
-8. ``_frame_plain_responses_here``: a response head's headers were checked five
-   times (Hypercorn, then h11 four times), ~100 µs a response, and each chunk went
-   through h11's state machine (found profiling one stream at a time).
-9. ``_write_chunks_from_the_reader``: no fault, the relay's fast path (reads Hypercorn's
-   objects; :mod:`trioproxy.server.direct_write`); no twin, its test shows it is taken.
+1. ``_end_idle_wait_on_eof``: a closed idle connection lingered (chaos).
+2. ``_contain_connection_errors``: Hypercorn #225, one connection stopped the worker.
+3. ``_coalesce_head_with_first_body``: a head went out in a write of its own.
+4. ``_cap_connections``: no cap on open connections (``max_connections``).
+5. ``_write_without_waiting``: two scheduler trips per write the socket can take.
+6. ``_keep_alive_without_a_task_per_request``: a timer task started per request.
+7. ``_accept_what_is_queued``: one accept per scheduler pass in a burst.
+8. ``_frame_plain_responses_here``: a head checked five times, chunks through h11.
+9. ``_write_chunks_from_the_reader``: no fault, the relay's fast path (no twin).
+10. ``_end_with_the_last_chunk``: a response's last bytes and its end in two writes.
 """
 
 from __future__ import annotations
@@ -51,6 +38,7 @@ import trio
 
 from .. import asgi
 from .direct_write import DirectChunks
+from .guard_install import INSTALLED, Patch, install, uninstall
 from .guard_stats import CONNECTIONS, HEADS, WRITES, WritePaths
 from .hypercorn_version import TESTED_HYPERCORN, UnsupportedHypercorn, check_hypercorn_version
 from .keepalive import KeepAliveTimer
@@ -61,10 +49,9 @@ __all__ += ["keep_alive_timer", "install_hypercorn_guards", "uninstall_hypercorn
 __all__ += ["TESTED_HYPERCORN", "UnsupportedHypercorn", "check_hypercorn_version"]
 
 log = logging.getLogger("trioproxy")
-_Patch = tuple[Any, str, Any]  # (class or module, name, replacement)
 
 
-def _end_idle_wait_on_eof() -> _Patch:
+def _end_idle_wait_on_eof() -> Patch:
     """1. A client closing an idle keep-alive connection ends ``TCPServer.run``'s
     read loop, but its task group waits for the idle task: the task and CLOSE_WAIT
     socket stayed ``keep_alive_timeout``. The idle task stops when the reads end."""
@@ -83,7 +70,7 @@ def _end_idle_wait_on_eof() -> _Patch:
     return TCPServer, "_read_data", _read_data
 
 
-def _contain_connection_errors() -> _Patch:
+def _contain_connection_errors() -> Patch:
     """2. Hypercorn #225: a malformed chunked body while the response closes the
     connection races Hypercorn's error response with its ``send_eof``
     (``BusyResourceError``), which stopped the server. It ends that connection only."""
@@ -102,7 +89,7 @@ def _contain_connection_errors() -> _Patch:
     return TCPServer, "run", guarded_run
 
 
-def _coalesce_head_with_first_body() -> _Patch:
+def _coalesce_head_with_first_body() -> Patch:
     """3. One socket write for a response's head and its first body bytes (Hypercorn
     wrote the head alone). The relay sends a head with its first bytes, so the head
     is held until the connection's next h11 event and written with it. Error
@@ -137,7 +124,7 @@ def _coalesce_head_with_first_body() -> _Patch:
     return H11Protocol, "_send_h11_event", _send_h11_event
 
 
-def _cap_connections() -> _Patch:
+def _cap_connections() -> Patch:
     """4. ``_cap_connections``: Hypercorn's trio worker accepts connections without
     bound (its ``backlog`` only queues them), so a flood of idle or trickling
     connections costs a task and buffers each. Past ``max_connections`` a new
@@ -149,14 +136,7 @@ def _cap_connections() -> _Patch:
     async def capped_run(self: Any) -> None:
         cap = CONNECTIONS
         if cap.open >= cap.limit:
-            cap.refused += 1
-            now = trio.current_time()
-            if now - cap._logged_at >= 1.0:
-                cap._logged_at = now
-                log.warning(
-                    "max_connections (%d) reached: closing new connections (%d so far)",
-                    cap.limit, cap.refused,
-                )  # fmt: skip
+            cap.refuse(trio.current_time())
             with trio.move_on_after(1, shield=True):
                 await self.stream.aclose()
             return
@@ -169,7 +149,7 @@ def _cap_connections() -> _Patch:
     return TCPServer, "run", capped_run
 
 
-def _write_without_waiting() -> _Patch:
+def _write_without_waiting() -> Patch:
     """5. ``protocol_send`` took the send lock and called ``send_all`` for every write
     (two trips through the scheduler per chunk). With the lock free (no write in
     progress or waiting) on plain TCP, the bytes go out at once with a non-blocking
@@ -211,7 +191,7 @@ def keep_alive_timer(server: Any) -> KeepAliveTimer:
     )
 
 
-def _keep_alive_without_a_task_per_request() -> _Patch:
+def _keep_alive_without_a_task_per_request() -> Patch:
     """6. ``_keep_alive_without_a_task_per_request``: Hypercorn keeps a
     connection's keep-alive timer as a ``TrioSingleTask``: a request's end
     starts an ``_idle_timeout`` task (``nursery.start``, under a lock), the next
@@ -241,7 +221,7 @@ async def _run_handler(server: Any) -> None:
         await trio.aclose_forcefully(server.stream)
 
 
-def _accept_what_is_queued() -> _Patch:
+def _accept_what_is_queued() -> Patch:
     """7. ``_accept_what_is_queued``: trio's listener accept checkpoints after each
     connection, so a burst of N connections is taken one per scheduler pass, and
     each pass is as long as the work of the connections taken before it (200
@@ -272,7 +252,7 @@ def _accept_what_is_queued() -> _Patch:
     return TCPServer, "run", run_after_taking_the_queue
 
 
-def _frame_plain_responses_here() -> _Patch:
+def _frame_plain_responses_here() -> Patch:
     """8. A plain head (:mod:`trioproxy.server.response_head` has the rules) is
     checked once, h11 told of it without the app's headers, and held as guard 3
     holds one; a chunked body's pieces are framed here. ``HEAD``, HTTP/1.0,
@@ -292,6 +272,10 @@ def _frame_plain_responses_here() -> _Patch:
                 if head is not None:
                     self._trioproxy_head, data = None, head + data
                 HEADS.chunks += 1
+                if self.__dict__.get("_trioproxy_last"):  # guard 10: out with h11's end
+                    self._trioproxy_head, self._trioproxy_last = data, False
+                    HEADS.ends += 1
+                    return
                 await self.send(RawData(data=data))
                 return
         elif type(event) is Response and event.status_code >= 200:
@@ -314,7 +298,7 @@ def _frame_plain_responses_here() -> _Patch:
                 if head is not None:
                     HEADS.plain += 1
                     self._trioproxy_head, self._trioproxy_chunked = head, is_chunked(head)
-                    if "coalesce_head_with_first_body" not in _installed:
+                    if "coalesce_head_with_first_body" not in INSTALLED:
                         await self.send(RawData(data=head))  # no guard 3 to hold it
                         self._trioproxy_head = None
                     return
@@ -324,7 +308,7 @@ def _frame_plain_responses_here() -> _Patch:
     return H11Protocol, "stream_send", send_framed_here
 
 
-def _write_chunks_from_the_reader() -> _Patch:
+def _write_chunks_from_the_reader() -> Patch:
     """9. :func:`trioproxy.asgi.direct_writer` for a plain HTTP/1.1 connection: ready
     when guard 8 framed the body chunked and sent the head, the lock is free and
     the stream open; the rest goes through ``protocol_send``."""
@@ -358,7 +342,31 @@ def _write_chunks_from_the_reader() -> _Patch:
     return asgi, "direct_writer", direct_writer
 
 
-GUARDS: dict[str, Callable[[], _Patch]] = {
+def _end_with_the_last_chunk() -> Patch:
+    """10. A chunked plain response's last bytes (found counting system calls): guard 8
+    holds them as guard 3 holds a head, and guard 3 writes them with h11's end of
+    message in one write. Only inside ``app_send``, where ``EndBody`` follows."""
+    from hypercorn.protocol.http_stream import HTTPStream
+
+    app_send = HTTPStream.app_send
+
+    async def app_send_ending_with_the_last_chunk(self: Any, message: Any) -> None:
+        held = getattr(self.send, "__self__", self).__dict__  # the H11Protocol's
+        held["_trioproxy_last"] = (
+            message is not None and message["type"] == "http.response.body"
+            and not message.get("more_body", False) and bool(message.get("body"))
+            and bool(held.get("_trioproxy_chunked")) and "coalesce_head_with_first_body" in INSTALLED
+            and not (self.response or {}).get("trailers", False)
+        )  # fmt: skip
+        try:
+            await app_send(self, message)
+        finally:
+            held["_trioproxy_last"] = False
+
+    return HTTPStream, "app_send", app_send_ending_with_the_last_chunk
+
+
+GUARDS: dict[str, Callable[[], Patch]] = {
     "end_idle_wait_on_eof": _end_idle_wait_on_eof,
     "contain_connection_errors": _contain_connection_errors,
     "coalesce_head_with_first_body": _coalesce_head_with_first_body,
@@ -368,8 +376,8 @@ GUARDS: dict[str, Callable[[], _Patch]] = {
     "accept_what_is_queued": _accept_what_is_queued,
     "frame_plain_responses_here": _frame_plain_responses_here,
     "write_chunks_from_the_reader": _write_chunks_from_the_reader,
+    "end_with_the_last_chunk": _end_with_the_last_chunk,
 }
-_installed: dict[str, tuple[type, str, Any]] = {}  # guard -> (class, name, original)
 
 
 def install_hypercorn_guards(
@@ -383,18 +391,9 @@ def install_hypercorn_guards(
     check_hypercorn_version()
     if max_connections is not None:
         CONNECTIONS.limit = max_connections
-    for name in names:
-        if name in _installed:
-            continue
-        owner, attr, replacement = GUARDS[name]()
-        _installed[name] = (owner, attr, owner.__dict__[attr])
-        setattr(owner, attr, replacement)
+    install(GUARDS, names)
 
 
 def uninstall_hypercorn_guards() -> tuple[str, ...]:
     """Put Hypercorn back as it was; returns the guards that were installed."""
-    names = tuple(_installed)
-    for name in reversed(names):
-        owner, attr, original = _installed.pop(name)
-        setattr(owner, attr, original)
-    return names
+    return uninstall()
