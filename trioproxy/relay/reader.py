@@ -82,6 +82,10 @@ _STREAM_HEADERS = [
 _PASSED_RESPONSE_HEADERS = frozenset({b"retry-after", b"x-request-id", b"openai-processing-ms"})
 
 
+def _never() -> bool:
+    return False
+
+
 def _passed_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
     return [
         (name.lower(), value)
@@ -267,6 +271,7 @@ class UpstreamReader:
         arrivals = ex.metrics.arrivals if ex.metrics is not None else None
         strip = ex.strip_usage
         started, direct = ex.committed, self.direct
+        at_end = body.at_end if type(body) is UpstreamBody else _never
         armed = lazy and ex.first_event_at is not None  # the idle deadline is set
         async for chunk in body:
             now = trio.current_time()
@@ -315,8 +320,10 @@ class UpstreamReader:
                 send_ch.send_nowait(Start(200, headers))  # the channel is empty
                 ex.committed = True  # from here on, no failover
                 ex.mark("committed")
-            elif direct is not None and waiting.now:
-                rest = direct.write_now(chunk)  # the writer waits with nothing in hand
+            elif direct is not None and waiting.now and not at_end():
+                # The writer waits with nothing in hand. (A last chunk that came with
+                # the body's end goes to the writer: out with the end, one write.)
+                rest = direct.write_now(chunk)
                 if rest is not None:
                     ex.sent(chunk)
                     if ex.metrics is not None:
