@@ -3,7 +3,8 @@
 Flags mean what they mean in LiteLLM's streaming benchmark: a closed loop of
 exactly ``--concurrency`` requests in flight, ``--warmup`` unmeasured requests
 before each repeat, and with ``--repeats`` the repeat with the median TTFT p50
-is reported.
+is reported. Repeats take turns across the targets (round 1 of every target,
+then round 2, ...), so a slow spell of the machine does not land on one target.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .procs import (
     PINNED,
     Proc,
     start_floor,
+    start_hyper_floor,
     start_mock,
     start_naive,
     start_nginx,
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-nginx", action="store_true")
     parser.add_argument("--naive", action="store_true",
                         help="also the 40-line Hypercorn + httpx relay (slow when paced)")  # fmt: skip
+    parser.add_argument("--hypercorn-floor", action="store_true",
+                        help="also Hypercorn as released with the least relay app")  # fmt: skip
     parser.add_argument("--workers", type=int, default=1,
                         help="also trioproxy with this many worker processes, on every core "
                              "(shared with the mock and the client)")  # fmt: skip
@@ -73,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             floor = start_floor(mock.url)
             procs.append(floor)
             targets["trio floor"] = (floor, floor.url)
+            if args.hypercorn_floor:
+                hyper = start_hyper_floor(mock.url)
+                procs.append(hyper)
+                targets[hyper.name] = (hyper, hyper.url)
             gateway = start_trioproxy(mock.url)
             procs.append(gateway)
             targets["trioproxy"] = (gateway, gateway.url)
@@ -130,18 +138,23 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             sc = shaped(SCENARIOS[name])
             results["scenarios"][name] = {}
-            for target, (proc, url) in targets.items():
-                if sc.stall:
+            if sc.stall:
+                for target, (proc, url) in targets.items():
                     _progress(f"{name}: {target}")
                     results["scenarios"][name][target] = run_idle(
                         proc, url, sc.model(), sc.concurrency
                     )
-                    continue
-                runs = []
-                for i in range(args.repeats):
+                continue
+            # Repeats take turns: a slow spell of the machine lands on every target.
+            runs: dict[str, list[dict[str, Any]]] = {target: [] for target in targets}
+            for i in range(args.repeats):
+                for target, (proc, url) in targets.items():
                     _progress(f"{name}: {target} repeat {i + 1}/{args.repeats}")
-                    runs.append(measure(proc, url, sc, sc.requests, sc.concurrency, sc.warmup))
-                results["scenarios"][name][target] = median_repeat(runs)
+                    runs[target].append(
+                        measure(proc, url, sc, sc.requests, sc.concurrency, sc.warmup)
+                    )
+            for target, target_runs in runs.items():
+                results["scenarios"][name][target] = median_repeat(target_runs)
         direct = results["scenarios"].get("throughput", {}).get("direct")
         results["client_ceiling"] = (
             f"{direct['tokens_per_s']:,.0f} tokens/s"

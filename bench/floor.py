@@ -44,18 +44,24 @@ async def _serve_one(client: trio.SocketStream, host: str, port: int) -> None:
             nursery.start_soon(_pipe, upstream, client, nursery.cancel_scope, name="to-client")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def port_and_upstream(doc: str) -> tuple[int, str, int]:
+    """``--port P --upstream HOST:PORT`` from the command line: (P, HOST, PORT)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, metavar="HOST:PORT")
     args = parser.parse_args()
     host, _, port = args.upstream.rpartition(":")
+    return args.port, host, int(port)
+
+
+def main() -> None:
+    listen, host, port = port_and_upstream(__doc__ or "")
 
     async def serve() -> None:
         async def handler(client: trio.SocketStream) -> None:
-            await _serve_one(client, host, int(port))
+            await _serve_one(client, host, port)
 
-        await trio.serve_tcp(handler, args.port, host="127.0.0.1", backlog=4096)
+        await trio.serve_tcp(handler, listen, host="127.0.0.1", backlog=4096)
 
     trio.run(serve)
 

@@ -111,6 +111,14 @@ def start_floor(mock_url: str) -> Proc:
     return _spawn("trio floor", cmd, port, PROXY_CORES)
 
 
+def start_hyper_floor(mock_url: str) -> Proc:
+    """The Hypercorn floor (:mod:`bench.hyper_floor`) on the proxy core, in front of the mock."""
+    port = free_port()
+    upstream = mock_url.removeprefix("http://")
+    cmd = [sys.executable, "-m", "bench.hyper_floor", "--port", str(port), "--upstream", upstream]
+    return _spawn("hypercorn floor", cmd, port, PROXY_CORES)
+
+
 def start_naive(mock_url: str, cores: set[int] = PROXY_CORES) -> Proc:
     """The 40-line Hypercorn + httpx relay (:mod:`trioproxy.testing.naive_relay`)."""
     port = free_port()

@@ -22,11 +22,11 @@ def _run(*args: str) -> str:
 def test_bench_harness_runs_end_to_end(tmp_path: pathlib.Path) -> None:
     stdout = _run("bench", "--scenario", "throughput", "--scenario", "idle",
            "--requests", "20", "--warmup", "2", "--concurrency", "5", "--no-nginx",
-           "--out", str(tmp_path))  # fmt: skip
+           "--hypercorn-floor", "--out", str(tmp_path))  # fmt: skip
     assert "load client ceiling" in stdout
     results = orjson.loads((tmp_path / "results.json").read_bytes())
     throughput = results["scenarios"]["throughput"]
-    assert set(throughput) == {"direct", "trio floor", "trioproxy"}
+    assert set(throughput) == {"direct", "trio floor", "hypercorn floor", "trioproxy"}
     assert all(r["failures"] == 0 and r["tokens"] == 20 * 100 for r in throughput.values())
     assert "proxy CPU µs/token" in (tmp_path / "results.md").read_text()
     idle = results["scenarios"]["idle"]["trioproxy"]

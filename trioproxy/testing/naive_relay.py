@@ -18,9 +18,19 @@ from typing import Any
 import httpx
 import trio
 
-__all__ = ["NaiveRelay"]
+__all__ = ["NaiveRelay", "whole_body"]
 
 READ_TIMEOUT = 2.0
+
+
+async def whole_body(receive: Any) -> bytes:
+    """The request's body, every ``http.request`` message of it (no limit: a test tool)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body"):
+            return body
 
 
 class NaiveRelay:
@@ -37,12 +47,7 @@ class NaiveRelay:
                     return
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await whole_body(receive)
         headers = {"content-type": "application/json"}
         timeout = httpx.Timeout(10.0, read=READ_TIMEOUT)
         async with httpx.AsyncClient(timeout=timeout) as client:
