@@ -3,14 +3,12 @@
 This is the one module that touches Hypercorn's private names.
 
 Rules:
-- Each guard wraps one Hypercorn method, keeps its behaviour but for the one
-  fault it names. The server installs them as it starts serving
-  (:func:`install_hypercorn_guards`, :mod:`trioproxy.server.guard_install`), after
-  :func:`check_hypercorn_version` refused a release they were not read against
-  (``TESTED_HYPERCORN``; also bounded in ``pyproject.toml``).
-- Each guard but 9 has a strict-xfail test in ``tests/test_hypercorn.py`` that runs
-  Hypercorn without it and shows the fault is still there: when a Hypercorn
-  release fixes one, that test passes, fails as strict xfail: the guard can go.
+- Each guard wraps one Hypercorn method, keeps its behaviour but for the one fault it
+  names. The server installs them as it starts serving (:func:`install_hypercorn_guards`,
+  :mod:`trioproxy.server.guard_install`), after :func:`check_hypercorn_version` refused a
+  release they were not read against (``TESTED_HYPERCORN``; bounded in ``pyproject.toml``).
+- Each guard but 9 has a strict-xfail twin in ``tests/test_hypercorn.py``: without the guard
+  the fault shows; when a release fixes it, the twin passes, fails the suite: the guard can go.
 
 The guards (what each fixes and how it was found: its docstring):
 
@@ -30,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import h11
@@ -343,25 +341,28 @@ def _write_chunks_from_the_reader() -> Patch:
 
 
 def _end_with_the_last_chunk() -> Patch:
-    """10. A chunked plain response's last bytes (found counting system calls): guard 8
-    holds them as guard 3 holds a head, and guard 3 writes them with h11's end of
-    message in one write. Only inside ``app_send``, where ``EndBody`` follows."""
+    """10. A chunked plain response's last bytes (found counting system calls): guard 8 holds
+    them as guard 3 holds a head; guard 3 writes them with h11's end. Only inside ``app_send``
+    for a body without ``more_body``, where ``EndBody`` follows; other messages: no frame."""
     from hypercorn.protocol.http_stream import HTTPStream
 
     app_send = HTTPStream.app_send
 
-    async def app_send_ending_with_the_last_chunk(self: Any, message: Any) -> None:
-        held = getattr(self.send, "__self__", self).__dict__  # the H11Protocol's
-        held["_trioproxy_last"] = (
-            message is not None and message["type"] == "http.response.body"
-            and not message.get("more_body", False) and bool(message.get("body"))
-            and bool(held.get("_trioproxy_chunked")) and "coalesce_head_with_first_body" in INSTALLED
-            and not (self.response or {}).get("trailers", False)
-        )  # fmt: skip
+    async def last_body(self: Any, message: Any, held: dict[str, Any]) -> None:
+        held["_trioproxy_last"] = True
         try:
             await app_send(self, message)
         finally:
             held["_trioproxy_last"] = False
+
+    def app_send_ending_with_the_last_chunk(self: Any, message: Any) -> Awaitable[None]:
+        if message is None or message.get("more_body") or message["type"] != "http.response.body":
+            return app_send(self, message)  # every other message: no frame of its own
+        held = getattr(self.send, "__self__", self).__dict__  # the H11Protocol's
+        last = message.get("body") and held.get("_trioproxy_chunked") and not (
+            (self.response or {}).get("trailers") or "coalesce_head_with_first_body" not in INSTALLED
+        )  # fmt: skip
+        return last_body(self, message, held) if last else app_send(self, message)
 
     return HTTPStream, "app_send", app_send_ending_with_the_last_chunk
 
