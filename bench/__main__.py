@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import report, sustained
+from . import report, rig, sustained
 from .idle import run_idle
 from .procs import (
     CORES,
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(machine, file=sys.stderr)
         results: dict[str, Any] = {
-            "machine": machine, "scenarios": {}, "sweep": {}, "sustained": {},
+            "machine": machine, "scenarios": {}, "sweep": {}, "sustained": {}, "rig": {},
         }  # fmt: skip
 
         def shaped(sc: Scenario) -> Scenario:
@@ -147,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             # Repeats take turns: a slow spell of the machine lands on every target.
             runs: dict[str, list[dict[str, Any]]] = {target: [] for target in targets}
+            wakes = []
             for i in range(args.repeats):
+                _progress(f"{name}: the rig's cross-core wake, round {i + 1}")
+                wakes.append(rig.wake())
                 for target, (proc, url) in targets.items():
                     _progress(f"{name}: {target} repeat {i + 1}/{args.repeats}")
                     runs[target].append(
@@ -155,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
             for target, target_runs in runs.items():
                 results["scenarios"][name][target] = median_repeat(target_runs)
+            results["rig"][name] = rig.summary(
+                wakes, sc.concurrency, sc.itl_ms, results["scenarios"][name].get("direct")
+            )
         direct = results["scenarios"].get("throughput", {}).get("direct")
         results["client_ceiling"] = (
             f"{direct['tokens_per_s']:,.0f} tokens/s"
@@ -163,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         _progress("")
         print(report.table(results))
+        for line in report.rig_lines(results):
+            print(line)
         print(
             f"load client ceiling (client -> mock, throughput shape): {results['client_ceiling']}"
         )

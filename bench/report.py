@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from . import sustained
+from . import rig, sustained
 
 
 def _f(value: Any, digits: int = 1) -> str:
@@ -62,6 +62,15 @@ HEADER = ["scenario", "target", "tokens/s (x direct)", "TTFT p50/p99 ms", "TTFT 
           "gap p50/p99 ms", "same-read", "proxy RSS MB", "proxy CPU µs/token", "failures"]  # fmt: skip
 
 
+def rig_lines(results: dict[str, Any]) -> list[str]:
+    """Per scenario: the machine's cross-core wake and direct's share of the demand."""
+    out = []
+    for name, figures in results.get("rig", {}).items():
+        direct = results["scenarios"].get(name, {}).get("direct")
+        out.append(rig.describe(name, figures, direct["tokens_per_s"] if direct else None))
+    return out
+
+
 def table(results: dict[str, Any]) -> str:
     body = rows(results)
     if not body:  # no scenario rows (e.g. the sustained ladder alone)
@@ -77,6 +86,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# Benchmark results\n\n{results['machine']}\n", "| " + " | ".join(HEADER) + " |"]
     lines.append("|" + "---|" * len(HEADER))
     lines += ["| " + " | ".join(r) + " |" for r in rows(results)]
+    if results.get("rig"):
+        lines += ["", "## What the rig can show", ""]
+        lines += [f"- {line}" for line in rig_lines(results)]
     if results.get("sweep"):
         lines += ["", "## Sweep (throughput shape)", "", "| target | C | tokens/s | TTFT p99 ms | failures |",
                   "|---|---|---|---|---|"]  # fmt: skip

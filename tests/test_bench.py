@@ -29,9 +29,28 @@ def test_bench_harness_runs_end_to_end(tmp_path: pathlib.Path) -> None:
     assert set(throughput) == {"direct", "trio floor", "hypercorn floor", "trioproxy"}
     assert all(r["failures"] == 0 and r["tokens"] == 20 * 100 for r in throughput.values())
     assert "proxy CPU µs/token" in (tmp_path / "results.md").read_text()
+    rig = results["rig"]["throughput"]  # measured before the (one) round of repeats
+    assert len(rig["cross_core_rtt_p50_us"]) == 1 and rig["cross_core_rtt_p50_us"][0] > 0
+    assert rig["direct_load_held"] is None  # unpaced: no demand to hold
+    assert "throughput: cross-core round trip p50" in (tmp_path / "results.md").read_text()
     idle = results["scenarios"]["idle"]["trioproxy"]
     assert idle["streams_open"] == 5 and idle["proxy_rss_mb"] > 0
     assert (tmp_path / "results.md").exists()
+
+
+def test_a_saturated_rig_is_said_beside_its_scenario() -> None:
+    from bench import rig
+
+    wakes = [{"cross_core_rtt_us": {"p50": 1250.4}, "same_core_rtt_us": {"p50": 78.0},
+              "cross_core_warm_rtt_us": {"p50": 48.2}}]  # fmt: skip
+    # 200 streams at one token per 20 ms demand 10,000 tokens/s; direct delivered half.
+    saturated = rig.summary(wakes, 200, 20, {"tokens_per_s": 4998.0})
+    assert saturated["demand_tokens_per_s"] == 10_000 and saturated["saturated"]
+    line = rig.describe("paced", saturated, 4998.0)
+    assert "direct delivered 4,998 of 10,000 demanded tokens/s (0.50)" in line
+    assert "saturated" in line and "1,250 µs after 20 ms idle (48 µs warm, same core 78 µs)" in line
+    held = rig.summary(wakes, 1, 20, {"tokens_per_s": 47.0})  # one stream: 47 of 50
+    assert not held["saturated"] and "saturated" not in rig.describe("overhead", held, 47.0)
 
 
 def test_latency_script_runs() -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "BODY_EXTENSION",
     "READS",
     "READS_AT_ONCE",
+    "STREAM_ERRORS",
     "TRACE_EXTENSION",
     "Conn",
     "ReadPaths",
@@ -50,7 +51,8 @@ BODY_EXTENSION = "trioproxy.body"
 # (connect_start, connected / reused, request_written, response_head).
 TRACE_EXTENSION = "trioproxy.trace"
 READ_SIZE = 65536
-_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+# What a broken or closed upstream socket raises (the transport maps these too).
+STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 read_now = os.read  # a non-blocking read of a socket descriptor (tests replace it)
 
 
@@ -133,7 +135,7 @@ class Conn:
                 self._in_a_row = 0
                 READS.waited += 1
                 await trio.lowlevel.wait_readable(fd)
-        except _STREAM_ERRORS as exc:
+        except STREAM_ERRORS as exc:
             raise UpstreamBroken(f"upstream connection reset: {exc}") from None
 
 

@@ -47,13 +47,12 @@ import httpx
 import trio
 
 from ..errors import UpstreamBroken, UpstreamUnreachable
-from .body import BODY_EXTENSION, TRACE_EXTENSION, Conn, UpstreamBody
+from .body import BODY_EXTENSION, STREAM_ERRORS, TRACE_EXTENSION, Conn, UpstreamBody
 from .http11 import MAX_HEAD, Head, ProtocolError, parse_head, request_head
 
 __all__ = ["PoolStatistics", "UpstreamTransport"]
 
 Origin = tuple[bytes, bytes, int]
-_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 async def open_tcp(host: str, port: int) -> trio.SocketStream:
@@ -156,7 +155,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
                     stream = tls
         except trio.TooSlowError:
             raise UpstreamUnreachable(f"timed out connecting to upstream {where}") from None
-        except (*_STREAM_ERRORS, ssl.SSLError) as exc:
+        except (*STREAM_ERRORS, ssl.SSLError) as exc:
             raise UpstreamUnreachable(f"cannot connect to upstream {where}: {exc}") from None
         self._opened += 1
         return Conn(stream, origin)
@@ -233,7 +232,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
                     return True
                 data = data[written:]
             await stream.send_all(data)
-        except _STREAM_ERRORS:
+        except STREAM_ERRORS:
             self._active -= 1
             conn.close()
             return False
