@@ -10,11 +10,11 @@ Rules:
   each core, sent back to back (``warm``) and with a paced stream's gap between
   them (``idle``: the woken core has been idle that long), and the idle case on
   one core. On this kind of VM an idle vCPU is parked by the hypervisor: the
-  idle round trip has measured 75 µs to 1.4 ms within a day while the warm one
-  stayed near 50 µs. A proxy whose work lets a core go idle between the hops of
-  a first token pays the idle figure, so the bench measures it before every
-  round of repeats and reports it beside the scenario.
-- :func:`load_held`: the share of the demanded tokens/s that direct access
+  idle round trip has measured 75 µs to 1.4 ms within a day, the warm one mostly
+  30-75 µs (over 1 ms in the worst spells). A proxy whose work lets a core go
+  idle between the hops of a first token pays the idle figure, so the bench
+  measures it before every round of repeats and reports it beside the scenario.
+- :func:`summary`: the share of the demanded tokens/s that direct access
   delivered. A closed loop of C streams paced at one token every ``itl_ms``
   demands ``C x 1000 / itl_ms`` tokens/s. Under :data:`HELD` the load client and
   the mock (which share the other core) are saturated, and every "x direct" or
@@ -101,23 +101,17 @@ def wake(gap_ms: float = GAP_MS, pings: int = PINGS) -> dict[str, Any]:
     return result
 
 
-def load_held(direct_tokens_per_s: float, concurrency: int, itl_ms: float) -> float | None:
-    """Direct's delivered share of a paced scenario's demand; None when unpaced."""
-    if itl_ms <= 0 or concurrency <= 0:
-        return None
-    return direct_tokens_per_s / (concurrency * 1000 / itl_ms)
-
-
 def summary(
     wakes: list[dict[str, Any]], concurrency: int, itl_ms: float, direct: dict[str, Any] | None
 ) -> dict[str, Any]:
     """One scenario's rig figures: the wake before each round, and direct's share of the load."""
-    held = load_held(direct["tokens_per_s"], concurrency, itl_ms) if direct else None
+    demand = concurrency * 1000 / itl_ms if itl_ms > 0 and concurrency > 0 else None
+    held = direct["tokens_per_s"] / demand if demand and direct else None
     return {
         "cross_core_warm_rtt_p50_us": [round(w["cross_core_warm_rtt_us"]["p50"]) for w in wakes],
         "cross_core_rtt_p50_us": [round(w["cross_core_rtt_us"]["p50"]) for w in wakes],
         "same_core_rtt_p50_us": [round(w["same_core_rtt_us"]["p50"]) for w in wakes],
-        "demand_tokens_per_s": concurrency * 1000 / itl_ms if itl_ms > 0 else None,
+        "demand_tokens_per_s": demand,
         "direct_load_held": held,
         "saturated": held is not None and held < HELD,
     }
