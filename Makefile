@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test quick lint typecheck unit bench clean redis-server multi-host
+.PHONY: run test quick lint typecheck unit bench clean redis-server nginx multi-host
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,13 +36,20 @@ redis-server:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@command -v redis-server >/dev/null || { echo "redis-server could not be installed"; exit 1; }
 
-unit: $(VENV)/.installed-dev redis-server
+# The proxy-in-front tests run a real nginx (Debian's nginx-light).
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { \
+		echo "installing nginx-light (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; }
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { echo "nginx could not be installed"; exit 1; }
+
+unit: $(VENV)/.installed-dev redis-server nginx
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
 # The inner loop: lint, types and the fast tests (no subprocesses, campaigns or benches).
-quick: lint typecheck redis-server
+quick: lint typecheck redis-server nginx
 	$(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_ARGS)
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python

@@ -92,6 +92,12 @@ class Relay:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                if self.ex.outcome is not None:
+                    # Settled: the writer is in the response's last send, and
+                    # Hypercorn says disconnect from inside it when the response
+                    # closes the connection (HTTP/1.0, ``Connection: close``).
+                    # Cancelling now would cancel Hypercorn's own close.
+                    return
                 self.ex.hung_up(trio.current_time())
                 scope.cancel()
                 return
