@@ -125,3 +125,23 @@ async def test_a_hang_up_of_an_http10_client_still_closes_the_upstream() -> None
         (record,) = await rec.wait_for(1)
         assert record.outcome.value == "client_disconnect"
         assert record.cancel_latency_ms is not None
+
+
+async def test_content_length_with_transfer_encoding_is_refused_and_closes() -> None:
+    """The smuggling attack: a request framed both ways, another request behind
+    it. The gateway answers 400 and closes; the request behind is never answered."""
+    async with running() as (gw, rec):
+        host = gw.url.split("//")[1]
+        smuggled = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        request = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 5\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        ).encode() + smuggled
+        data, closed = await raw_exchange(gw.url, request)
+        assert data.startswith(b"HTTP/1.1 400 ")
+        assert data.count(b"HTTP/1.1 ") == 1, data
+        assert b"Content-Length and Transfer-Encoding" in data
+        assert closed < CLOSE_WITHIN
+        (record,) = await rec.wait_for(1)
+        assert record.status == 400 and record.upstream is None

@@ -11,6 +11,10 @@ Rules (sans-IO: headers in, a verdict out):
   preflight ``OPTIONS`` with 204). In open mode (no API keys) any other
   origin is a 403: any page a local user visits could otherwise spend the
   operator's provider credit.
+- ``Content-Length`` and ``Transfer-Encoding`` together: a 400 that closes
+  the connection (RFC 9112 §6.3). The server let chunked win; a proxy in front
+  may have let the length win, and what it took for the next request would be
+  answered here (request smuggling).
 - ``Host``: in open mode on a loopback bind, the Host must be ``localhost``, a
   loopback address or the bind's host; anything else (a DNS-rebinding name) is
   a 421. A public bind in open mode was allowed explicitly
@@ -47,6 +51,7 @@ class Verdict:
 
 
 _OK = Verdict()
+_CLOSE = ((b"connection", b"close"),)
 
 
 def _host_name(value: bytes) -> str:
@@ -65,6 +70,7 @@ class Hygiene:
 
     def check(self, method: str, headers: list[tuple[bytes, bytes]]) -> Verdict:
         origin = host = content_type = None
+        framing = 0
         for name, value in headers:
             if not _VISIBLE.issuperset(value):
                 shown = name.decode("ascii", "replace")[:40]
@@ -77,6 +83,12 @@ class Hygiene:
                 if content_type is not None:  # two: which one would the upstream read?
                     return Verdict(UnsupportedMediaType("one content-type header, please"))
                 content_type = value
+            elif name == b"content-length" or name == b"transfer-encoding":
+                framing |= 1 if name == b"content-length" else 2
+        if framing == 3:
+            return Verdict(
+                BadRequest("Content-Length and Transfer-Encoding together"), headers=_CLOSE
+            )
         cors: tuple[tuple[bytes, bytes], ...] = ()
         if origin is not None:
             if origin in self._origins:
