@@ -292,3 +292,34 @@ async def test_sighup_revokes_a_key_in_the_running_gateway() -> None:
         body = b"".join([c async for _, c in client.body_chunks()])
         assert body.endswith(b"data: [DONE]\n\n")  # the stream in flight finished
         await client.close()
+
+
+async def test_only_the_public_key_is_readable_without_a_key_under_attestation() -> None:
+    """The probe: any path under /v1/attestation/ went to the receipt lookup
+    without authentication, with an admin's scope. Only ``/key`` exists there."""
+    async with running(keys=KEYS) as (gw, _):
+        mine = await request(gw.url, "POST", CHAT, chat("mock-t3-i0"), _auth(ALICE))
+        receipt_id = mine.headers[b"x-trioproxy-receipt-id"].decode()
+        await _receipt(gw.url, receipt_id, ALICE)
+        receipts = gw.app.receipts
+        assert receipts is not None
+        lookups: list[str] = []
+        lookup = receipts.lookup
+
+        async def counted(ref: str, owner: str | None) -> Any:
+            lookups.append(ref)
+            return await lookup(ref, owner)
+
+        receipts.lookup = counted  # type: ignore[method-assign]
+        unknown_route = await request(gw.url, "GET", "/v1/nothing-here")
+        for path in (
+            f"/v1/attestation/{receipt_id}",
+            f"/v1/attestation/../signature/{receipt_id}",
+            "/v1/attestation/",
+        ):
+            probe = await request(gw.url, "GET", path)
+            assert probe.status == 404 and b"text_signature" not in probe.body
+            assert probe.json()["error"]["code"] == unknown_route.json()["error"]["code"]
+        assert lookups == []
+        key = await request(gw.url, "GET", "/v1/attestation/key")
+        assert key.status == 200 and key.json()["public_key_pem"]

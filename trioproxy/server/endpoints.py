@@ -162,8 +162,8 @@ async def list_models(
     return True
 
 
-_OWN = frozenset({"/healthz", "/readyz", "/metrics", "/v1/usage"})
-_OWN_PREFIXES = ("/v1/signature/", "/v1/attestation/", "/debug/")
+_OWN = frozenset({"/healthz", "/readyz", "/metrics", "/v1/usage", "/v1/attestation/key"})
+_OWN_PREFIXES = ("/v1/signature/", "/debug/")
 
 
 def is_own(path: str) -> bool:
@@ -245,8 +245,9 @@ class OwnEndpoints:
                 raise refused
             await send_json(send, 200, await usage(scope, gw, key, admin))
             return True
-        if path.startswith(("/v1/signature/", "/v1/attestation/")) and scope["method"] == "GET":
-            if refused is not None and path.startswith("/v1/signature/"):
+        public_key = path == "/v1/attestation/key"
+        if (public_key or path.startswith("/v1/signature/")) and scope["method"] == "GET":
+            if refused is not None and not public_key:
                 raise refused
             owner = None if admin or key is None else key.name
             query = scope.get("query_string", b"")
