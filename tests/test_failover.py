@@ -14,6 +14,8 @@ import pytest
 import trio
 
 from tests.conftest import MovableClock, chat, events_of, eventually, open_mocks, provider, running
+from trioproxy.errors import ConfigError
+from trioproxy.routing.providers import parse_providers
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.rawclient import RawClient, request
 
@@ -171,7 +173,13 @@ async def test_header_hygiene_and_provider_credentials(monkeypatch: pytest.Monke
     monkeypatch.setenv("TP_TEST_ANTHROPIC_KEY", "sk-provider-anthropic")
     async with open_mocks(Fault(), Fault()) as (oai, ant):
         providers = (
-            provider("o", oai, api_key_env="TP_TEST_OPENAI_KEY", headers={"x-tenant": "t1"}),
+            provider(
+                "o",
+                oai,
+                api_key_env="TP_TEST_OPENAI_KEY",
+                headers={"x-tenant": "t1"},
+                forward_headers=["OpenAI-Organization"],
+            ),
             provider("c", ant, kind="anthropic", api_key_env="TP_TEST_ANTHROPIC_KEY"),
         )
         client_headers = [
@@ -198,6 +206,42 @@ async def test_header_hygiene_and_provider_credentials(monkeypatch: pytest.Monke
             assert b"authorization" not in seen and b"cookie" not in seen
             for headers in (oai.last_headers, ant.last_headers):
                 assert not any(b"client-secret" in v for v in headers.values())
+
+
+async def test_a_tenant_cannot_choose_what_the_operators_credential_is_billed_for() -> None:
+    """The attack: a tenant names an organisation, a project and a priced beta
+    feature next to the operator's credential. Only a provider whose
+    ``forward_headers`` lists one gets it."""
+    billing = [
+        ("openai-organization", "org-victim"),
+        ("openai-project", "proj-victim"),
+        ("anthropic-beta", "priced-feature-2026"),
+    ]
+    async with open_mocks(Fault(), Fault(), Fault()) as (oai, ant, opted):
+        providers = (
+            provider("o", oai, models=["mock-*"]),
+            provider("c", ant, kind="anthropic"),
+            provider("p", opted, models=["opted-*"], forward_headers=["openai-project"]),
+        )
+        async with running(providers=providers) as (gw, _):
+            for path, body, mock in (
+                ("/v1/chat/completions", chat(HEALTHY), oai),
+                ("/v1/messages", _messages(HEALTHY), ant),
+            ):
+                assert (await request(gw.url, "POST", path, body, billing)).status == 200
+                assert not {b"openai-organization", b"openai-project", b"anthropic-beta"} & set(
+                    mock.last_headers
+                )
+            body = chat("opted-t2-i0")
+            assert (
+                await request(gw.url, "POST", "/v1/chat/completions", body, billing)
+            ).status == 200
+            assert opted.last_headers[b"openai-project"] == b"proj-victim"
+            assert b"openai-organization" not in opted.last_headers
+    with pytest.raises(ConfigError, match="forward_headers may list"):
+        parse_providers(
+            [{"name": "x", "base_url": "http://h", "forward_headers": ["authorization"]}]
+        )
 
 
 async def test_an_alias_is_sent_upstream_under_the_providers_name() -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "ROUTES",
     "ParsedBody",
     "Route",
+    "BILLING_HEADERS",
     "forward_headers",
     "session_key",
     "usage_requested",
@@ -142,14 +143,12 @@ def usage_requested(route: Route, parsed: ParsedBody) -> dict[str, Any] | None:
 # hop-by-hop headers, and the client's credentials (Authorization, x-api-key),
 # which are the gateway's business. The provider's credential is added per
 # attempt (trioproxy.routing.failover.target_for).
+# Of those, the ones that choose what the operator's credential is billed for (an
+# organisation, a project, priced beta features) reach only the providers that list
+# them in their ``forward_headers`` (trioproxy.routing.failover.target_for).
+BILLING_HEADERS = frozenset({"anthropic-beta", "openai-organization", "openai-project"})
 _FORWARDED = frozenset(
-    {
-        b"anthropic-version",
-        b"anthropic-beta",
-        b"openai-organization",
-        b"openai-project",
-        b"x-request-id",
-    }
+    {b"anthropic-version", b"x-request-id", *(name.encode() for name in BILLING_HEADERS)}
 )
 
 

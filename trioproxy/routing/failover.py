@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import orjson
 
 from .. import dialects
-from ..admission.routes import ParsedBody, Route, forward_headers
+from ..admission.routes import BILLING_HEADERS, ParsedBody, Route, forward_headers
 from ..dialects import Dialect
 from ..errors import (
     GatewayError,
@@ -133,9 +133,15 @@ class AttemptLog(Protocol):
 
 def target_for(request: UpstreamRequest, member: Member, retry_429: bool) -> Target:
     spec = member.provider.spec
+    forwarded = request.headers
+    if not spec.forward_headers.issuperset(BILLING_HEADERS.intersection(forwarded)):
+        forwarded = {
+            k: v for k, v in forwarded.items()
+            if k not in BILLING_HEADERS or k in spec.forward_headers
+        }  # fmt: skip
     headers = {
         **dialects.default_headers(spec.kind),
-        **request.headers,
+        **forwarded,
         **spec.headers,
         **dialects.credential_headers(spec.kind, member.provider.credential),
     }

@@ -5,7 +5,10 @@ Rules:
   ``anthropic``), ``base_url``, ``api_key_env`` (the credential is read from
   that environment variable at start-up, never from the file), ``models``
   (names or ``*`` patterns), ``aliases`` (``client_name = "upstream_name"``),
-  ``weight``, ``max_streams`` and extra ``headers``. The legacy
+  ``weight``, ``max_streams``, extra ``headers`` and ``forward_headers``: the
+  client headers that choose what the credential is billed for
+  (``anthropic-beta``, ``openai-organization``, ``openai-project``), which
+  reach this provider only when listed there. The legacy
   ``openai_upstreams`` / ``anthropic_upstreams`` lists become providers that
   serve every model (``*``).
 - Health is passive, learnt from real requests (sans-IO: every method takes
@@ -27,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..admission.routes import BILLING_HEADERS
 from ..errors import ConfigError, config_table
 
 __all__ = ["Provider", "ProviderSpec", "ProviderStatistics", "legacy_specs", "parse_providers"]
@@ -35,7 +39,7 @@ KINDS = ("openai", "anthropic")
 MAX_WEIGHT = 1000  # round robin unrolls one period of sum(weights) turns per pool
 _OPTIONS = frozenset(
     {"name", "kind", "base_url", "api_key_env", "models", "aliases", "weight", "max_streams",
-     "headers"}
+     "headers", "forward_headers"}
 )  # fmt: skip
 # Headers a provider's config may not set: hop-by-hop ones and those the gateway owns.
 _RESERVED_HEADERS = frozenset(
@@ -63,6 +67,7 @@ class ProviderSpec:
     weight: int = 1
     max_streams: int = 0
     headers: Mapping[str, str] = field(default_factory=dict)
+    forward_headers: frozenset[str] = frozenset()  # billing headers the client may set
 
     def upstream_model(self, model: str) -> str | None:
         """The name this provider knows ``model`` by, or None if it does not serve it."""
@@ -117,6 +122,14 @@ def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...
         bad = sorted(k for k, v in headers.items() if not _TOKEN.fullmatch(k) or _bad_value(v))
         if bad:
             raise ConfigError(f"{label}: invalid header name or value: {bad}")
+        forwarded = {
+            h.lower() for h in _strings(label, "forward_headers", entry.get("forward_headers", []))
+        }
+        if not forwarded <= BILLING_HEADERS:
+            raise ConfigError(
+                f"{label}: forward_headers may list {sorted(BILLING_HEADERS)} only, "
+                f"not {sorted(forwarded - BILLING_HEADERS)}"
+            )
         specs.append(
             ProviderSpec(
                 name=name,
@@ -128,6 +141,7 @@ def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...
                 weight=_positive_int(label, "weight", entry.get("weight", 1), 1, MAX_WEIGHT),
                 max_streams=_positive_int(label, "max_streams", entry.get("max_streams", 0), 0),
                 headers={k.lower(): v for k, v in headers.items()},
+                forward_headers=frozenset(forwarded),
             )
         )
     if len({s.name for s in specs}) != len(specs):
