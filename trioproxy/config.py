@@ -50,6 +50,7 @@ class Config:
     max_event_bytes: int = 1 << 20  # one SSE event; larger is an upstream error
     max_body_bytes: int = 4 << 20  # request body; larger is 413
     max_body_reads: int = 64  # bodies read and parsed at once (memory: this x max_body_bytes x ~3)
+    max_body_reads_per_key: int = 0  # of those, one key's share (0: a quarter of max_body_reads)
     max_response_bytes: int = 64 << 20  # non-streaming upstream body; larger is 502
     # --- timeouts (seconds) -------------------------------------------------
     body_timeout: float = 30.0  # a request body not complete by then is a 408
@@ -139,6 +140,10 @@ class Config:
             )
         if self.redis_url:
             parse_redis_url(self.redis_url)
+        if self.max_body_reads_per_key < 0:
+            raise ConfigError("max_body_reads_per_key must be at least 0")
+        if not self.max_body_reads_per_key:
+            object.__setattr__(self, "max_body_reads_per_key", max(1, self.max_body_reads // 4))
         if not self.receipt_store:
             object.__setattr__(self, "receipt_store", "redis" if self.redis_url else "sqlite")
         if self.receipt_store not in ("sqlite", "memory", "redis"):

@@ -62,6 +62,10 @@ class StreamLimiter:
             return False
         return True
 
+    def full(self) -> bool:
+        """Every slot is taken (a ``try_acquire`` now would fail)."""
+        return self._limiter.available_tokens < 1
+
     def release(self, borrower: object) -> None:
         """Release the slot held for ``borrower``; a no-op if it holds none."""
         with contextlib.suppress(RuntimeError):

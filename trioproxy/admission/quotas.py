@@ -12,6 +12,9 @@ Rules (the same ones :mod:`trioproxy.shared.limits` runs in Redis for every host
   exchange ends, so a key sending large prompts is stopped within the minute,
   not a minute late.
 - ``max_streams``: a slot per stream, given back when the upstream side ends.
+- The same three are checked before a request's body is read
+  (:meth:`LocalQuotas.precheck`), so a key over a limit holds no body-read
+  slot; a body that times out (408) counts in the key's rpm window.
 - Usage totals per key (``None`` = open mode) for the current minute, the
   current day (UTC) and all time: requests that reached an upstream, prompt
   and completion tokens, and how many of those tokens were estimated.
@@ -245,6 +248,28 @@ class LocalQuotas:
         if tokens is not None:
             tokens.add(estimate, now)
         return grant
+
+    def precheck(self, key: ApiKey | None) -> None:
+        """Before the body is read: the 429 :meth:`admit` would raise now for a
+        full rpm window, tpm window or stream share (counts nothing)."""
+        state = self.states.get(key.name) if key is not None else None
+        if key is None or state is None:
+            return
+        now = self.clock()
+        recent, tokens = state.requests, state.tokens
+        if recent is not None and len(recent) == recent.maxlen and now - recent[0] < WINDOW:
+            raise over_limit(key, "rpm", int(WINDOW - (now - recent[0])) + 1)
+        if tokens is not None and tokens.used(now) >= key.tpm:
+            raise over_limit(key, "tpm", tokens.retry_after(now))
+        if state.streams is not None and state.streams.full():
+            raise over_limit(key, "max_streams", 1)
+
+    def count_request(self, key: ApiKey | None) -> None:
+        """A request of ``key`` that was not admitted but costs all the same (a
+        body that timed out): one entry in its rpm window."""
+        state = self.states.get(key.name) if key is not None else None
+        if state is not None and state.requests is not None:
+            state.requests.append(self.clock())
 
     def settle(self, grant: Grant, tokens: TokenCount | None) -> None:
         """The exchange ended: count its tokens (tpm and totals). ``tokens`` None:

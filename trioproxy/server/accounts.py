@@ -6,6 +6,9 @@ Rules:
   hands over the Redis connection and the limits and totals are shared
   (:class:`~trioproxy.shared.limits.SharedQuotas`, which falls back on the
   local ones when Redis is down and ``redis_failure = "open"``).
+- Before a body is read, :meth:`Accounts.precheck` refuses a key over a
+  limit: exactly for this process's limits, and for shared ones while the
+  key's last refusal from Redis holds (its ``Retry-After``).
 - Every admitted exchange holds a :class:`~trioproxy.admission.quotas.Grant`
   until its record is made; then its tokens are counted, once: the record's
   usage (``upstream`` or ``estimated``), or nothing if no upstream was reached.
@@ -13,12 +16,14 @@ Rules:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 from ..admission.auth import ApiKey
 from ..admission.quotas import Grant, LocalQuotas, TokenCount
 from ..config import Config
+from ..errors import Overloaded
 from ..relay.exchange import CompletionRecord, Exchange
 from ..shared.limits import SharedQuotas
 from ..shared.redis import SharedRedis
@@ -33,6 +38,8 @@ class Accounts:
         self.redis: SharedRedis | None = None  # with redis_url, set by the lifespan
         self.shared: SharedQuotas | None = None
         self.grants: dict[Exchange, Grant] = {}  # admitted and not recorded yet
+        # Shared limits: a key's last refusal (until, message), checked before its bodies.
+        self._refused: dict[str, tuple[float, str]] = {}
 
     def share(self, redis: SharedRedis, submit: Callable[..., bool]) -> SharedQuotas:
         """From now on limits and totals are kept in ``redis`` (the lifespan)."""
@@ -51,12 +58,39 @@ class Accounts:
         if self.shared is not None:
             self.shared.replace_local(self.local)
 
+    def precheck(self, key: ApiKey | None) -> None:
+        """Before the body is read: a 429 for a key that is over a limit now.
+        This process's limits exactly; shared ones as the key's last refusal
+        from Redis said, until its ``Retry-After`` (no Redis call per request)."""
+        if key is None:
+            return
+        if self.shared is None:
+            self.local.precheck(key)
+            return
+        refused = self._refused.get(key.name)
+        if refused is not None:
+            until, message = refused
+            left = until - self.local.clock()
+            if left > 0:
+                raise Overloaded(message, retry_after=max(1, math.ceil(left)))
+            del self._refused[key.name]
+
+    def timed_out(self, key: ApiKey | None) -> None:
+        """A body of ``key`` did not arrive within ``body_timeout``: it counts in
+        the key's rpm window in this process."""
+        self.local.count_request(key)
+
     async def admit(self, key: ApiKey | None, ex: Exchange, estimate: int) -> None:
         """The key's limits (rpm, tpm, max_streams); raises 429, or 503 when they
         cannot be checked and fail closed."""
         ex.prompt_estimate = estimate
         if self.shared is not None:
-            grant = await self.shared.admit(key, estimate, ex, ex.held.append, ex.mark)
+            try:
+                grant = await self.shared.admit(key, estimate, ex, ex.held.append, ex.mark)
+            except Overloaded as err:
+                if key is not None:  # configured keys only: bounded
+                    self._refused[key.name] = (self.local.clock() + err.retry_after, err.message)
+                raise
             ex.admission = grant.early
         else:
             grant = self.local.admit(key, estimate, ex)

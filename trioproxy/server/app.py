@@ -35,6 +35,7 @@ import orjson
 import trio
 
 from ..admission.auth import KeyRing
+from ..admission.bodies import BodyReads
 from ..admission.browser import Hygiene
 from ..admission.limits import LimiterStatistics, StreamLimiter
 from ..admission.routes import (
@@ -137,7 +138,7 @@ class Gateway:
             else None
         )
         self.own = endpoints.OwnEndpoints(self)
-        self.body_reads = trio.CapacityLimiter(config.max_body_reads)
+        self.body_reads = BodyReads(config.max_body_reads, config.max_body_reads_per_key)
         endpoint = config.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
         self.tracing = Tracing(endpoint) if endpoint else None
         # Nurseries in this trio run that are not the gateway's (the built-in mock):
@@ -300,26 +301,24 @@ class Gateway:
             ex.status = 200
             ex.settle(Outcome.DONE)
             return None
-        # Bodies are read and parsed a bounded number at a time, within body_timeout;
-        # a free slot and a queued body are taken without a trip through the scheduler.
-        try:
-            self.body_reads.acquire_nowait()
-        except trio.WouldBlock:
-            await self.body_reads.acquire()
-        try:
-            with trio.move_on_after(self.config.body_timeout or math.inf) as read_scope:
+        # A key over a limit now holds no body-read slot; bodies are read and parsed
+        # a bounded number at a time (a bounded share per key), the wait for a slot
+        # and the read within body_timeout.
+        self.accounts.precheck(key)
+        with trio.move_on_after(self.config.body_timeout or math.inf) as read_scope:
+            async with self.body_reads.open(key.name if key is not None else None):
                 body = await read_body(
                     scope, receive, self.config.max_body_bytes, lambda: take_queued(receive)
                 )
-            if read_scope.cancelled_caught:
-                raise RequestTimeout(f"request body not complete in {self.config.body_timeout} s")
-            if body is None:  # the client left before sending its whole body
-                ex.hung_up(trio.current_time())
-                return None
-            ex.mark("body_read")
-            parsed = validate(route, body)
-        finally:
-            self.body_reads.release()
+                if body is not None:
+                    ex.mark("body_read")
+                    parsed = validate(route, body)
+        if read_scope.cancelled_caught:
+            self.accounts.timed_out(key)
+            raise RequestTimeout(f"request body not complete in {self.config.body_timeout} s")
+        if body is None:  # the client left before sending its whole body
+            ex.hung_up(trio.current_time())
+            return None
         ex.request_sha256 = hashlib.sha256(body).hexdigest()
         ex.response_hash = hashlib.sha256()
         if self.config.receipts:

@@ -1,0 +1,116 @@
+"""Slow request bodies: one key's trickles cannot starve the others, and a key
+over its limits holds no body-read slot. Each test is the attack."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import trio
+
+from tests.conftest import chat, eventually, running
+from trioproxy.admission.auth import new_key
+from trioproxy.admission.bodies import BodyReads
+from trioproxy.config import load_config
+from trioproxy.errors import Overloaded
+from trioproxy.testing.rawclient import RawClient, request
+
+ALICE, ALICE_BLOCK = new_key("alice")
+BOB, BOB_BLOCK = new_key("bob")
+CHAT = "/v1/chat/completions"
+
+
+def _keys(tmp_path: pathlib.Path, alice_rpm: int = 0) -> tuple[object, ...]:
+    (tmp_path / "keys.toml").write_text(
+        ALICE_BLOCK.replace("rpm = 0", f"rpm = {alice_rpm}") + BOB_BLOCK
+    )
+    return load_config(tmp_path / "keys.toml").keys
+
+
+async def _trickle(url: str, key: str, sent: bytes = b'{"model": "mock-t1-i0", "mess') -> RawClient:
+    """A client of ``key`` that sends its head and part of its body, then nothing."""
+    client = await RawClient.connect(url)
+    head = (
+        f"POST {CHAT} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {key}\r\n"
+        "content-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+    ).encode()
+    await client.stream.send_all(head + sent)
+    return client
+
+
+async def test_one_keys_trickling_bodies_leave_another_key_unaffected(
+    tmp_path: pathlib.Path,
+) -> None:
+    """80 trickling bodies from alice (more than the 64 slots): bob's request
+    is served at once. Before, it waited for a slot until alice's bodies timed out."""
+    async with running(keys=_keys(tmp_path), body_timeout=5) as (gw, _):
+        bodies = gw.app.body_reads
+        assert bodies.per_key == 16  # a quarter of max_body_reads
+        unloaded = time.monotonic()
+        assert (await request(gw.url, "POST", CHAT, chat("mock-t3-i0"), _auth(BOB))).status == 200
+        unloaded = time.monotonic() - unloaded
+        trickles = [await _trickle(gw.url, ALICE) for _ in range(80)]
+        await eventually(lambda: bodies.statistics().refused == 64)
+        assert bodies.statistics().reading == 16
+        started = time.monotonic()
+        served = await request(gw.url, "POST", CHAT, chat("mock-t3-i0"), _auth(BOB))
+        elapsed = time.monotonic() - started
+        assert served.status == 200
+        assert elapsed < unloaded + 1.0, (elapsed, unloaded)  # not the 5 s body_timeout
+        refused = 0
+        for client in trickles:
+            with trio.fail_after(10):
+                response = await client.read_response()
+            refused += response.status == 429
+            await client.close()
+        assert refused == 64  # the rest got their 408 at body_timeout
+
+
+async def test_a_key_over_its_rpm_is_refused_before_its_body_is_read(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Alice is out of requests this minute; her next request sends its head
+    and no body. It is a 429 at once, not a slot held until body_timeout."""
+    async with running(keys=_keys(tmp_path, alice_rpm=1), body_timeout=30) as (gw, _):
+        assert (await request(gw.url, "POST", CHAT, chat("mock-t1-i0"), _auth(ALICE))).status == 200
+        client = await _trickle(gw.url, ALICE, b"")
+        with trio.fail_after(5):
+            response = await client.read_response()
+        await client.close()
+        assert response.status == 429 and b"requests per minute" in response.body
+        assert gw.app.body_reads.statistics().reading == 0
+
+
+async def test_a_body_that_times_out_counts_in_the_keys_rpm(tmp_path: pathlib.Path) -> None:
+    async with running(keys=_keys(tmp_path, alice_rpm=1), body_timeout=0.3) as (gw, _):
+        client = await _trickle(gw.url, ALICE)
+        with trio.fail_after(5):
+            assert (await client.read_response()).status == 408
+        await client.close()
+        after = await request(gw.url, "POST", CHAT, chat("mock-t1-i0"), _auth(ALICE))
+        assert after.status == 429
+        other = await request(gw.url, "POST", CHAT, chat("mock-t1-i0"), _auth(BOB))
+        assert other.status == 200
+
+
+async def test_the_share_is_given_back_however_a_read_ends() -> None:
+    reads = BodyReads(total=3, per_key=2)
+    async with reads.open("a"), reads.open("a"):
+        try:
+            async with reads.open("a"):
+                raise AssertionError("a third body of one key")
+        except Overloaded as err:
+            assert err.retry_after == 1
+        async with reads.open("b"):
+            assert reads.statistics().reading == 3
+    try:
+        async with reads.open("a"):
+            raise KeyError("the read failed")
+    except KeyError:
+        pass
+    stats = reads.statistics()
+    assert (stats.reading, stats.keys, stats.refused) == (0, 0, 1)
+
+
+def _auth(key: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {key}")]
