@@ -20,11 +20,14 @@ The table::
     final event          data: [DONE] / response.completed|failed|  event: message_stop
                          incomplete
     completion id        first event: id / response.id              first event: message.id
-    usage                last event with "usage" (response.usage)   message_start usage + last "usage"
+    usage                last event with "usage" (response.usage,   message_start usage + last "usage"
+                         Groq: x_groq.usage)
     token counts         prompt_tokens / completion_tokens          input_tokens / output_tokens
                          (Responses: input_tokens / output_tokens)
-    content event        data with a non-empty "content"/"text"     event: content_block_delta
+    content event        a choice with non-empty content/text       event: content_block_delta
                          (Responses: response.output_text.delta)
+    complete without     the last event has a finish_reason and     (none)
+      its final event    the connection then ended cleanly
     usage-only event     data: {... "choices":[], "usage": ...}     (none)
     credential           Authorization: Bearer KEY                  x-api-key: KEY, anthropic-version
     base URL             ends in /v1                                stops before /v1
@@ -33,6 +36,7 @@ The table::
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any
 
 import orjson
@@ -41,6 +45,11 @@ from .errors import GatewayError
 
 __all__ = [
     "ANTHROPIC_VERSION",
+    "CONTENT",
+    "FINISH",
+    "USAGE",
+    "USAGE_ONLY",
+    "classify",
     "Dialect",
     "completion_id",
     "credential_headers",
@@ -109,23 +118,86 @@ def is_final(block: bytes) -> bool:
 
 _CONTENT_PREFIXES = (b"event: content_block_delta\n", b"event: response.output_text.delta\n")
 
+# What an event tells the relay (:func:`classify`), as bit flags.
+CONTENT = 1  # generated text (about one token)
+USAGE = 2  # a usage object (not null)
+FINISH = 4  # a choice with a finish reason (not null)
+USAGE_ONLY = 8  # OpenAI's usage chunk: no choices, a usage object
+
+# Compact JSON (no ": " anywhere): these patterns are exact, since in a JSON
+# string a quote is escaped and cannot close a key the way they need.
+_COMPACT_CONTENT = re.compile(rb'(?:content|"text|"reasoning)":"[^"]')
+_COMPACT_USAGE = b'"usage":{'
+_COMPACT_FINISH = b'"finish_reason":"'
+_NO_CHOICES = b'"choices":[]'
+
+
+def classify(block: bytes) -> int:
+    """What an event block (as framed by the SSE framer) carries, as flags.
+
+    A ``data: {`` event in compact JSON (as vLLM, SGLang and OpenAI write it) is
+    read by byte patterns that are exact there; any other spacing is parsed,
+    once (``"content": "x"``, as ``json.dumps`` writes it). Content is a
+    non-empty ``content``, ``reasoning_content``, ``reasoning`` or ``text`` of
+    a choice (its ``delta`` for chat); usage is ``usage`` or Groq's
+    ``x_groq.usage``. Events named by an ``event:`` line (Anthropic, Responses)
+    are known by their name; they carry usage when they mention ``"usage"``."""
+    if not block.startswith(b"data: {"):
+        if block.startswith(_CONTENT_PREFIXES):
+            return CONTENT
+        return USAGE if b'"usage"' in block else 0
+    if b'": ' not in block:
+        flags = 0
+        if b'content":"' in block:  # the usual token: one non-empty content, no empty one
+            if b'content":""' not in block or _COMPACT_CONTENT.search(block):
+                flags = CONTENT
+        elif (b'"text":"' in block or b'"reasoning":"' in block) and _COMPACT_CONTENT.search(block):
+            flags = CONTENT
+        if _COMPACT_USAGE in block:
+            flags |= USAGE_ONLY | USAGE if _NO_CHOICES in block else USAGE
+        if _COMPACT_FINISH in block:
+            flags |= FINISH
+        return flags
+    return _classify_parsed(block)
+
+
+def _classify_parsed(block: bytes) -> int:
+    data = b"".join(
+        line[6:] if line.startswith(b"data: ") else line[5:]
+        for line in block.splitlines()
+        if line.startswith(b"data:")
+    )
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return 0
+    if not isinstance(obj, dict):
+        return 0
+    flags = 0
+    choices = obj.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict):
+            continue
+        delta = _dict(choice.get("delta")) or {}
+        texts = (delta.get("content"), delta.get("reasoning_content"), delta.get("reasoning"))
+        if any(isinstance(t, str) and t for t in (*texts, choice.get("text"))):
+            flags |= CONTENT
+        if isinstance(choice.get("finish_reason"), str):
+            flags |= FINISH
+    groq = _dict(obj.get("x_groq"))
+    if _dict(obj.get("usage")) is not None or (groq is not None and _dict(groq.get("usage"))):
+        flags |= USAGE | USAGE_ONLY if choices == [] else USAGE
+    return flags
+
 
 def is_content(block: bytes) -> bool:
-    """Does this event carry generated text (about one token)? Counted for every
-    stream, so that a stream cut short, or one that reports no usage, still has
-    an estimate of the tokens it made: OpenAI chat deltas with a non-empty
-    ``content`` (``reasoning_content`` too) or completions ``text``; Anthropic
-    ``content_block_delta``; Responses ``response.output_text.delta``."""
-    if block.startswith(b"data: {"):
-        return (b'content":"' in block and b'content":""' not in block) or (
-            b'"text":"' in block and b'"text":""' not in block
-        )
-    return block.startswith(_CONTENT_PREFIXES)
+    """Does this event carry generated text (about one token)? (:func:`classify`)"""
+    return bool(classify(block) & CONTENT)
 
 
 def is_usage_only(block: bytes) -> bool:
     """OpenAI's usage chunk (``stream_options.include_usage``): no choices, only usage."""
-    return block.startswith(b"data: {") and b'"choices":[]' in block and b'"usage"' in block
+    return bool(classify(block) & USAGE_ONLY)
 
 
 def _dict(v: Any) -> dict[str, Any] | None:
@@ -167,9 +239,10 @@ def usage(
             found.update(start)
     if last is not None:
         reported = _dict(last.get("usage"))
-        if reported is None:
-            response = _dict(last.get("response"))
-            reported = _dict(response.get("usage")) if response else None
+        for holder in ("response", "x_groq"):  # Responses API; Groq
+            if reported is None:
+                inner = _dict(last.get(holder))
+                reported = _dict(inner.get("usage")) if inner else None
         if reported:
             found.update(reported)
     return found or None

@@ -17,12 +17,16 @@ Rules:
   per-chunk work for a metric nobody serves).
 - When the request ends the handler freezes the exchange into a
   :class:`CompletionRecord`, exactly once: the access line, metrics, receipts
-  and hooks all read that record. Only two events of a stream are JSON-parsed,
-  then: the first and the last one that mentions ``"usage"``.
+  and hooks all read that record. Two events of a stream are JSON-parsed
+  then: the first and the last one that carries usage (in mid-stream, only
+  events not in compact JSON are parsed, by :func:`trioproxy.dialects.classify`).
+- An event stream is complete (not ``truncated``) when its final event came,
+  or when its last event had a finish reason and the upstream then ended it
+  cleanly (servers that send no ``[DONE]``).
 - Token usage of every exchange that reached an upstream: ``usage_source`` is
   ``upstream`` when the upstream reported both counts for a stream it finished,
   else ``estimated``: the completion is the content events relayed (about one
-  token each, :func:`trioproxy.dialects.is_content`), the prompt what the
+  token each, :func:`trioproxy.dialects.classify`), the prompt what the
   upstream said or the request body's bytes / 4.
 """
 
@@ -165,6 +169,7 @@ class Exchange:
     chunks: int = 0
     events: int = 0
     final_event: bool = False
+    finished: bool = False  # the last event so far has a finish reason
     content_events: int = 0  # events with generated text (the estimate of a cut stream)
     prompt_estimate: int = 0  # request body bytes / 4, counted against tpm at admission
     strip_usage: bool = False  # request_usage added include_usage: the usage chunk is withheld
@@ -305,7 +310,9 @@ class CompletionRecord:
         if completion_id is not None:
             completion_id = completion_id[:256]
         if ex.event_stream:
-            truncated = not ex.final_event
+            # Complete: its final event, or a finish reason last and a clean end.
+            clean = ex.finished and ex.outcome is Outcome.DONE and ex.error is None
+            truncated = not (ex.final_event or clean)
         else:
             truncated = ex.outcome not in (Outcome.DONE, Outcome.UPSTREAM_ERROR)
         prompt, completion, source = _tokens(ex, usage, truncated)

@@ -53,6 +53,7 @@ import trio
 from .. import dialects
 from ..asgi import DirectWriter
 from ..config import Config
+from ..dialects import CONTENT, FINISH, USAGE, classify
 from ..errors import (
     GatewayError,
     Outcome,
@@ -295,10 +296,13 @@ class UpstreamReader:
                         ex.first_block = block
                         ex.first_event_at = now
                         ex.mark("first_event")
-                    if dialects.is_content(block):
+                    flags = classify(block)
+                    if flags & CONTENT:
                         ex.content_events += 1
-                    if b'"usage"' in block:
+                    if flags & USAGE:
                         ex.usage_block = block
+                    # The last event with a finish reason: complete if the stream ends here.
+                    ex.finished = bool(flags & FINISH) or (ex.finished and not flags & CONTENT)
                     if dialects.is_final(block):
                         ex.final_event = True
                 if ex.events > before:

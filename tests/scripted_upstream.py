@@ -1,0 +1,56 @@
+"""An upstream that writes given SSE events, one HTTP/1.1 chunk each, then ends
+as told: cleanly (the terminating chunk), or by resetting the connection."""
+
+from __future__ import annotations
+
+import functools
+import socket
+import struct
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import trio
+
+__all__ = ["scripted_upstream"]
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+@asynccontextmanager
+async def scripted_upstream(
+    events: Sequence[bytes], cut_after: int | None = None, gap: float = 0.0
+) -> AsyncIterator[str]:
+    """Serve ``events`` to every request; ``cut_after``: reset the connection
+    after that many events instead of ending the body. Yields the base URL."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        )  # fmt: skip
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+        await stream.send_all(HEAD)
+        for n, event in enumerate(events):
+            if n == cut_after:
+                stream.socket.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                stream.socket.close()  # RST
+                return
+            await stream.send_all(b"%x\r\n%b\r\n" % (len(event), event))
+            if gap:
+                await trio.sleep(gap)
+        await stream.send_all(b"0\r\n\r\n")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(
+            functools.partial(trio.serve_tcp, host="127.0.0.1"), serve, 0
+        )
+        yield f"http://127.0.0.1:{listener.socket.getsockname()[1]}/v1"
+        nursery.cancel_scope.cancel()

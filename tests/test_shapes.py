@@ -1,0 +1,92 @@
+"""Servers that are not our mock: each stream shape of ``tests/shapes`` through the
+relay, complete and cut by the upstream. The client gets the upstream's bytes
+unchanged; the record says whether the stream was complete, and its usage is
+the reported one or an estimate of the content relayed (never 0)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import chat, running
+from tests.scripted_upstream import scripted_upstream
+from tests.shapes import SHAPES
+from trioproxy import dialects
+from trioproxy.testing.rawclient import request
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.mark.parametrize("name", SHAPES)
+async def test_a_complete_stream(name: str) -> None:
+    shape = SHAPES[name]
+    async with (
+        scripted_upstream(shape.events) as url,
+        running(openai_upstreams=(url,)) as (gw, rec),
+    ):
+        response = await request(gw.url, "POST", CHAT, chat("m"))
+        (record,) = await rec.wait_for(1)
+    assert response.status == 200
+    assert response.body == b"".join(shape.events)  # unchanged
+    assert record.outcome.value == "done"
+    assert not record.truncated  # also without [DONE]: a finish reason, then a clean end
+    if shape.usage is not None:
+        assert (record.prompt_tokens, record.completion_tokens) == shape.usage
+        assert record.usage_source == "upstream"
+    else:
+        assert record.completion_tokens == shape.content_events
+        assert record.usage_source == "estimated"
+
+
+@pytest.mark.parametrize("name", SHAPES)
+async def test_a_stream_cut_by_the_upstream(name: str) -> None:
+    shape = SHAPES[name]
+    cut = 1 + 5  # the role chunk and 5 tokens
+    async with (
+        scripted_upstream(shape.events, cut_after=cut) as url,
+        running(openai_upstreams=(url,)) as (gw, rec),
+    ):
+        response = await request(gw.url, "POST", CHAT, chat("m"))
+        (record,) = await rec.wait_for(1)
+    assert response.body.startswith(b"".join(shape.events[:cut]))
+    assert b'"error"' in response.body[len(b"".join(shape.events[:cut])) :]
+    assert record.truncated
+    assert record.completion_tokens == 5 and record.usage_source == "estimated"
+
+
+async def test_the_usage_chunk_the_gateway_asked_for_is_withheld_in_any_spacing() -> None:
+    """request_usage: the gateway adds include_usage for a client that did not ask;
+    the upstream's usage chunk (spaced JSON) must not reach that client."""
+    shape = SHAPES["json-dumps"]
+    usage_chunks = [e for e in shape.events if dialects.is_usage_only(e)]
+    assert len(usage_chunks) == 1
+    async with (
+        scripted_upstream(shape.events) as url,
+        running(openai_upstreams=(url,), request_usage=True) as (gw, rec),
+    ):
+        response = await request(gw.url, "POST", CHAT, chat("m"))
+        (record,) = await rec.wait_for(1)
+    assert response.body == b"".join(e for e in shape.events if e not in usage_chunks)
+    assert record.usage_source == "upstream" and record.completion_tokens == 12
+
+
+@pytest.mark.parametrize(
+    ("event", "flags"),
+    [
+        (b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n', dialects.CONTENT),
+        (b'data: {"choices": [{"delta": {"content": "x"}}]}\n\n', dialects.CONTENT),
+        (b'data: {"choices":[{"delta":{"content":"","reasoning_content":"x"}}]}\n\n', 1),
+        (b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n', 0),
+        (b'data: {"choices": [{"delta": {"content": ""}}]}\n\n', 0),
+        (b'data: {"choices":[{"delta":{"content":"\\": "}}]}\n\n', dialects.CONTENT),
+        (b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\n', 2 | 8),
+        (b'data: {"choices": [], "usage": {"prompt_tokens": 1}}\n\n', 2 | 8),
+        (b'data: {"choices":[],"usage":null}\n\n', 0),
+        (b'data: {"choices": [{"delta": {}, "finish_reason": null}], "usage": null}\n\n', 0),
+        (b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n', dialects.FINISH),
+        (b'data: {"choices":[{"delta":{},"finish_reason":"length"}]}\n\n', dialects.FINISH),
+        (b'data: {"choices":[],"x_groq":{"usage":{"prompt_tokens":1}}}\n\n', 2 | 8),
+        (b"event: content_block_delta\ndata: {}\n\n", dialects.CONTENT),
+    ],
+)
+def test_events_are_recognised_in_any_spacing(event: bytes, flags: int) -> None:
+    assert dialects.classify(event) == flags
