@@ -11,7 +11,7 @@ import trio
 import trio.testing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from tests.conftest import chat, open_mocks, provider, running
+from tests.conftest import chat, eventually, open_mocks, provider, running
 from trioproxy.admission.auth import new_key
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.rawclient import RawClient, RawResponse, request
@@ -264,15 +264,25 @@ async def test_a_trickled_body_ends_with_408_and_bodies_are_read_a_bounded_numbe
     holds the only body-reading slot, another upload waits for it."""
     async with running(body_timeout=0.5, max_body_reads=1) as (gw, _):
         slow = await _trickle(gw.url, b'{"model": "mock-t1-i0", "mess')
-        await trio.testing.wait_all_tasks_blocked()
-        started = trio.current_time()
-        ok = await request(gw.url, "POST", CHAT, chat("mock-t1-i0"))
-        assert ok.status == 200
-        assert trio.current_time() - started >= 0.3  # waited for the slow body's slot
         timed_out = await slow.read_response()
         assert timed_out.status == 408
         assert timed_out.json()["error"]["code"] == "request_timeout"
         await slow.close()
+    async with running(body_timeout=10, max_body_reads=1) as (gw, _):
+        stats = gw.app.body_reads.statistics
+        slow = await _trickle(gw.url, b'{"model": "mock-t1-i0", "mess')
+        await eventually(lambda: stats().reading == 1)
+        answers: list[RawResponse] = []
+
+        async def upload() -> None:
+            answers.append(await request(gw.url, "POST", CHAT, chat("mock-t1-i0")))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(upload)
+            await eventually(lambda: stats().waiting == 1)  # waits for the slow body's slot
+            assert not answers
+            await slow.close()  # the slow client leaves: its slot is free
+        assert answers[0].status == 200
 
 
 async def test_sighup_revokes_a_key_in_the_running_gateway() -> None:

@@ -6,9 +6,8 @@ Rules:
   hands over the Redis connection and the limits and totals are shared
   (:class:`~trioproxy.shared.limits.SharedQuotas`, which falls back on the
   local ones when Redis is down and ``redis_failure = "open"``).
-- Before a body is read, :meth:`Accounts.precheck` refuses a key over a
-  limit: exactly for this process's limits, and for shared ones while the
-  key's last refusal from Redis holds (its ``Retry-After``).
+- Before a body is read, :meth:`Accounts.precheck` refuses a key over one
+  of this process's limits; shared limits are decided after the body.
 - Every admitted exchange holds a :class:`~trioproxy.admission.quotas.Grant`
   until its record is made; then its tokens are counted, once: the record's
   usage (``upstream`` or ``estimated``), or nothing if no upstream was reached.
@@ -16,15 +15,14 @@ Rules:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 from ..admission.auth import ApiKey
 from ..admission.quotas import Grant, LocalQuotas, TokenCount
 from ..config import Config
-from ..errors import Overloaded
-from ..relay.exchange import CompletionRecord, Exchange
+from ..relay.exchange import Exchange
+from ..relay.record import CompletionRecord
 from ..shared.limits import SharedQuotas
 from ..shared.redis import SharedRedis
 
@@ -38,8 +36,6 @@ class Accounts:
         self.redis: SharedRedis | None = None  # with redis_url, set by the lifespan
         self.shared: SharedQuotas | None = None
         self.grants: dict[Exchange, Grant] = {}  # admitted and not recorded yet
-        # Shared limits: a key's last refusal (until, message), checked before its bodies.
-        self._refused: dict[str, tuple[float, str]] = {}
 
     def share(self, redis: SharedRedis, submit: Callable[..., bool]) -> SharedQuotas:
         """From now on limits and totals are kept in ``redis`` (the lifespan)."""
@@ -59,21 +55,12 @@ class Accounts:
             self.shared.replace_local(self.local)
 
     def precheck(self, key: ApiKey | None) -> None:
-        """Before the body is read: a 429 for a key that is over a limit now.
-        This process's limits exactly; shared ones as the key's last refusal
-        from Redis said, until its ``Retry-After`` (no Redis call per request)."""
-        if key is None:
-            return
+        """Before the body is read: a 429 for a key over one of this process's
+        limits now. Shared limits are decided in Redis with the request's token
+        estimate, after its body (a key's trickles are bounded there by its
+        body-read share)."""
         if self.shared is None:
             self.local.precheck(key)
-            return
-        refused = self._refused.get(key.name)
-        if refused is not None:
-            until, message = refused
-            left = until - self.local.clock()
-            if left > 0:
-                raise Overloaded(message, retry_after=max(1, math.ceil(left)))
-            del self._refused[key.name]
 
     def timed_out(self, key: ApiKey | None) -> None:
         """A body of ``key`` did not arrive within ``body_timeout``: it counts in
@@ -85,12 +72,7 @@ class Accounts:
         cannot be checked and fail closed."""
         ex.prompt_estimate = estimate
         if self.shared is not None:
-            try:
-                grant = await self.shared.admit(key, estimate, ex, ex.held.append, ex.mark)
-            except Overloaded as err:
-                if key is not None:  # configured keys only: bounded
-                    self._refused[key.name] = (self.local.clock() + err.retry_after, err.message)
-                raise
+            grant = await self.shared.admit(key, estimate, ex, ex.held.append, ex.mark)
             ex.admission = grant.early
         else:
             grant = self.local.admit(key, estimate, ex)
