@@ -21,8 +21,9 @@ import trio
 
 from trioproxy.config import Config
 from trioproxy.errors import Outcome
-from trioproxy.relay.exchange import CompletionRecord, Exchange, StreamMetrics
+from trioproxy.relay.exchange import Exchange, StreamMetrics
 from trioproxy.relay.reader import UpstreamReader
+from trioproxy.relay.record import CompletionRecord
 from trioproxy.relay.sse import SSEFramer
 from trioproxy.relay.writer import Start, Waiting, write_client
 from trioproxy.testing.mock_scripts import script_for

@@ -18,7 +18,8 @@ import pytest
 import trio
 
 from trioproxy.config import Config
-from trioproxy.relay.exchange import CompletionRecord, Exchange
+from trioproxy.relay.exchange import Exchange
+from trioproxy.relay.record import CompletionRecord
 from trioproxy.server.serve import RunningGateway, open_gateway
 
 pytest_plugins = ["tests.redis_server"]  # the redis_server fixture

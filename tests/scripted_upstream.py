@@ -6,12 +6,14 @@ from __future__ import annotations
 import functools
 import socket
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
 
-__all__ = ["scripted_upstream"]
+__all__ = ["Respond", "raw_upstream", "read_request", "reset", "scripted_upstream"]
+
+Respond = Callable[[trio.SocketStream, bytes], Awaitable[None]]
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
@@ -23,30 +25,51 @@ async def scripted_upstream(
     """Serve ``events`` to every request; ``cut_after``: reset the connection
     after that many events instead of ending the body. Yields the base URL."""
 
-    async def serve(stream: trio.SocketStream) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += await stream.receive_some(65536)
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
-            if line.startswith(b"content-length:")
-        )  # fmt: skip
-        while len(body) < length:
-            body += await stream.receive_some(65536)
+    async def serve(stream: trio.SocketStream, request: bytes) -> None:
         await stream.send_all(HEAD)
         for n, event in enumerate(events):
             if n == cut_after:
-                stream.socket.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                )
-                stream.socket.close()  # RST
+                reset(stream)
                 return
             await stream.send_all(b"%x\r\n%b\r\n" % (len(event), event))
             if gap:
                 await trio.sleep(gap)
         await stream.send_all(b"0\r\n\r\n")
         await stream.aclose()
+
+    async with raw_upstream(serve) as url:
+        yield url
+
+
+def reset(stream: trio.SocketStream) -> None:
+    """Close the connection with a TCP reset."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stream.socket.close()
+
+
+async def read_request(stream: trio.SocketStream) -> bytes:
+    """One whole request (a head and its Content-Length body), as sent."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+         if line.startswith(b"content-length:")),
+        0,
+    )  # fmt: skip
+    while len(body) < length:
+        body += await stream.receive_some(65536)
+    return data
+
+
+@asynccontextmanager
+async def raw_upstream(respond: Respond) -> AsyncIterator[str]:
+    """An upstream whose every answer ``respond`` writes, given the request's
+    bytes. Yields the base URL."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        await respond(stream, await read_request(stream))
 
     async with trio.open_nursery() as nursery:
         (listener,) = await nursery.start(

@@ -7,7 +7,7 @@ import trio.testing
 
 from tests.conftest import chat, eventually, running
 from trioproxy.receipts.detached import open_detached_work
-from trioproxy.relay.exchange import CompletionRecord
+from trioproxy.relay.record import CompletionRecord
 from trioproxy.testing.rawclient import RawClient
 
 

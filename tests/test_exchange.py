@@ -9,13 +9,8 @@ import pytest
 
 from trioproxy.dialects import Dialect
 from trioproxy.errors import Outcome, UpstreamBroken
-from trioproxy.relay.exchange import (
-    TRANSITIONS,
-    CompletionRecord,
-    Exchange,
-    IllegalTransition,
-    Phase,
-)
+from trioproxy.relay.exchange import TRANSITIONS, Exchange, IllegalTransition, Phase
+from trioproxy.relay.record import CompletionRecord
 
 START = (
     b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1",'

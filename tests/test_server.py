@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from tests.conftest import chat, events_of, eventually, open_mocks, running, wait_ready
-from trioproxy.relay.exchange import CompletionRecord
+from trioproxy.relay.record import CompletionRecord
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.rawclient import RawClient, request
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import trio
 
-from ..relay.exchange import CompletionRecord, Exchange
+from ..relay.exchange import Exchange
+from ..relay.record import CompletionRecord
 from ..routing.providers import ProviderStatistics
 
 __all__ = ["debug_state", "find_trace", "rss_bytes", "task_names"]

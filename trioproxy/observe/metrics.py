@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from ..relay.exchange import ADDED_BUCKETS, GAP_BUCKETS, CompletionRecord, StreamMetrics
+from ..relay.exchange import ADDED_BUCKETS, GAP_BUCKETS, StreamMetrics
+from ..relay.record import CompletionRecord
 from ..routing.providers import ProviderStatistics
 
 __all__ = ["CONTENT_TYPE", "MAX_MODEL_LABELS", "Gauges", "Metrics"]

@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..config import Config
-from ..relay.exchange import CompletionRecord
+from ..relay.record import CompletionRecord
 from .detached import DetachedWork
 from .store import ReceiptStore, Row, open_store
 

@@ -43,11 +43,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from contextlib import suppress
 from dataclasses import dataclass
 
 import httpx
-import orjson
 import trio
 
 from .. import dialects
@@ -71,6 +69,7 @@ from ..upstream.http11 import parse_retry_after
 from .exchange import Exchange
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
 from .timeline import TRACE_EXTENSION
+from .whole import passed_headers, relay_whole
 from .writer import Item, Rest, Start, Waiting
 
 __all__ = ["IDLE_TIMER", "UpstreamReader"]
@@ -80,19 +79,10 @@ _STREAM_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-_PASSED_RESPONSE_HEADERS = frozenset({b"retry-after", b"x-request-id", b"openai-processing-ms"})
 
 
 def _never() -> bool:
     return False
-
-
-def _passed_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
-    return [
-        (name.lower(), value)
-        for name, value in response.headers.raw
-        if name.lower() in _PASSED_RESPONSE_HEADERS
-    ]
 
 
 @dataclass
@@ -175,7 +165,7 @@ class UpstreamReader:
                 request.method, target.url, headers, target.body, {TRACE_EXTENSION: self._mark}
             )
         if head_scope.cancelled_caught:
-            raise self._first_timeout()
+            raise self.first_timeout()
         try:  # entered: the response is closed however this ends
             ex.upstream_status = response.status_code
             content_type = response.headers.get("content-type", "")
@@ -188,7 +178,7 @@ class UpstreamReader:
                     raise UpstreamRateLimited(
                         f"provider {target.provider} answered 429", ex.retry_after
                     )
-            await self._relay_whole(response, first_deadline)
+            await relay_whole(self, response, first_deadline, target)
             return Outcome.DONE if response.status_code < 400 else Outcome.UPSTREAM_ERROR
         finally:  # the body's aclose never awaits: this runs in a cancelled scope too
             await response.aclose()
@@ -199,7 +189,7 @@ class UpstreamReader:
         if event == "request_written" and self.ex.admission is not None:
             self.ex.admission.go()
 
-    def _first_timeout(self) -> GatewayError:
+    def first_timeout(self) -> GatewayError:
         if self.ex.stream:
             return UpstreamTTFTTimeout("upstream sent no event within ttft_timeout")
         return UpstreamTTFTTimeout("upstream did not answer within request_timeout")
@@ -214,7 +204,7 @@ class UpstreamReader:
         if cs.cancelled_caught:
             raise SlowClient(f"client read nothing for {stall} s")
 
-    async def _deliver(self, item: Item) -> None:
+    async def deliver(self, item: Item) -> None:
         try:
             self.waiting.now = False
             self.send_ch.send_nowait(item)
@@ -319,7 +309,7 @@ class UpstreamReader:
                     continue
             if not started:
                 started = True
-                headers = [*_STREAM_HEADERS, *_passed_headers(response)]
+                headers = [*_STREAM_HEADERS, *passed_headers(response)]
                 waiting.now = False
                 send_ch.send_nowait(Start(200, headers))  # the channel is empty
                 ex.committed = True  # from here on, no failover
@@ -345,54 +335,3 @@ class UpstreamReader:
                 deadline, read_scope.deadline = read_scope.deadline, math.inf
                 await self._deliver_when_room(chunk)
                 read_scope.deadline = max(deadline, min(trio.current_time() + idle, end_by))
-
-    async def _relay_whole(self, response: httpx.Response, deadline: float) -> None:
-        """A non-SSE response (non-streaming call, or an upstream error): read it
-        whole (bounded), then relay status, content type and body at once."""
-        ex, config = self.ex, self.config
-        parts: list[bytes] = []
-        size = 0
-        limit = config.max_response_bytes
-        body = body_of(response)
-        try:
-            with trio.CancelScope(deadline=deadline) as scope:
-                async for chunk in body:
-                    size += len(chunk)
-                    if size > limit:
-                        raise UpstreamBroken(f"upstream response exceeds {limit} bytes")
-                    parts.append(chunk)
-        finally:
-            await body.aclose()
-        if scope.cancelled_caught:
-            raise self._first_timeout()
-        data = b"".join(parts)
-        ex.bytes_in = size
-        if response.status_code >= 500:
-            # The upstream failed: the client gets a 502 in its dialect that quotes it.
-            detail = data[:500].decode("utf-8", "replace")
-            raise UpstreamBroken(f"upstream returned HTTP {response.status_code}: {detail}")
-        content_type = response.headers.get("content-type", "application/json")
-        if (
-            response.status_code < 400
-            and self.request.parse_body
-            and content_type.startswith("application/json")
-        ):
-            with suppress(orjson.JSONDecodeError):
-                ex.body_json = orjson.loads(data)
-        # Time the gateway added: before the upstream request, and after its body.
-        upstream_done = trio.current_time()
-        ex.first_chunk_at = upstream_done
-        if ex.metrics is not None:
-            ex.metrics.arrivals.append(upstream_done)
-        added = (ex.upstream_sent_at or ex.started) - ex.started
-        overhead_ms = b"%.3f" % ((added + trio.current_time() - upstream_done) * 1000)
-        headers = [
-            (b"content-type", content_type.encode("latin-1")),
-            (b"content-length", str(len(data)).encode()),
-            (b"x-trioproxy-overhead-ms", overhead_ms),
-            *_passed_headers(response),
-        ]
-        ex.committed = True
-        ex.mark("committed")
-        await self._deliver(Start(response.status_code, headers))
-        await self._deliver(data)

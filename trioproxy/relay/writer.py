@@ -14,7 +14,8 @@ Error handling: if the channel closes before a head, the upstream side failed
 before any byte reached the client: the writer answers an HTTP error in the
 route's dialect. If it closes after, the writer appends one SSE error event (and
 first ends an event the upstream left unfinished, so the client's parser stays
-in sync).
+in sync); a whole (non-SSE) answer is left without its end, so the server
+closes the connection short of it and the client sees an incomplete body.
 """
 
 from __future__ import annotations
@@ -149,6 +150,14 @@ async def _finish(send: Send, ex: Exchange, body: bytes) -> None:
         # The reader was cancelled (a hang-up or shutdown) and closed the channel:
         # never end such a response as if it were complete. Let Cancelled out.
         await trio.lowlevel.checkpoint()
+        return
+    if ex.error is not None and not ex.event_stream:
+        # A whole answer broke after its head: its body must not look complete.
+        # Returning without its end makes the server close the connection short.
+        ex.settle(ex.upstream_outcome)
+        if body:
+            ex.sent(body)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
         return
     if ex.error is not None:
         tail = render_sse(ex.error, ex.dialect)

@@ -62,7 +62,8 @@ from ..observe.metrics import Gauges, Metrics
 from ..observe.tracing import Tracing
 from ..receipts.detached import DetachedStatistics, DetachedWork
 from ..receipts.service import ReceiptService
-from ..relay.exchange import CompletionRecord, Exchange, Phase, StreamMetrics
+from ..relay.exchange import Exchange, Phase, StreamMetrics
+from ..relay.record import CompletionRecord
 from ..relay.run import Relay
 from ..relay.timeline import traceparent_of
 from ..relay.writer import send_error

@@ -22,7 +22,7 @@ from ..dialects import Dialect, render_json
 from ..errors import AdminOnly, BadRequest, GatewayError, NotFound
 from ..observe.metrics import CONTENT_TYPE, Metrics
 from ..receipts.service import ReceiptService
-from ..relay.exchange import CompletionRecord
+from ..relay.record import CompletionRecord
 from ..routing.pools import Router
 from .accounts import Accounts
 
