@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import pathlib
 from contextlib import aclosing
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import chat, running
+from trioproxy.admission.auth import new_key
+from trioproxy.config import load_config
 from trioproxy.observe.metrics import MAX_MODEL_LABELS
 from trioproxy.testing.rawclient import RawClient, request
+
+KEY, BLOCK = new_key("tenant")
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -69,3 +74,30 @@ async def test_model_label_is_bounded() -> None:
         assert metrics._model("one-too-many") == "other"
         assert metrics._model("m0") == "m0"
         await trio.lowlevel.checkpoint()
+
+
+async def test_a_key_cannot_fill_the_model_labels_with_names_it_may_not_use(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The attack: a key allowed only ``mock-t*`` sends MAX_MODEL_LABELS + 10
+    model names it may not use. Before, each became a label and the real
+    models that came later were all counted as ``other``."""
+    (tmp_path / "keys.toml").write_text(BLOCK.replace('models = ["*"]', 'models = ["mock-t*"]'))
+    keys = load_config(tmp_path / "keys.toml").keys
+    auth = [("authorization", f"Bearer {KEY}")]
+    async with running(keys=keys, metrics=True) as (gw, recorder):
+        for i in range(MAX_MODEL_LABELS + 10):
+            refused = await request(gw.url, "POST", "/v1/chat/completions", chat(f"x{i}"), auth)
+            assert refused.status == 403
+        served = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t2-i0"), auth)
+        assert served.status == 200
+        await recorder.wait_for(MAX_MODEL_LABELS + 11)
+        assert gw.app.metrics is not None
+        text = gw.app.metrics.render().decode()
+    models = {
+        s.labels["model"]
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "trioproxy_requests_total"
+    }
+    assert models == {"", "mock-t2-i0"}

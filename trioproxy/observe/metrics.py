@@ -7,8 +7,9 @@ duration and cancellation latency. The gateway-added latency of every event
 by the relay and merged here once per stream. Provider health (state, in
 flight, ejections) is read from the router at scrape time. Gauges (active requests, limiter, detached
 work, pending receipts) are read from the ``statistics()`` records when
-``/metrics`` is scraped. The ``model`` label is bounded: after
-``MAX_MODEL_LABELS`` distinct names, further ones are counted as ``other``
+``/metrics`` is scraped. The ``model`` label is bounded: only a request that
+passed authorization and routing (a provider was tried) labels its model, and
+after ``MAX_MODEL_LABELS`` distinct names further ones are counted as ``other``
 (clients choose model names; labels must not grow without bound).
 """
 
@@ -219,7 +220,10 @@ class Metrics:
         for failed, reason in record.failovers:
             self.failovers.labels(failed, reason).inc()
         provider = record.provider or "none"
-        self.requests.labels(route, self._model(record.model), provider, record.outcome).inc()
+        # Only a model that passed authorization and routing names a label: any
+        # key could otherwise fill the label slots with names it may not use.
+        model = self._model(record.model) if record.provider is not None else ""
+        self.requests.labels(route, model, provider, record.outcome).inc()
         self.duration.labels(route).observe(record.duration_ms / 1000)
         if record.ttft_ms is not None:
             self.ttft.labels(route).observe(record.ttft_ms / 1000)
