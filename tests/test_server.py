@@ -16,6 +16,8 @@ import pytest
 import trio
 
 from tests.conftest import chat, events_of, eventually, open_mocks, running, wait_ready
+from tests.redis_server import RedisServer
+from trioproxy.admission.auth import new_key
 from trioproxy.relay.record import CompletionRecord
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.rawclient import RawClient, request
@@ -305,3 +307,47 @@ def test_response_headers_are_hypercorns_bytes_made_once_a_second(
     later = ours.response_headers("h11")
     assert calls[0] == 1 and (b"date", b"Mon, 30 Nov 2026 00:53:21 GMT") in later
     assert ours.response_headers("h2") == stock.response_headers("h2")
+
+
+async def test_a_redis_outage_is_one_log_line_and_its_end_another(
+    tmp_path: pathlib.Path, redis_server: RedisServer
+) -> None:
+    """Before, every request during an outage logged coredis's "Connection
+    closed unexpectedly!" followed by "NoneType: None"."""
+    key, block = new_key("alice")
+    config = tmp_path / "trioproxy.toml"
+    config.write_text(
+        f'redis_url = "{redis_server.url}"\naccess_log = false\n'
+        + block.replace("rpm = 0", "rpm = 100000")
+        + "admin = true\n"
+    )
+    auth = [("authorization", f"Bearer {key}")]
+    proc, url, log_path = _serve_config(config)
+    try:
+        await _wait_ready(url)
+        for _ in range(3):
+            ok = await request(url, "POST", "/v1/chat/completions", chat("mock-t2-i0"), auth)
+            assert ok.status == 200
+        redis_server.stop()
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(
+                    request, url, "POST", "/v1/chat/completions", chat("mock-t2-i0"), auth
+                )
+        redis_server.start()
+
+        async def back() -> bool:
+            ready = await request(url, "GET", "/readyz", headers=auth)
+            return bool(ready.json().get("redis") == "up")
+
+        await eventually(back, timeout=10)
+        for _ in range(3):
+            ok = await request(url, "POST", "/v1/chat/completions", chat("mock-t2-i0"), auth)
+            assert ok.status == 200
+        assert await _sigterm(proc) == 0
+    finally:
+        _kill(proc)
+    log = log_path.read_text()
+    assert log.count("unavailable") == 1, log
+    assert log.count("answers again") == 1, log
+    assert "NoneType: None" not in log and "Traceback" not in log, log

@@ -44,6 +44,9 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is ours
+    # coredis logs every lost connection (with an empty traceback) at INFO: an outage
+    # and its end are one line each of ours (trioproxy.redis).
+    logging.getLogger("coredis").setLevel(logging.WARNING)
 
 
 async def _run_mock(host: str, port: int, fault: Fault) -> None:
