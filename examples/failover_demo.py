@@ -122,9 +122,9 @@ def _routing(log_path: Path, request_id: str) -> str:
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:  # the line is written as the request ends
         for line in log_path.read_text().splitlines():
-            start = line.find("{")
+            start = line.find("trioproxy.access: {")  # the access line, not a warning
             if request_id and request_id in line and start >= 0:
-                record = json.loads(line[start:])
+                record = json.loads(line[start + len("trioproxy.access: ") :])
                 if record.get("request_id") == request_id:
                     tried = [f"{p} ({why})" for p, why in record["failovers"]]
                     via = f" after {', '.join(tried)} failed" if tried else ""
