@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import pathlib
 import tomllib
 from contextlib import aclosing
 
 import orjson
 import pytest
+import trio
 
 from tests.conftest import chat, eventually, running
+from tests.redis_server import RedisServer
 from trioproxy.admission.auth import new_key, parse_keys
 from trioproxy.admission.quotas import LocalQuotas, TokenCount
+from trioproxy.config import load_config
 from trioproxy.errors import Overloaded
 from trioproxy.testing.rawclient import RawClient, request
 
@@ -129,3 +133,58 @@ async def test_usage_reaches_metrics_by_key_and_source() -> None:
         body = (await request(gw.url, "GET", "/metrics", None, _auth(ROOT))).body
     line = b'trioproxy_tokens_total{key="root",kind="completion",source="estimated"} 5.0'
     assert line in body
+
+
+def _tpm_key(tmp_path: pathlib.Path, tpm: int) -> tuple[object, ...]:
+    (tmp_path / "keys.toml").write_text(ALICE_BLOCK.replace("tpm = 0", f"tpm = {tpm}"))
+    return load_config(tmp_path / "keys.toml").keys
+
+
+async def _burst(url: str, body: dict[str, object], n: int) -> list[int]:
+    statuses: list[int] = []
+
+    async def one() -> None:
+        statuses.append((await request(url, "POST", CHAT, body, _auth(ALICE))).status)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(one)
+    return statuses
+
+
+async def test_a_burst_overruns_tpm_by_at_most_one_requests_reservation(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The attack: tpm = 100, 20 streams of 1,000 tokens at once. Before, only
+    the prompts were counted at admission: 8 were admitted, 8,112 tokens that
+    minute. Now each reserves its max_tokens: one is admitted."""
+    async with running(keys=_tpm_key(tmp_path, 100)) as (gw, recorder):
+        body = chat("mock-t1000-i0", max_tokens=1000)
+        statuses = await _burst(gw.url, body, 20)
+        assert sorted(statuses) == [200] + [429] * 19
+        (record,) = [r for r in await recorder.wait_for(20) if r.status == 200]
+    used = record.prompt_tokens + record.completion_tokens
+    assert used <= 100 + 1000 + len(orjson.dumps(body)) // 4
+
+
+async def test_without_max_tokens_the_default_is_reserved_and_usage_replaces_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with running(keys=_tpm_key(tmp_path, 2000)) as (gw, recorder):
+        for _ in range(5):  # each ends before the next: its usage replaced its reservation
+            ok = await request(gw.url, "POST", CHAT, chat("mock-t12-i0"), _auth(ALICE))
+            assert ok.status == 200
+        # Together, 1024 (default_reserved_tokens) + the prompt each: two fit in 2000.
+        statuses = await _burst(gw.url, chat("mock-t200-i5"), 5)
+        assert sorted(statuses) == [200, 200, 429, 429, 429]
+        await recorder.wait_for(10)
+
+
+async def test_the_reservation_holds_through_a_shared_redis(
+    tmp_path: pathlib.Path, redis_server: RedisServer
+) -> None:
+    config = {"keys": _tpm_key(tmp_path, 100), "redis_url": redis_server.url}
+    async with running(**config) as (gw, recorder):
+        statuses = await _burst(gw.url, chat("mock-t1000-i0", max_tokens=1000), 20)
+        assert sorted(statuses) == [200] + [429] * 19
+        await recorder.wait_for(20)

@@ -91,6 +91,7 @@ class Config:
     early_admission: bool = True  # far from its limits, a key is counted while its request goes
     # --- usage ----------------------------------------------------------------
     request_usage: bool = False  # ask upstream for usage (include_usage); strip it for the client
+    default_reserved_tokens: int = 1024  # reserved against tpm for a request with no max_tokens
     # --- misc ---------------------------------------------------------------
     debug_endpoints: bool = False
     metrics: bool = True  # GET /metrics (Prometheus text format)
@@ -110,7 +111,10 @@ class Config:
             "workers", "backlog", "max_streams", "channel_size", "max_attempts", "max_body_reads",
             "max_connections",
         )  # fmt: skip
-        for name in (*positive, "max_event_bytes", "max_body_bytes", "max_response_bytes"):
+        for name in (
+            *positive, "max_event_bytes", "max_body_bytes", "max_response_bytes",
+            "default_reserved_tokens",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         for name in (

@@ -23,6 +23,7 @@ __all__ = [
     "Route",
     "BILLING_HEADERS",
     "forward_headers",
+    "output_limit",
     "session_key",
     "usage_requested",
     "validate",
@@ -121,6 +122,20 @@ def validate(route: Route, body: bytes) -> ParsedBody:
             raise BadRequest(f"'{name}' must be {_type_name(kind)}")
     user = obj.get("user")
     return ParsedBody(model, stream, obj, user if isinstance(user, str) and user else None)
+
+
+_OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def output_limit(parsed: ParsedBody) -> int | None:
+    """The most tokens the request lets the model write (``max_tokens``,
+    ``max_completion_tokens`` or ``max_output_tokens``), if it says."""
+    body = parsed.json or {}
+    for name in _OUTPUT_LIMITS:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 _USAGE_ROUTES = frozenset({"chat", "completions"})

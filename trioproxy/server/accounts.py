@@ -8,6 +8,9 @@ Rules:
   local ones when Redis is down and ``redis_failure = "open"``).
 - Before a body is read, :meth:`Accounts.precheck` refuses a key over one
   of this process's limits; shared limits are decided after the body.
+- tpm holds within one request's reservation: an admission reserves the
+  prompt's estimate and the most the request may generate; when the exchange
+  ends its real usage replaces the reservation.
 - Every admitted exchange holds a :class:`~trioproxy.admission.quotas.Grant`
   until its record is made; then its tokens are counted, once: the record's
   usage (``upstream`` or ``estimated``), or nothing if no upstream was reached.
@@ -67,15 +70,19 @@ class Accounts:
         the key's rpm window in this process."""
         self.local.count_request(key)
 
-    async def admit(self, key: ApiKey | None, ex: Exchange, estimate: int) -> None:
+    async def admit(self, key: ApiKey | None, ex: Exchange, prompt: int, output: int) -> None:
         """The key's limits (rpm, tpm, max_streams); raises 429, or 503 when they
-        cannot be checked and fail closed."""
-        ex.prompt_estimate = estimate
+        cannot be checked and fail closed. ``prompt``: the prompt's estimate;
+        ``output``: the most the request may generate (its ``max_tokens``, else
+        ``default_reserved_tokens``): both are reserved against tpm until the
+        exchange ends and its real usage replaces them."""
+        ex.prompt_estimate = prompt
+        reserved = prompt + output
         if self.shared is not None:
-            grant = await self.shared.admit(key, estimate, ex, ex.held.append, ex.mark)
+            grant = await self.shared.admit(key, reserved, ex, ex.held.append, ex.mark)
             ex.admission = grant.early
         else:
-            grant = self.local.admit(key, estimate, ex)
+            grant = self.local.admit(key, reserved, ex)
         self.grants[ex] = grant
         if grant.limiter is not None:
             ex.held.append(grant)

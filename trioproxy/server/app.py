@@ -42,6 +42,7 @@ from ..admission.routes import (
     ROUTES,
     ParsedBody,
     Route,
+    output_limit,
     session_key,
     usage_requested,
     validate,
@@ -327,7 +328,8 @@ class Gateway:
         ex.model, ex.stream = parsed.model, parsed.stream
         if key is not None:
             self.keyring.authorize(key, parsed.model)
-        await self.accounts.admit(key, ex, len(body) // 4)
+        output = output_limit(parsed) or self.config.default_reserved_tokens
+        await self.accounts.admit(key, ex, len(body) // 4, output)
         upstream = self._upstream_request(route, scope, body, parsed, ex)
         assert self.upstream is not None
         await self.limiter.acquire(ex)
