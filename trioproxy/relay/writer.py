@@ -15,11 +15,14 @@ before any byte reached the client: the writer answers an HTTP error in the
 route's dialect. If it closes after, the writer appends one SSE error event (and
 first ends an event the upstream left unfinished, so the client's parser stays
 in sync); a whole (non-SSE) answer is left without its end, so the server
-closes the connection short of it and the client sees an incomplete body.
+closes the connection short of it and the client sees an incomplete body. A
+request whose handler was cancelled (shutdown) or hit a bug is answered by
+:func:`send_abort`, in its dialect, within a bounded shield.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -27,10 +30,15 @@ import trio
 
 from ..asgi import Send
 from ..dialects import render_json, render_sse
-from ..errors import GatewayError, UpstreamBroken
+from ..errors import GatewayError, GatewayShutdown, UpstreamBroken
 from .exchange import Exchange
 
-__all__ = ["Item", "Rest", "Start", "Waiting", "receipt_header", "send_error", "write_client"]
+log = logging.getLogger("trioproxy")
+
+__all__ = [
+    "Item", "Rest", "Start", "Waiting", "receipt_header", "send_abort", "send_error",
+    "write_client",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,3 +202,33 @@ async def send_error(
         headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+_ABORT_SEND_TIMEOUT = 1.0  # s: bound on the shielded error answer of an aborted request
+
+
+async def send_abort(
+    exc: BaseException, ex: Exchange, send: Send, extra_headers: list[tuple[bytes, bytes]]
+) -> None:
+    """The request's handler was cancelled (graceful shutdown) or hit a bug:
+    tell the client in its dialect if anyone is listening, within a bounded
+    shield. An exchange already settled is left as it is."""
+    if ex.outcome is not None:
+        return
+    shutdown = not isinstance(exc, Exception)
+    if not shutdown:
+        log.exception("unexpected error in request %s", ex.request_id, exc_info=exc)
+    err = (
+        GatewayShutdown("gateway is shutting down")
+        if shutdown
+        else GatewayError("internal gateway error")
+    )
+    ex.fail(err)
+    with trio.move_on_after(_ABORT_SEND_TIMEOUT, shield=True):
+        if ex.status and ex.stream:  # response started: end it with an error event
+            event = render_sse(err, ex.dialect)
+            ex.sent(event)
+            await send({"type": "http.response.body", "body": event})
+        elif not ex.status:
+            ex.status = err.status
+            await send_error(send, err, extra_headers, ex)

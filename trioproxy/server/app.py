@@ -49,10 +49,9 @@ from ..admission.routes import (
 )
 from ..asgi import Receive, Scope, Send, already_disconnected, read_body, request_id, take_queued
 from ..config import Config, parse_bind
-from ..dialects import dialect_for_path, render_sse
+from ..dialects import dialect_for_path
 from ..errors import (
     GatewayError,
-    GatewayShutdown,
     MethodNotAllowed,
     NotFound,
     Outcome,
@@ -67,7 +66,7 @@ from ..relay.exchange import Exchange, Phase, StreamMetrics
 from ..relay.record import CompletionRecord
 from ..relay.run import Relay
 from ..relay.timeline import traceparent_of
-from ..relay.writer import send_error
+from ..relay.writer import send_abort, send_error
 from ..routing.failover import UpstreamRequest, upstream_request
 from ..routing.pools import Router
 from ..upstream.client import Upstream
@@ -82,7 +81,6 @@ access_log = logging.getLogger("trioproxy.access")
 
 CompletionHook = Callable[[CompletionRecord], Awaitable[None]]
 _RECENT_RECORDS = 20_000
-_SHUTDOWN_SEND_TIMEOUT = 1.0  # s: bound on the shielded error event at shutdown
 # Options a running gateway takes from a re-read config (SIGHUP); the rest need a restart.
 _RELOADABLE = (
     "providers", "openai_upstreams", "anthropic_upstreams", "routing_strategy", "max_attempts",
@@ -271,7 +269,7 @@ class Gateway:
             self.active[ex] = relay
             await relay.run(send, receive)
         except BaseException as exc:
-            await self._abort(exc, ex, send, extra)
+            await send_abort(exc, ex, send, extra)
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -349,31 +347,6 @@ class Gateway:
         headers = scope["headers"]
         session = session_key(headers, self._sticky_header, parsed, self.config.sticky_user_field)
         return upstream_request(self.router, route, headers, body, parsed, ex.request_id, session)
-
-    async def _abort(
-        self, exc: BaseException, ex: Exchange, send: Send, extra: list[tuple[bytes, bytes]]
-    ) -> None:
-        """The handler was cancelled (graceful shutdown) or hit a bug: tell the
-        client in its dialect if anyone is listening, within a bounded shield."""
-        if ex.outcome is not None:
-            return
-        shutdown = not isinstance(exc, Exception)
-        if not shutdown:
-            log.exception("unexpected error in request %s", ex.request_id, exc_info=exc)
-        err = (
-            GatewayShutdown("gateway is shutting down")
-            if shutdown
-            else GatewayError("internal gateway error")
-        )
-        ex.fail(err)
-        with trio.move_on_after(_SHUTDOWN_SEND_TIMEOUT, shield=True):
-            if ex.status and ex.stream:  # response started: end it with an error event
-                event = render_sse(err, ex.dialect)
-                ex.sent(event)
-                await send({"type": "http.response.body", "body": event})
-            elif not ex.status:
-                ex.status = err.status
-                await send_error(send, err, extra, ex)
 
     def _finish(self, ex: Exchange) -> None:
         """Record the outcome exactly once, log one access line, hand off."""
