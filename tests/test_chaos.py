@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from trioproxy.testing.chaos.campaign import run_campaign
-from trioproxy.testing.chaos.plan import BEHAVIOURS, FAULTS, Limits, plan
+from trioproxy.testing.chaos.plan import BEHAVIOURS, CLIENTS, FAULTS, Limits, RunResult, plan
 from trioproxy.testing.chaos.report import RSS_SLACK, Observed, check_invariants, format_report
 
 pytestmark = pytest.mark.slow  # not in `make quick`
@@ -78,6 +78,23 @@ def test_a_provider_stream_left_in_flight_is_caught() -> None:
     observed.final["providers"] = [{"name": "mock", "in_flight": 1}]
     (released,) = [i for i in check_invariants(runs, observed) if i.name == "streams_released"]
     assert not released.ok and "provider in_flight=1" in released.detail
+
+
+def test_a_plan_has_clients_of_every_kind_with_every_behaviour() -> None:
+    runs = plan(2000, 5, LIMITS)
+    assert {(r.client, r.behaviour) for r in runs} == {(c, b) for c in CLIENTS for b in BEHAVIOURS}
+
+
+def test_a_client_left_waiting_for_its_answer_to_end_is_caught() -> None:
+    """An HTTP/1.0 answer ends when the gateway closes the connection: a client
+    still reading at the hang bound is a hung client."""
+    runs = plan(40, 3, LIMITS)
+    results = [RunResult(run) for run in runs]
+    assert all(inv.ok for inv in check_invariants(runs, _healthy(runs), results))
+    results[0].client_error = "TooSlowError: "
+    failed = [i for i in check_invariants(runs, _healthy(runs), results) if not i.ok]
+    assert [i.name for i in failed] == ["no_client_hung"]
+    assert runs[0].request_id in failed[0].detail
 
 
 @pytest.mark.parametrize("name", sorted(_violations()))

@@ -56,8 +56,19 @@ class RawClient:
         return cls(stream, read_size, host=parts.netloc)
 
     async def send_request(
-        self, method: str, path: str, body: Any = None, headers: Sequence[tuple[str, str]] = ()
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: Sequence[tuple[str, str]] = (),
+        http10: bool = False,
+        body_pieces: int = 1,
+        piece_gap: float = 0.0,
     ) -> None:
+        """``http10``: the request line says HTTP/1.0 (h11 sends only HTTP/1.1,
+        so those bytes are written here; h11 still reads the answer, whose body
+        ends when the server closes). ``body_pieces``: the body goes out in that
+        many writes, ``piece_gap`` s apart (a slow upload)."""
         data = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()  # the next request on this keep-alive connection
@@ -67,11 +78,28 @@ class RawClient:
             if not any(name.lower() == "content-type" for name, _ in headers):
                 hdrs.append(("content-type", "application/json"))
             hdrs.append(("content-length", str(len(data))))
+        if http10:
+            hdrs.append(("connection", "close"))
         out = self.conn.send(h11.Request(method=method, target=path, headers=hdrs)) or b""
+        if http10:
+            line, _, rest = out.partition(b"\r\n")
+            out = (
+                line.replace(b" HTTP/1.1", b" HTTP/1.0")
+                + b"\r\n"
+                + rest.replace(b"connection: close\r\n", b"")
+            )
+        head = len(out)
         if data:
             out += self.conn.send(h11.Data(data=data)) or b""
         out += self.conn.send(h11.EndOfMessage()) or b""
-        await self.stream.send_all(out)
+        if body_pieces <= 1 or not data:
+            await self.stream.send_all(out)
+            return
+        await self.stream.send_all(out[:head])
+        step = -(-(len(out) - head) // body_pieces)
+        for start in range(head, len(out), step):
+            await trio.sleep(piece_gap)
+            await self.stream.send_all(out[start : start + step])
 
     async def next_event(self) -> Any:
         while True:

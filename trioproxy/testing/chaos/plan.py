@@ -27,6 +27,7 @@ from ..rawclient import RawClient
 
 __all__ = [
     "BEHAVIOURS",
+    "CLIENTS",
     "FAULTS",
     "Limits",
     "Run",
@@ -46,6 +47,10 @@ BEHAVIOURS = (
     "read_slowly",
     "never_read",
 )
+# How the client speaks: HTTP/1.1 keep-alive, HTTP/1.0 (nginx's default proxy),
+# Connection: close, or keep-alive with a body that trickles in. Drawn from a
+# stream of its own, so a seed's faults and behaviours are what they always were.
+CLIENTS = ("keep-alive", "keep-alive", "http1.0", "close", "slow-body")
 FAULT_OUTCOME = {
     "none": "done",
     "stall": "upstream_idle_timeout",
@@ -87,6 +92,7 @@ class Run:
     events_available: int  # data events the client can get before the fault
     k: int  # disconnect after k events (disconnect_after)
     expected: frozenset[str]
+    client: str = "keep-alive"  # one of CLIENTS
 
 
 @dataclass(slots=True)
@@ -106,6 +112,7 @@ def plan(
     runs: int, seed: int, limits: Limits, routes: tuple[str, ...] = ("chat", "messages")
 ) -> list[Run]:
     rng = random.Random(seed)
+    clients = random.Random(f"clients-{seed}")
     out = []
     for i in range(runs):
         fault, behaviour = rng.choice(FAULTS), rng.choice(BEHAVIOURS)
@@ -152,6 +159,7 @@ def plan(
                 events_available=available,
                 k=k,
                 expected=frozenset(expected),
+                client=clients.choice(CLIENTS),
             )
         )
     return out
@@ -175,9 +183,14 @@ async def execute(run: Run, url: str, limits: Limits, peer_closed: Any) -> RunRe
     read_size = 512 if run.behaviour == "read_slowly" else 65536
     client = await RawClient.connect(url, read_size)
     try:
+        headers = [("x-request-id", run.request_id)]
+        if run.client == "close":
+            headers.append(("connection", "close"))
+        slow = run.client == "slow-body"
         await client.send_request(
-            "POST", _path(run), _body(run), headers=[("x-request-id", run.request_id)]
-        )
+            "POST", _path(run), _body(run), headers, http10=run.client == "http1.0",
+            body_pieces=3 if slow else 1, piece_gap=0.02 if slow else 0.0,
+        )  # fmt: skip
         if run.behaviour == "disconnect_before_headers":
             return result
         if run.behaviour == "never_read":

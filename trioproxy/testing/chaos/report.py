@@ -13,6 +13,9 @@ The invariants, each checked after the campaign has settled:
 5. ``detached_drained``: no detached work pending, none failed, the service
    nursery alive (the gateway still ready).
 6. ``rss_bounded``: gateway RSS after the campaign ≤ baseline + ``RSS_SLACK``.
+7. ``no_client_hung``: no client waited past the gateway's timeouts (plus
+   ``hang_bound``) for its answer to end: an HTTP/1.0 or ``Connection: close``
+   answer ends only when the gateway closes the connection.
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ class Observed:
     peer_closes: list[dict[str, Any]]  # /mock/peer-closes
 
 
-def check_invariants(runs: Sequence[Run], observed: Observed) -> list[Invariant]:
+def check_invariants(
+    runs: Sequence[Run], observed: Observed, results: Sequence[RunResult] = ()
+) -> list[Invariant]:
     final, base = observed.final, observed.baseline
     by_id: dict[str, list[str]] = collections.defaultdict(list)
     for record in observed.records:
@@ -65,6 +70,11 @@ def check_invariants(runs: Sequence[Run], observed: Observed) -> list[Invariant]
         f"{r.request_id} {r.fault} x {r.behaviour}: {by_id[r.request_id][0]} not in {sorted(r.expected)}"
         for r in runs
         if len(by_id[r.request_id]) == 1 and by_id[r.request_id][0] not in r.expected
+    ]
+    hung = [
+        f"{r.run.request_id} ({r.run.client}, {r.run.fault} x {r.run.behaviour})"
+        for r in results
+        if r.client_error is not None and r.client_error.startswith("TooSlowError")
     ]
     limiter, detached, mock = final["limiter"], final["detached"] or {}, observed.mock_stats
     provider_streams = sum(p["in_flight"] for p in final.get("providers", []))
@@ -109,6 +119,7 @@ def check_invariants(runs: Sequence[Run], observed: Observed) -> list[Invariant]
             f"rss baseline={base['rss_bytes'] >> 20} MiB after={final['rss_bytes'] >> 20} MiB "
             f"(bound +{RSS_SLACK >> 20} MiB)",
         ),
+        Invariant("no_client_hung", not hung, "; ".join(hung[:10]) or f"{len(results)} clients"),
     ]
 
 
@@ -168,7 +179,7 @@ def build_report(
         cell = table.setdefault(run.fault, {}).setdefault(run.behaviour, {})
         got = outcome.get(run.request_id, "missing")
         cell[got] = cell.get(got, 0) + 1
-    invariants = check_invariants(runs, observed)
+    invariants = check_invariants(runs, observed, results)
     latencies = cancel_latencies(results, observed)
     return {
         "seed": seed,
@@ -176,6 +187,7 @@ def build_report(
         "concurrency": concurrency,
         "duration_s": round(duration, 2),
         "table": table,
+        "clients": dict(collections.Counter(run.client for run in runs)),
         "cancel_latency_ms": _quantiles(ms for ms, _ in latencies),
         "slowest_cancellations": [
             f"{ms:.1f} ms {r.run.request_id} {r.run.fault} x {r.run.behaviour}"
@@ -208,8 +220,10 @@ def format_report(report: dict[str, Any]) -> str:
             counts = ", ".join(f"{k} {v}" for k, v in sorted(cell.items()))
             lines.append(f"{fault:<15} {behaviour:<26} {counts}")
     lat, idle = report["cancel_latency_ms"], report["idle_timeout_fire_error_ms"]
+    clients = report.get("clients", {})
     lines += [
         "",
+        "clients: " + ", ".join(f"{k} {v}" for k, v in sorted(clients.items())),
         "cancellation latency (client close -> upstream close at the mock), ms: "
         + ", ".join(f"{k} {v}" for k, v in lat.items()),
         *("  slowest: " + s for s in report["slowest_cancellations"]),
