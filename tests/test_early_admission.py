@@ -8,6 +8,7 @@ and a hung Redis costs such a key nothing.
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,8 @@ KEY, BLOCK = new_key("early")
 ROOT, ROOT_BLOCK = new_key("root")
 CHAT = "/v1/chat/completions"
 AUTH = [("authorization", f"Bearer {KEY}")]
+# The key's state in Redis lives under its id (its hash's prefix), not its name.
+PREFIX = "tp:{" + hashlib.sha256(KEY.encode()).hexdigest()[:16] + "}:"
 
 
 def _keys(rpm: int = 0, max_streams: int = 0) -> tuple[dict[str, object], ...]:
@@ -60,7 +63,7 @@ async def test_an_early_admission_is_counted_in_redis_and_holds_its_lease(
             assert await _status(gw.url) == 200
         # The first waited for Redis (nothing known of the key); the others did not.
         assert await _metric(gw.url, "trioproxy_limit_early_admissions_total") == 4
-        assert await r.zcard("tp:{early}:rpm") == 5  # every one counted
+        assert await r.zcard(PREFIX + "rpm") == 5  # every one counted
         client = await RawClient.connect(gw.url)
         await client.send_request("POST", CHAT, chat("mock-t40-i25"), AUTH)
         status, _ = await client.response_head()
@@ -68,13 +71,13 @@ async def test_an_early_admission_is_counted_in_redis_and_holds_its_lease(
         chunks = client.body_chunks()
         await chunks.__anext__()  # streaming: its lease is held in Redis
         assert await _metric(gw.url, "trioproxy_limit_early_admissions_total") == 5
-        assert await r.zcard("tp:{early}:leases") == 1
+        assert await r.zcard(PREFIX + "leases") == 1
         async for _ in chunks:
             pass
         await client.close()
 
         async def lease_back() -> bool:
-            return await r.zcard("tp:{early}:leases") == 0
+            return await r.zcard(PREFIX + "leases") == 0
 
         await eventually(lease_back)
 
@@ -110,18 +113,18 @@ async def test_another_host_filling_the_limit_unseen_costs_one_overrun_then_429(
     ):
         assert await _status(gw.url) == 200  # this host's view: 1 of 10
         now_ms = int((await r.time()).timestamp() * 1000)  # Redis's clock, as the script's
-        await r.zadd("tp:{early}:rpm", {f"other-host-{i}": now_ms for i in range(9)})
+        await r.zadd(PREFIX + "rpm", {f"other-host-{i}": now_ms for i in range(9)})
         assert await _status(gw.url) == 200  # early: it left before Redis answered
 
         async def overrun_counted() -> bool:
             return await _metric(gw.url, "trioproxy_limit_early_overruns_total") == 1
 
         await eventually(overrun_counted)
-        assert await r.zcard("tp:{early}:rpm") == 11  # counted, so every host sees it
+        assert await r.zcard(PREFIX + "rpm") == 11  # counted, so every host sees it
         refused = await request(gw.url, "POST", CHAT, chat("mock-t2-i0"), AUTH)
         assert refused.status == 429 and int(refused.headers[b"retry-after"]) >= 1
         assert refused.json()["error"]["type"] == "rate_limit_error"
-        assert await r.zcard("tp:{early}:rpm") == 11  # a refusal counts nothing
+        assert await r.zcard(PREFIX + "rpm") == 11  # a refusal counts nothing
 
 
 async def test_a_hung_redis_costs_a_key_far_from_its_limits_nothing(

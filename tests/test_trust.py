@@ -11,7 +11,7 @@ import trio
 import trio.testing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from tests.conftest import chat, eventually, open_mocks, provider, running
+from tests.conftest import chat, eventually, make_config, open_mocks, provider, running
 from trioproxy.admission.auth import new_key
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.rawclient import RawClient, RawResponse, request
@@ -333,3 +333,25 @@ async def test_only_the_public_key_is_readable_without_a_key_under_attestation()
         assert lookups == []
         key = await request(gw.url, "GET", "/v1/attestation/key")
         assert key.status == 200 and key.json()["public_key_pem"]
+
+
+async def test_a_new_key_given_an_old_name_owns_nothing_of_the_old_keys() -> None:
+    """The operator revokes alice's key and gives a new tenant a key named
+    "alice". Before, receipts and usage belonged to the name: the new tenant
+    read the old one's receipts and inherited its all-time usage."""
+    old, old_block = new_key("alice")
+    new, new_block = new_key("alice")
+    async with running(keys=(_table(old_block),)) as (gw, _):
+        mine = await request(gw.url, "POST", CHAT, chat("mock-t3-i0"), _auth(old))
+        receipt_id = mine.headers[b"x-trioproxy-receipt-id"].decode()
+        document = (await _receipt(gw.url, receipt_id, old)).json()
+        usage = await request(gw.url, "GET", "/v1/usage", None, _auth(old))
+        assert usage.json()["all_time"]["requests"] == 1
+        gw.app.reload(make_config(keys=(_table(new_block),)))
+        for ref in (receipt_id, document["receipt"]["completion_id"]):
+            assert (await _receipt(gw.url, ref, new, status=404)).status == 404
+        usage = await request(gw.url, "GET", "/v1/usage", None, _auth(new))
+        assert usage.json()["key"] == "alice"
+        assert usage.json()["all_time"]["requests"] == 0
+        assert document["receipt"]["key"] == "alice"
+        assert document["receipt"]["key_id"] == hashlib.sha256(old.encode()).hexdigest()[:16]

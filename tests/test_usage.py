@@ -45,7 +45,7 @@ def test_tpm_counts_the_prompt_at_admission_and_the_rest_at_the_end() -> None:
     quotas.admit(carol, 1, object())
     # A refused request counted nowhere: 2 admissions in the rpm window, not 4.
     assert len(quotas.states["carol"].requests or ()) == 2
-    totals = quotas.totals("carol")["all_time"]
+    totals = quotas.totals(carol.id)["all_time"]
     assert totals == {
         "requests": 1, "prompt_tokens": 90, "completion_tokens": 20,
         "estimated_tokens": 0, "estimated_share": 0.0,

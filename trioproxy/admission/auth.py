@@ -40,6 +40,13 @@ class ApiKey:
     admin: bool = False  # may read /metrics, /debug/*, /readyz details and every receipt
     tpm: int = 0  # 0: no tokens-per-minute limit (prompt + completion)
 
+    @property
+    def id(self) -> str:
+        """The key's stable id: its hash's first 16 hex digits. What it owns
+        (receipts, usage, shared limits) is stored under this, not its name: a
+        new key given an old name owns none of the old key's."""
+        return self.sha256[:16]
+
 
 _KEY_OPTIONS = frozenset({"name", "sha256", "max_streams", "models", "rpm", "admin", "tpm"})
 MAX_KEY_NAME = 64  # names become Redis keys, labels and record fields

@@ -15,7 +15,7 @@ Rules (the same ones :mod:`trioproxy.shared.limits` runs in Redis for every host
 - The same three are checked before a request's body is read
   (:meth:`LocalQuotas.precheck`), so a key over a limit holds no body-read
   slot; a body that times out (408) counts in the key's rpm window.
-- Usage totals per key (``None`` = open mode) for the current minute, the
+- Usage totals per key id (``None`` = open mode; :attr:`ApiKey.id`, never its name) for the current minute, the
   current day (UTC) and all time: requests that reached an upstream, prompt
   and completion tokens, and how many of those tokens were estimated.
 
@@ -280,11 +280,13 @@ class LocalQuotas:
             now = self.clock()
             state.tokens.add(grant.tpm_delta(tokens, now), now)
         if tokens is not None:
-            book = self.usage.get(name)
+            account = grant.key.id if grant.key is not None else None
+            book = self.usage.get(account)
             if book is None:
-                book = self.usage[name] = UsageBook()
+                book = self.usage[account] = UsageBook()
             book.add(tokens, self.wall())
 
-    def totals(self, name: str | None) -> dict[str, dict[str, int | float]]:
-        book = self.usage.get(name) or UsageBook()
+    def totals(self, account: str | None) -> dict[str, dict[str, int | float]]:
+        """The totals of the key with id ``account`` (None: open mode)."""
+        book = self.usage.get(account) or UsageBook()
         return book.periods(self.wall())

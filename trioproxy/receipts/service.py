@@ -157,6 +157,7 @@ def build_receipt(record: CompletionRecord) -> dict[str, Any]:
         "completion_id": record.completion_id,
         "request_id": record.request_id,
         "key": record.key,
+        "key_id": record.key_id,
         "status": record.status,
         "model": record.model,
         "upstream_model": record.upstream_model,
@@ -222,7 +223,7 @@ class ReceiptService:
         self._flush_delay = flush_delay
         self._queue: list[CompletionRecord] = []  # submitted, not signed yet
         self._flushing = False
-        # Receipt ids and completion ids, finished but not stored: ref -> owner (key name).
+        # Receipt ids and completion ids, finished but not stored: ref -> owner (key id).
         self.pending: dict[str, str | None] = {}
         # When each recent receipt was stored (wall clock), by request id: /debug/trace.
         self.stored_at: collections.OrderedDict[str, float] = collections.OrderedDict()
@@ -256,7 +257,7 @@ class ReceiptService:
         self._queue.append(record)
         for ref in (record.receipt_id, record.completion_id):
             if ref is not None:
-                self.pending[ref] = record.key
+                self.pending[ref] = record.key_id
         self._pending += 1
 
     async def _flush(self) -> None:
@@ -302,7 +303,7 @@ class ReceiptService:
             "text_signature": self.signer.sign_hex(text.encode()),
         }
         return Row(
-            receipt["id"], receipt["completion_id"], receipt["key"], receipt["created"],
+            receipt["id"], receipt["completion_id"], receipt["key_id"], receipt["created"],
             orjson.dumps(document),
         )  # fmt: skip
 
@@ -344,7 +345,7 @@ class ReceiptService:
 
     async def lookup(self, ref: str, owner: str | None) -> tuple[int, bytes | None]:
         """(200, document) | (202, None) while pending | (404, None). ``owner``: the
-        reading key's name (None: any receipt); another key's receipt is 404,
+        reading key's id (None: any receipt); another key's receipt is 404,
         exactly like an unknown one."""
         if ref in self.pending:
             pending_owner = self.pending[ref]

@@ -6,7 +6,7 @@ Rules:
   is an error (:class:`ReceiptExists`), never a replacement.
 - A receipt is found by its own id, or by the upstream's completion id (the
   newest such receipt the caller may read).
-- Reads are scoped: ``owner`` is the name of the API key asking, and a row made
+- Reads are scoped: ``owner`` is the id of the API key asking (``ApiKey.id``), and a row made
   for another key is not found, exactly like an unknown id (no existence
   oracle); ``owner=None`` reads any row (an admin key, or a gateway without
   keys).
@@ -41,7 +41,7 @@ class ReceiptExists(Exception):
 class Row:
     receipt_id: str
     completion_id: str | None  # the upstream's id, if it gave one
-    owner: str | None  # the API key's name, None in open mode
+    owner: str | None  # the API key's id (never its name), None in open mode
     created: float
     document: bytes  # the signed receipt document (JSON)
 

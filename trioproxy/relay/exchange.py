@@ -124,6 +124,7 @@ class Exchange:
     # -- the request (handler) --------------------------------------------------
     model: str | None = None
     key: str | None = None  # the API key's name (never the key)
+    key_id: str | None = None  # the key's id (its hash's prefix): what it owns is stored under it
     stream: bool = False
     request_sha256: str | None = None
     receipt_id: str | None = None  # made by the gateway when receipts are on

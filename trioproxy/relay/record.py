@@ -68,6 +68,7 @@ class CompletionRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usage_source: str | None = None  # upstream | estimated; None: no upstream was reached
+    key_id: str | None = None  # the key's id: receipts and usage are owned under it
 
     @classmethod
     def from_exchange(cls, ex: Exchange) -> CompletionRecord:
@@ -136,6 +137,7 @@ class CompletionRecord:
             prompt_tokens=prompt,
             completion_tokens=completion,
             usage_source=source,
+            key_id=ex.key_id,
         )
 
     def to_json(self) -> bytes:

@@ -100,11 +100,13 @@ class Accounts:
         else:
             self.local.settle(grant, tokens)
 
-    async def usage(self, name: str | None) -> dict[str, Any]:
-        """``GET /v1/usage``: a key's totals, of every host when Redis is shared."""
+    async def usage(self, key: ApiKey | None) -> dict[str, Any]:
+        """``GET /v1/usage``: a key's totals (kept under its id), of every host
+        when Redis is shared."""
+        account = key.id if key is not None else None
         if self.shared is not None:
-            return await self.shared.totals(name)
-        return {**self.local.totals(name), "scope": "this process"}
+            return await self.shared.totals(account)
+        return {**self.local.totals(account), "scope": "this process"}
 
     def redis_state(self) -> str:
         """off | up | down | down-closed (down, and limits fail closed)."""

@@ -294,7 +294,7 @@ class Gateway:
         if scope["method"] != route.method:
             raise MethodNotAllowed(f"{path} accepts {route.method} only")
         key = self.keyring.authenticate(scope["headers"]) if self.keyring else None
-        ex.key = key.name if key else None
+        ex.key, ex.key_id = (key.name, key.id) if key else (None, None)
         if route.name == "models" and await endpoints.list_models(
             send, self.router, self.keyring, key, extra
         ):

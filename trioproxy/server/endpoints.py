@@ -76,7 +76,7 @@ async def receipt(
     send: Send, path: str, query: bytes, receipts: ReceiptService | None, owner: str | None
 ) -> None:
     """``GET /v1/attestation/key`` and ``GET /v1/signature/{id}`` (by receipt id or
-    the upstream's completion id). ``owner``: the reading key's name, None for an
+    the upstream's completion id). ``owner``: the reading key's id, None for an
     admin key or a gateway without keys; another key's receipt is a 404 exactly
     like an unknown id. ``?signing_algo=ed25519`` answers the shape that
     attested-inference verifiers read: ``{text, signature, signing_address,
@@ -111,15 +111,15 @@ async def receipt(
 async def usage(scope: Scope, gw: GatewayView, key: ApiKey | None, admin: bool) -> dict[str, Any]:
     """``GET /v1/usage``: the calling key's totals; an admin key may ask for
     another key's with ``?key=NAME`` (a name that is not configured is a 404)."""
-    name = key.name if key is not None else None
     asked = parse_qs(scope.get("query_string", b"").decode("ascii", "replace")).get("key")
-    if asked and asked[0] != name:
+    if asked and asked[0] != (key.name if key is not None else None):
         if not admin:
             raise AdminOnly("reading another key's usage needs an admin key")
-        if asked[0] not in {k.name for k in gw.keyring.keys}:
+        named = [k for k in gw.keyring.keys if k.name == asked[0]]
+        if not named:
             raise NotFound("no such key")
-        name = asked[0]
-    return {"key": name, **await gw.accounts.usage(name)}
+        key = named[0]
+    return {"key": key.name if key is not None else None, **await gw.accounts.usage(key)}
 
 
 MAX_RECORDS_PAGE = 1000
@@ -249,7 +249,7 @@ class OwnEndpoints:
         if (public_key or path.startswith("/v1/signature/")) and scope["method"] == "GET":
             if refused is not None and not public_key:
                 raise refused
-            owner = None if admin or key is None else key.name
+            owner = None if admin or key is None else key.id
             query = scope.get("query_string", b"")
             await receipt(send, path, query, gw.receipts, owner)
             return True

@@ -96,7 +96,7 @@ class SharedQuotas:
         self._settle = redis.script(SETTLE)
         self._refresh = redis.script(REFRESH)
         self._usage = redis.script(USAGE)
-        self.leases: dict[str, str] = {}  # live lease id -> key name
+        self.leases: dict[str, str] = {}  # live lease id -> key id
         self.fallbacks = 0  # admissions decided by this process because Redis was down
         self.early_admission = not fail_closed  # config: early_admission (never fail-closed)
         self.early = 0  # admitted at once, counted while the upstream request was on its way
@@ -173,7 +173,7 @@ class SharedQuotas:
         """The admission round trip (``ADMIT``), or the fallback. ``early``: the
         request runs already; it is counted whatever the limits say."""
         now = self.local.clock()
-        prefix = key_prefix(key.name)
+        prefix = key_prefix(key.id)
         lease = secrets.token_hex(12) if key.max_streams else ""
         self._count_pending(key.name, 1, estimate)
         sent = self.redis.up  # down: the call fails before anything reaches Redis
@@ -210,7 +210,7 @@ class SharedQuotas:
             self._views.pop(key.name, None)
             raise over_limit(key, verdict.decode(), -(-int(wait_ms) // 1000))
         if lease:
-            self.leases[lease] = key.name
+            self.leases[lease] = key.id
         return Grant(key, estimate, now, shared=True, lease=lease or None)
 
     def settle(self, grant: Grant, tokens: TokenCount | None) -> None:
@@ -230,7 +230,7 @@ class SharedQuotas:
             self.local.settle(grant, tokens)
 
     async def _settle_in_redis(self, grant: Grant, tokens: TokenCount | None) -> None:
-        prefix = key_prefix(grant.key.name if grant.key is not None else None)
+        prefix = key_prefix(grant.key.id if grant.key is not None else None)
         tpm = grant.key is not None and grant.key.tpm > 0
         try:
             await self.redis.run(
@@ -248,7 +248,7 @@ class SharedQuotas:
     async def _release(self, grant: Grant) -> None:
         """Give back a lease whose admission answer never came (Redis down: it
         expires within ``lease_ttl`` instead)."""
-        prefix = key_prefix(grant.key.name if grant.key is not None else None)
+        prefix = key_prefix(grant.key.id if grant.key is not None else None)
         args = (grant.lease, 0, 0, 0, 0, 0, 0)
         with contextlib.suppress(RedisUnavailable):
             keys = (prefix + "tpm", prefix + "leases", prefix + "usage")
@@ -259,25 +259,26 @@ class SharedQuotas:
         while True:
             await trio.sleep(self.lease_ttl / 3)
             by_key: dict[str, list[str]] = {}
-            for lease, name in self.leases.items():
-                by_key.setdefault(name, []).append(lease)
-            for name, leases in by_key.items():
+            for lease, account in self.leases.items():
+                by_key.setdefault(account, []).append(lease)
+            for account, leases in by_key.items():
                 try:
                     await self.redis.run(
                         self._refresh,
-                        (key_prefix(name) + "leases",),
+                        (key_prefix(account) + "leases",),
                         (int(self.lease_ttl * 1000), *leases),
                         off_path=True,
                     )
                 except RedisUnavailable:
                     break
 
-    async def totals(self, name: str | None) -> dict[str, Any]:
-        """The key's totals of every host; this process's when Redis is down."""
+    async def totals(self, account: str | None) -> dict[str, Any]:
+        """The totals of the key with id ``account`` (None: open mode) on every
+        host; this process's when Redis is down."""
         try:
-            reply = await self.redis.run(self._usage, (key_prefix(name) + "usage",), ())
+            reply = await self.redis.run(self._usage, (key_prefix(account) + "usage",), ())
         except RedisUnavailable:
-            return {**self.local.totals(name), "scope": "this process (redis unavailable)"}
+            return {**self.local.totals(account), "scope": "this process (redis unavailable)"}
         second, values = int(reply[0]), reply[1:]
         fields = {values[i].decode(): int(values[i + 1]) for i in range(0, len(values), 2)}
         current = {"m": second // 60, "d": second // 86400}
