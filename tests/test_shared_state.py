@@ -16,6 +16,7 @@ import trio
 
 from tests.conftest import chat, eventually, running
 from tests.redis_server import RedisServer
+from tests.scripted_upstream import scripted_upstream
 from trioproxy.admission.auth import new_key
 from trioproxy.config import load_config
 from trioproxy.errors import ConfigError
@@ -237,3 +238,35 @@ async def test_one_slow_answer_is_not_an_outage(redis_server: RedisServer) -> No
             return await _status(gw.url, NEAR) == 200
 
         await eventually(admitted, timeout=3)
+
+
+async def test_a_completion_id_others_reuse_still_finds_the_callers_receipt(
+    redis_server: RedisServer,
+) -> None:
+    """Servers that reuse completion ids (Ollama's ``chatcmpl-NNN``): alice's
+    receipt, then 100 of free's with the same id. Before, the index of that id
+    grew without bound and a lookup scanned its 64 newest entries (all free's):
+    alice's was not found."""
+    events = (
+        b'data: {"id":"chatcmpl-123","choices":[{"index":0,"delta":{"content":"x"}}]}\n\n',
+        b"data: [DONE]\n\n",
+    )
+    async with scripted_upstream(events) as url:
+        config = {
+            "redis_url": redis_server.url, "keys": _keys(), "receipt_store": "redis",
+            "openai_upstreams": (url,),
+        }  # fmt: skip
+        async with running(**config) as (gw, recorder):
+            mine = await request(gw.url, "POST", CHAT, chat("m"), _auth(ALICE))
+            assert mine.status == 200
+            for _ in range(100):
+                assert (await request(gw.url, "POST", CHAT, chat("m"), _auth(FREE))).status == 200
+            await recorder.wait_for(101)
+            receipts = gw.app.receipts
+            assert receipts is not None
+            await eventually(lambda: receipts.statistics().stored == 101)
+            found = await request(gw.url, "GET", "/v1/signature/chatcmpl-123", None, _auth(ALICE))
+            assert found.status == 200, found.body
+            assert found.json()["receipt"]["id"] == mine.headers[b"x-trioproxy-receipt-id"].decode()
+    async with coredis.Redis("127.0.0.1", redis_server.port) as r:
+        assert await r.zcard("tp:cid:chatcmpl-123") == 64  # trimmed to the newest

@@ -28,10 +28,18 @@ __all__ = ["RedisReceiptStore", "SpooledStore"]
 
 log = logging.getLogger("trioproxy.receipts")
 COPY_BATCH = 200  # spooled rows copied to Redis per round
+INDEX_KEEP = 64  # receipts a completion-id index keeps (the newest; per owner and in all)
 
 
 def _ref_ok(ref: str) -> bool:
     return 0 < len(ref) <= 256 and ref.isascii() and ref.isprintable() and " " not in ref
+
+
+def _indexes(completion_id: str, owner: str | None) -> tuple[str, ...]:
+    """The completion-id index of every owner, then the owner's own (owner ids
+    are hex, the completion id bounded by :func:`_ref_ok`)."""
+    every = "tp:cid:" + completion_id
+    return (every,) if not owner else (every, "tp:ocid:" + owner + ":" + completion_id)
 
 
 class RedisReceiptStore:
@@ -45,8 +53,18 @@ class RedisReceiptStore:
         """True if stored, False if a receipt with that id is there already."""
         stored = await self.redis.run(
             self._put,
-            ("tp:rcpt:" + row.receipt_id, "tp:cid:" + (row.completion_id or row.receipt_id)),
-            (row.document, row.owner or "", repr(row.created), row.completion_id or "", self.ttl),
+            (
+                "tp:rcpt:" + row.receipt_id,
+                *_indexes(row.completion_id or row.receipt_id, row.owner),
+            ),
+            (
+                row.document,
+                row.owner or "",
+                repr(row.created),
+                row.completion_id or "",
+                self.ttl,
+                INDEX_KEEP,
+            ),
             off_path=True,  # detached: the spool takes it if this fails
         )
         return bool(stored)
@@ -56,7 +74,7 @@ class RedisReceiptStore:
             return None
         found = await self.redis.run(
             self._get,
-            ("tp:rcpt:" + ref, "tp:cid:" + ref),
+            ("tp:rcpt:" + ref, _indexes(ref, owner)[-1]),
             (owner or "", "1" if owner is None else "0"),
         )
         return bytes(found) if found else None

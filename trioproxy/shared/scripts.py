@@ -135,21 +135,31 @@ table.insert(all, 1, redis.call('TIME')[1])
 return all
 """
 
-# KEYS: receipt hash, completion-id index zset
-# ARGV: document, owner ('' = none), created, completion id ('' = none), ttl seconds
+# KEYS: receipt hash, completion-id index zset (every owner's), the owner's own index
+# ARGV: document, owner ('' = none), created, completion id ('' = none), ttl seconds,
+#       entries an index keeps
 # -> 1 stored, 0 an id that exists (insert-only)
+# An index keeps the newest entries only, and none older than the ttl (their receipts
+# are gone): servers that reuse ids (chatcmpl-NNN) cannot grow it, and one owner's
+# receipts are found in its own index however many other owners share the id.
 PUT_RECEIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'owner', ARGV[2], 'created', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 if ARGV[4] ~= '' then
-  redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
+  local keep = tonumber(ARGV[6])
+  for i = 2, #KEYS do
+    redis.call('ZADD', KEYS[i], ARGV[3], KEYS[1])
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[5]))
+    redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -keep - 1)
+    redis.call('EXPIRE', KEYS[i], ARGV[5])
+  end
 end
 return 1
 """
 
-# KEYS: receipt hash (by receipt id), completion-id index zset
+# KEYS: receipt hash (by receipt id), completion-id index zset (the reader's own, or
+# every owner's for an admin or open mode)
 # ARGV: owner, any ('1': an admin or open mode reads every row)
 # -> the document, or nil (unknown, or another key's: the same answer)
 GET_RECEIPT = """
