@@ -153,3 +153,42 @@ async def test_a_hung_redis_costs_a_key_far_from_its_limits_nothing(
             assert gw.app.accounts.shared.early == 1
         finally:
             redis_server.resume()
+
+
+async def test_one_host_alone_never_overruns_a_limit(redis_server: RedisServer) -> None:
+    """The burst: rpm 20, one request, then 40 at once on one host. Before, the
+    early admissions on their way were unknown to the host's exact decisions:
+    27 were admitted, 7 of them overruns. Now the ADMIT call carries them."""
+    async with running(redis_url=redis_server.url, keys=_keys(rpm=20)) as (gw, _):
+        assert await _status(gw.url) == 200
+        statuses: list[int] = []
+
+        async def one() -> None:
+            statuses.append(await _status(gw.url))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(40):
+                nursery.start_soon(one)
+        assert statuses.count(200) == 19  # 20 in the minute, the first included
+        assert await _metric(gw.url, "trioproxy_limit_early_overruns_total") == 0
+
+
+async def test_one_host_alone_never_overruns_max_streams(redis_server: RedisServer) -> None:
+    async with running(redis_url=redis_server.url, keys=_keys(max_streams=10)) as (gw, _):
+        assert await _status(gw.url) == 200
+        clients: list[RawClient] = []
+        statuses: list[int] = []
+
+        async def one() -> None:
+            client = await RawClient.connect(gw.url)
+            clients.append(client)
+            await client.send_request("POST", CHAT, chat("mock-t400-i25"), AUTH)
+            statuses.append((await client.response_head())[0])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(one)
+        assert statuses.count(200) == 10, statuses
+        assert await _metric(gw.url, "trioproxy_limit_early_overruns_total") == 0
+        for client in clients:
+            await client.close()

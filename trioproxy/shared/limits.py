@@ -24,7 +24,9 @@ of :mod:`trioproxy.shared.scripts`):
   limit (from half of it on), on a key's first request, after a refusal,
   while Redis is down and always with ``redis_failure = "closed"`` (no
   request passes before Redis said yes), every decision waits for Redis, so
-  a limit is exact there. A key can overrun a limit only when other hosts
+  a limit is exact there. This host's early admissions whose count is still
+  on its way are part of each of its exact decisions (sent in the ``ADMIT``
+  call), so one host alone never overruns. A key can overrun a limit only when other hosts
   take it from under half to full between two replies to this worker; each
   overrun is counted in Redis (the next decisions see it), in ``/metrics``
   and in the log. ``early_admission = false`` turns early admission off.
@@ -105,6 +107,7 @@ class SharedQuotas:
         # and admissions asked and not answered yet (count, tokens).
         self._views: dict[str, _View] = {}
         self._pending: dict[str, tuple[int, int]] = {}
+        self._unsent: dict[str, tuple[int, int]] = {}  # early, their count not asked yet
 
     def replace_local(self, local: LocalQuotas) -> None:
         self.local = local
@@ -130,14 +133,16 @@ class SharedQuotas:
             return await self._decide(key, estimate, borrower)
         self.early += 1
         grant = Grant(key, estimate, now, shared=True)
-        self._count_pending(key.name, 1, estimate)  # until its own call is made
+        self._count_pending(key.name, 1, estimate, unsent=True)  # until its own call is made
 
         async def count() -> None:
-            self._count_pending(key.name, -1, -estimate)
+            # Unsent until Redis has it: an exact decision meanwhile leaves it room.
             try:
                 final = await self._decide(key, estimate, borrower, early=True)
             except GatewayError:  # the local fallback's counters are full
                 return  # it runs already: nothing to take back
+            finally:
+                self._count_pending(key.name, -1, -estimate, unsent=True)
             grant.shared, grant.lease, grant.limiter = final.shared, final.lease, final.limiter
             if final.limiter is not None:
                 hold(grant)
@@ -160,12 +165,15 @@ class SharedQuotas:
             and (not key.max_streams or view.streams + n + 1 <= key.max_streams // 2)
         )
 
-    def _count_pending(self, name: str, n: int, tokens: int) -> None:
-        count, reserved = self._pending.get(name, (0, 0))
-        if count + n <= 0:
-            self._pending.pop(name, None)
-        else:
-            self._pending[name] = (count + n, reserved + tokens)
+    def _count_pending(self, name: str, n: int, tokens: int, unsent: bool = False) -> None:
+        """Admissions of ``name`` whose count Redis has not answered yet; with
+        ``unsent``, early ones whose call has not even been made."""
+        for pending in (self._pending, self._unsent) if unsent else (self._pending,):
+            count, reserved = pending.get(name, (0, 0))
+            if count + n <= 0:
+                pending.pop(name, None)
+            else:
+                pending[name] = (count + n, reserved + tokens)
 
     async def _decide(
         self, key: ApiKey, estimate: int, borrower: object, early: bool = False
@@ -176,6 +184,8 @@ class SharedQuotas:
         prefix = key_prefix(key.id)
         lease = secrets.token_hex(12) if key.max_streams else ""
         self._count_pending(key.name, 1, estimate)
+        # Early admissions of this host on their way count in an exact decision.
+        unsent, unsent_tokens = (0, 0) if early else self._unsent.get(key.name, (0, 0))
         sent = self.redis.up  # down: the call fails before anything reaches Redis
         try:
             verdict, wait_ms, requests, tokens, streams = await self.redis.run(
@@ -183,7 +193,7 @@ class SharedQuotas:
                 (prefix + "rpm", prefix + "tpm", prefix + "leases"),
                 (
                     key.rpm, key.tpm, key.max_streams, int(self.lease_ttl * 1000), lease,
-                    estimate, secrets.token_hex(8), int(early),
+                    estimate, secrets.token_hex(8), int(early), unsent, unsent_tokens,
                 ),
                 off_path=early,
             )  # fmt: skip
@@ -217,7 +227,7 @@ class SharedQuotas:
         """The exchange ended (called with its record, never awaits)."""
         if grant.early is not None and not grant.early.started:
             assert grant.key is not None  # the relay never ran: nothing was counted
-            self._count_pending(grant.key.name, -1, -grant.reserved)
+            self._count_pending(grant.key.name, -1, -grant.reserved, unsent=True)
             return
         if not grant.shared:
             self.local.settle(grant, tokens)

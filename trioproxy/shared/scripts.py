@@ -24,7 +24,8 @@ def key_prefix(name: str | None) -> str:
 # KEYS: rpm zset, tpm hash, leases zset
 # ARGV: rpm, tpm, max_streams, lease_ttl_ms, lease_id, prompt_estimate, request_member,
 #       early (1: admitted already, its upstream request left: count it whatever the
-#       limits say, and name the limit it overran)
+#       limits say, and name the limit it overran), this host's early admissions not
+#       counted yet and their tokens (a decision that is not early leaves them room)
 # -> {"ok", 0, rpm count, tpm used, leases held} (after this request) |
 #    {limit name, retry after ms, 0, 0, 0} (refused, nothing counted) |
 #    {"over:" limit name, 0, counts...} (early and over a limit, counted)
@@ -35,9 +36,10 @@ local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rpm, tpm, streams = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local used, early, over = 0, ARGV[8] == '1', nil
+local unsent, unsent_tokens = tonumber(ARGV[9] or '0'), tonumber(ARGV[10] or '0')
 if rpm > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
-  if redis.call('ZCARD', KEYS[1]) >= rpm then
+  if redis.call('ZCARD', KEYS[1]) + unsent >= rpm then
     over = 'over:rpm'
   end
   if over and not early then
@@ -57,7 +59,7 @@ if tpm > 0 then
       if s < oldest then oldest = s end
     end
   end
-  if used >= tpm then
+  if used + unsent_tokens >= tpm then
     if not early then return {'tpm', (oldest + 60 - sec) * 1000, 0, 0, 0} end
     over = over or 'over:tpm'
   end
@@ -66,7 +68,7 @@ local held, requests = 0, 0
 if streams > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   held = redis.call('ZCARD', KEYS[3])
-  if held >= streams then
+  if held + unsent >= streams then
     if not early then return {'max_streams', 1000, 0, 0, 0} end
     over = over or 'over:max_streams'
   end
