@@ -157,8 +157,9 @@ async def test_a_hung_redis_costs_a_key_far_from_its_limits_nothing(
 
 async def test_one_host_alone_never_overruns_a_limit(redis_server: RedisServer) -> None:
     """The burst: rpm 20, one request, then 40 at once on one host. Before, the
-    early admissions on their way were unknown to the host's exact decisions:
-    27 were admitted, 7 of them overruns. Now the ADMIT call carries them."""
+    early admissions on their way were unknown to the host's exact decisions
+    (27 admitted, 7 of them overruns), and a call that met the busy loop past
+    redis_timeout fell back on this process's empty counters."""
     async with running(redis_url=redis_server.url, keys=_keys(rpm=20)) as (gw, _):
         assert await _status(gw.url) == 200
         statuses: list[int] = []
@@ -169,7 +170,10 @@ async def test_one_host_alone_never_overruns_a_limit(redis_server: RedisServer) 
         async with trio.open_nursery() as nursery:
             for _ in range(40):
                 nursery.start_soon(one)
-        assert statuses.count(200) == 19  # 20 in the minute, the first included
+        # 20 in the minute, the first included: all of them when Redis answers each
+        # call in time; fewer when a call meets the busy loop past redis_timeout and
+        # falls back on what Redis said last (conservative: never more).
+        assert 5 <= statuses.count(200) <= 19, statuses
         assert await _metric(gw.url, "trioproxy_limit_early_overruns_total") == 0
 
 
@@ -188,7 +192,7 @@ async def test_one_host_alone_never_overruns_max_streams(redis_server: RedisServ
         async with trio.open_nursery() as nursery:
             for _ in range(20):
                 nursery.start_soon(one)
-        assert statuses.count(200) == 10, statuses
+        assert 3 <= statuses.count(200) <= 10, statuses  # (as above)
         assert await _metric(gw.url, "trioproxy_limit_early_overruns_total") == 0
         for client in clients:
             await client.close()

@@ -26,7 +26,9 @@ of :mod:`trioproxy.shared.scripts`):
   request passes before Redis said yes), every decision waits for Redis, so
   a limit is exact there. This host's early admissions whose count is still
   on its way are part of each of its exact decisions (sent in the ``ADMIT``
-  call), so one host alone never overruns. A key can overrun a limit only when other hosts
+  call), and a call that times out falls back on what Redis said last plus
+  this host's admissions since (:meth:`SharedQuotas._refuse_past_known`), so
+  one host alone never overruns. A key can overrun a limit only when other hosts
   take it from under half to full between two replies to this worker; each
   overrun is counted in Redis (the next decisions see it), in ``/metrics``
   and in the log. ``early_admission = false`` turns early admission off.
@@ -108,6 +110,9 @@ class SharedQuotas:
         self._views: dict[str, _View] = {}
         self._pending: dict[str, tuple[int, int]] = {}
         self._unsent: dict[str, tuple[int, int]] = {}  # early, their count not asked yet
+        # What Redis said last, kept through timeouts, with the fallbacks since: a
+        # burst that meets a slow Redis is still held to the limits it last saw.
+        self._known: dict[str, _View] = {}
 
     def replace_local(self, local: LocalQuotas) -> None:
         self.local = local
@@ -165,6 +170,32 @@ class SharedQuotas:
             and (not key.max_streams or view.streams + n + 1 <= key.max_streams // 2)
         )
 
+    def _refuse_past_known(self, key: ApiKey, estimate: int, now: float) -> None:
+        """A fallback decision: 429 when this host would take a limit past what it
+        knows. rpm and tpm: the counts Redis said last (at most ``VIEW_MAX_AGE``
+        old) with this host's admissions since and on their way; max_streams:
+        this host's own live streams, shared and fallen back, and those on their
+        way (other hosts' are Redis's to know)."""
+        n, tokens = self._pending.get(key.name, (0, 0))  # this one included
+        if key.max_streams:
+            local = self.local.states.get(key.name)
+            fallen_back = (
+                local.streams.statistics().borrowed_tokens if local and local.streams else 0
+            )
+            live = sum(1 for account in self.leases.values() if account == key.id)
+            if live + fallen_back + n > key.max_streams:
+                raise over_limit(key, "max_streams", 1)
+        known = self._known.get(key.name)
+        if known is None or now - known.at > VIEW_MAX_AGE:
+            return
+        if key.rpm and known.requests + n > key.rpm:
+            raise over_limit(key, "rpm", 1)
+        if key.tpm and known.tokens + tokens - estimate >= key.tpm:
+            raise over_limit(key, "tpm", 1)
+        self._known[key.name] = _View(
+            known.at, known.requests + 1, known.tokens + estimate, known.streams
+        )
+
     def _count_pending(self, name: str, n: int, tokens: int, unsent: bool = False) -> None:
         """Admissions of ``name`` whose count Redis has not answered yet; with
         ``unsent``, early ones whose call has not even been made."""
@@ -204,6 +235,8 @@ class SharedQuotas:
                 raise SharedStateUnavailable(
                     "shared limits cannot be checked: the gateway's Redis is unavailable"
                 ) from None
+            if not early:  # what Redis said last, with this host's admissions since
+                self._refuse_past_known(key, estimate, now)
             fallback = self.local.admit(key, estimate, borrower)
             if sent:  # the call may have run in Redis: its lease is given back at the end
                 fallback.lease = lease or None
@@ -211,7 +244,12 @@ class SharedQuotas:
         finally:
             self._count_pending(key.name, -1, -estimate)
         if verdict == b"ok":
-            self._views[key.name] = _View(now, int(requests), int(tokens), int(streams))
+            view = self._views.get(key.name)
+            if view is None or view.at <= now:  # a reply to an older call says less
+                self._views[key.name] = _View(now, int(requests), int(tokens), int(streams))
+            known = self._known.get(key.name)
+            if known is None or known.at <= now:
+                self._known[key.name] = _View(now, int(requests), int(tokens), int(streams))
         elif early:  # counted over a limit another host filled: ask first from now on
             self._views.pop(key.name, None)
             self.early_overruns += 1
