@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from tests.conftest import chat, running
-from trioproxy.server import direct_write
+from trioproxy.server import direct_write, guard_install
 from trioproxy.server import hypercorn as guards
 from trioproxy.testing.rawclient import request
 
@@ -34,7 +34,7 @@ async def test_chunks_that_arrive_while_the_writer_waits_go_out_from_the_readers
     """Found profiling paced streams: every chunk went reader -> channel -> writer,
     a trip through the scheduler each, though the writer waited with nothing in
     hand. Now the reader writes such a chunk itself when the socket takes it."""
-    guards.install_hypercorn_guards()
+    guard_install.install_hypercorn_guards()
     async with running() as (gw, recorder):
         assert gw.mock is not None
         gw.mock.record = True
@@ -66,7 +66,7 @@ async def test_what_the_socket_did_not_take_is_sent_by_the_writer_before_anythin
         return real_write(fd, data[: len(data) // 2] if calls[0] % 3 == 0 else data)
 
     monkeypatch.setattr(direct_write, "os", SimpleNamespace(write=half_of_every_third))
-    guards.install_hypercorn_guards()
+    guard_install.install_hypercorn_guards()
     async with running() as (gw, recorder):
         assert gw.mock is not None
         gw.mock.record = True
@@ -94,7 +94,7 @@ async def test_a_chunk_never_passes_one_the_writer_holds(monkeypatch: pytest.Mon
         return real_write(fd, data)
 
     monkeypatch.setattr(direct_write, "os", SimpleNamespace(write=every_fifth_would_block))
-    guards.install_hypercorn_guards()
+    guard_install.install_hypercorn_guards()
     async with running() as (gw, recorder):
         assert gw.mock is not None
         gw.mock.record = True
@@ -139,7 +139,7 @@ async def test_a_last_chunk_that_came_with_the_bodys_end_goes_out_with_the_end()
         writes.append(bytes(data))
         return real_write(fd, data)
 
-    guards.install_hypercorn_guards()
+    guard_install.install_hypercorn_guards()
     with pytest.MonkeyPatch.context() as patch:
         for module in (guards, direct_write):
             patch.setattr(module, "os", SimpleNamespace(write=recording))

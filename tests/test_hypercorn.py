@@ -8,6 +8,7 @@ suite, and the guard can be deleted from ``trioproxy/server/hypercorn.py``.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -27,6 +28,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from tests.conftest import chat, eventually, running
 from trioproxy.asgi import read_body, take_queued
 from trioproxy.observe.debug import task_names
+from trioproxy.server import guard_install
 from trioproxy.server import hypercorn as guards
 from trioproxy.testing.rawclient import RawClient, request
 
@@ -34,18 +36,18 @@ from trioproxy.testing.rawclient import RawClient, request
 @pytest.fixture(params=["guarded", "unguarded"])
 def hypercorn_as(request: pytest.FixtureRequest) -> Iterator[str]:
     """Hypercorn with every guard, or as released (guards back afterwards)."""
-    guards.install_hypercorn_guards()
+    guard_install.install_hypercorn_guards()
     if request.param == "unguarded":
         request.applymarker(
             pytest.mark.xfail(strict=True, reason="the Hypercorn fault this guard covers")
         )
-        guards.uninstall_hypercorn_guards()
+        guard_install.uninstall_hypercorn_guards()
         # open_gateway installs the guards; keep them out for this test.
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(guards, "install_hypercorn_guards", lambda *names: None)
+            patch.setattr(guard_install, "install_hypercorn_guards", lambda *names: None)
             patch.setattr("trioproxy.server.serve.install_hypercorn_guards", lambda **k: None)
             yield request.param
-        guards.install_hypercorn_guards()
+        guard_install.install_hypercorn_guards()
     else:
         yield request.param
 
@@ -84,7 +86,7 @@ async def test_the_head_goes_out_in_one_write_with_the_first_body_bytes(hypercor
 
 
 async def test_an_error_response_without_a_body_still_goes_out() -> None:
-    guards.install_hypercorn_guards()
+    guard_install.install_hypercorn_guards()
     sent: list[Any] = []
     proto = _protocol(sent)
     await proto._send_error_response(400)
@@ -143,11 +145,11 @@ def test_an_untested_hypercorn_release_is_refused_with_one_line() -> None:
 def test_uninstall_puts_hypercorn_back() -> None:
     from hypercorn.trio.tcp_server import TCPServer
 
-    guards.install_hypercorn_guards()
+    guard_install.install_hypercorn_guards()
     patched = (TCPServer.run, H11Protocol._send_h11_event)
-    assert set(guards.uninstall_hypercorn_guards()) == set(guards.GUARDS)
+    assert set(guard_install.uninstall_hypercorn_guards()) == set(guards.GUARDS)
     assert (TCPServer.run, H11Protocol._send_h11_event) != patched
-    guards.install_hypercorn_guards()
+    guard_install.install_hypercorn_guards()
     assert (TCPServer.run.__name__, H11Protocol._send_h11_event.__name__) == (
         "run_after_taking_the_queue",
         "_send_h11_event",
@@ -207,7 +209,7 @@ async def test_a_write_the_socket_can_take_does_not_wait_for_the_scheduler(
 async def test_what_a_slow_client_socket_cannot_take_goes_the_waiting_way_in_order() -> None:
     """A client that reads slowly: the part the socket did not take is sent by
     Hypercorn's own shielded send_all, after what went at once; nothing is lost."""
-    guards.install_hypercorn_guards()
+    guard_install.install_hypercorn_guards()
     async with running() as (gw, _):
         client = await RawClient.connect(gw.url)
         client.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -451,7 +453,7 @@ async def test_a_plain_response_is_checked_once_and_its_chunks_skip_h11(
 
 @pytest.mark.parametrize("case", ["HEAD request", "last keep-alive request", "content-length"])
 async def test_a_head_h11_must_decide_goes_hypercorns_way(case: str) -> None:
-    guards.install_hypercorn_guards()
+    guard_install.install_hypercorn_guards()
     sent: list[Any] = []
     proto = _on_stream(_protocol(sent), "HEAD" if case == "HEAD request" else "GET")
     if case == "last keep-alive request":
@@ -476,7 +478,7 @@ async def test_a_head_h11_must_decide_goes_hypercorns_way(case: str) -> None:
 
 
 async def test_the_relays_streams_take_the_plain_way_and_keep_alive_goes_on() -> None:
-    guards.install_hypercorn_guards()
+    guard_install.install_hypercorn_guards()
     async with running() as (gw, _):
         client = await RawClient.connect(gw.url)
         plain, chunks = guards.HEADS.plain, guards.HEADS.chunks
@@ -537,3 +539,96 @@ async def test_a_responses_last_bytes_and_its_end_go_out_in_one_write(
     assert [c.data for c in chunks] == [b"data: 1\n\n", b"data: 2\n\n"]
     assert writes[-1] == b"9\r\ndata: 2\n\n\r\n0\r\n\r\n"  # stock: the end alone
     assert guards.HEADS.ends == ends + 1
+
+
+async def _trickle_head(url: str, seconds: float) -> float | None:
+    """Send a request head a byte every 50 ms; the seconds until the server
+    closed the connection, or None if it had not after ``seconds``."""
+    host, port = url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}:{port}\r\nx-slow: ".encode()
+    started = trio.current_time()
+    try:
+        with trio.move_on_after(seconds):
+            async with trio.open_nursery() as nursery:
+
+                async def write() -> None:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        for byte in head + b"a" * 10_000:
+                            await stream.send_all(bytes([byte]))
+                            await trio.sleep(0.05)
+
+                nursery.start_soon(write)
+                while await stream.receive_some(100):
+                    pass
+                nursery.cancel_scope.cancel()
+                return trio.current_time() - started
+        return None
+    finally:
+        await stream.aclose()
+
+
+async def test_a_trickled_request_head_is_closed_at_header_timeout(hypercorn_as: str) -> None:
+    """The slowloris: a head one byte at a time held its connection for
+    keep_alive_timeout (75 s); 200 of them shut everyone out."""
+    async with running(header_timeout=0.5) as (gw, _):
+        closed_after = await _trickle_head(gw.url, 5.0)
+        assert closed_after is not None and closed_after <= 0.5 + 1.0, closed_after
+        ok = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t2-i0"))
+        assert ok.status == 200
+
+
+async def test_header_timeout_leaves_idle_keep_alive_and_slow_bodies_alone() -> None:
+    """A connection idle between requests waits keep_alive_timeout, not
+    header_timeout; a whole head followed by a slow body is the body's timeout's."""
+    async with running(header_timeout=0.3, body_timeout=10) as (gw, _):
+        client = await RawClient.connect(gw.url)
+        await client.send_request("POST", "/v1/chat/completions", chat("mock-t2-i0"))
+        assert (await client.read_response()).status == 200
+        stats = guards.CONNECTIONS
+        await trio.sleep(0.6)  # idle past header_timeout: still open
+        assert stats.open == 1
+        await client.send_request(
+            "POST", "/v1/chat/completions", chat("mock-t2-i0"), body_pieces=4, piece_gap=0.15
+        )
+        assert (await client.read_response()).status == 200
+        await client.close()
+
+
+async def test_connections_past_max_connections_per_ip_are_closed_at_once(
+    hypercorn_as: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One client's flood fills its own share: past max_connections_per_ip its
+    next connection is closed, while another address is still served."""
+    async with running(max_connections_per_ip=3) as (gw, _):
+        await eventually(lambda: guards.CONNECTIONS.open == 0)  # earlier tests' all ended
+        host, port = gw.url.removeprefix("http://").split(":")
+        held = [await trio.open_tcp_stream(host, int(port)) for _ in range(3)]
+        extra = other = None
+        try:
+            await eventually(lambda: guards.CONNECTIONS.open == 3 or hypercorn_as == "unguarded")
+            extra = await trio.open_tcp_stream(host, int(port))
+            with trio.fail_after(1):
+                assert await extra.receive_some(100) == b""  # closed by the gateway
+            assert "max_connections_per_ip (3) reached by 127.0.0.1" in caplog.text
+            other = trio.SocketStream(trio.socket.socket())
+            await other.socket.bind(("127.0.0.2", 0))
+            await other.socket.connect((host, int(port)))
+            client = RawClient(other, host=f"{host}:{port}")
+            await client.send_request("POST", "/v1/chat/completions", chat("mock-t2-i0"))
+            assert (await client.read_response()).status == 200
+        finally:
+            for stream in [*held, *(s for s in (extra, other) if s is not None)]:
+                await stream.aclose()
+
+
+async def test_a_trusted_proxy_is_held_to_the_process_cap_only() -> None:
+    async with running(max_connections_per_ip=2, trusted_proxies=("127.0.0.1",)) as (gw, _):
+        await eventually(lambda: guards.CONNECTIONS.open == 0)
+        host, port = gw.url.removeprefix("http://").split(":")
+        held = [await trio.open_tcp_stream(host, int(port)) for _ in range(4)]
+        try:
+            await eventually(lambda: guards.CONNECTIONS.open == 4)
+        finally:
+            for stream in held:
+                await stream.aclose()

@@ -8,6 +8,7 @@ are an error (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -54,7 +55,9 @@ class Config:
     max_response_bytes: int = 64 << 20  # non-streaming upstream body; larger is 502
     # --- timeouts (seconds) -------------------------------------------------
     body_timeout: float = 30.0  # a request body not complete by then is a 408
+    header_timeout: float = 10.0  # a request head begun on a connection must be whole by then
     max_connections: int = 4096  # open client connections per process; more are closed at once
+    max_connections_per_ip: int = 256  # of those, from one peer address (trusted_proxies exempt)
     connect_timeout: float = 10.0
     ttft_timeout: float = 60.0  # request sent -> first upstream event
     idle_timeout: float = 30.0  # between upstream events
@@ -82,6 +85,7 @@ class Config:
     keys: tuple[Mapping[str, Any], ...] = ()  # [[keys]] tables: name, sha256, models, ...
     allow_open_public: bool = False  # no keys on a non-loopback bind is refused unless true
     cors_origins: tuple[str, ...] = ()  # web origins allowed (CORS); others refused in open mode
+    trusted_proxies: tuple[str, ...] = ()  # peer IPs of proxies in front: no per-IP connection cap
     # --- shared state (see trioproxy.shared): unset = this process's own state -----
     redis_url: str = ""  # redis://HOST:PORT/DB or rediss://...; no password in it
     redis_password_env: str = "TRIOPROXY_REDIS_PASSWORD"  # the variable holding the password
@@ -109,7 +113,7 @@ class Config:
         parse_bind(self.bind)
         positive = (
             "workers", "backlog", "max_streams", "channel_size", "max_attempts", "max_body_reads",
-            "max_connections",
+            "max_connections", "max_connections_per_ip",
         )  # fmt: skip
         for name in (
             *positive, "max_event_bytes", "max_body_bytes", "max_response_bytes",
@@ -120,6 +124,7 @@ class Config:
         for name in (
             "graceful_timeout",
             "body_timeout",
+            "header_timeout",
             "queue_timeout",
             "connect_timeout",
             "ttft_timeout",
@@ -142,6 +147,11 @@ class Config:
                 f"refusing to serve {self.bind} without API keys: add [[keys]] "
                 "(trioproxy keys new --name NAME) or set allow_open_public = true"
             )
+        for address in self.trusted_proxies:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ConfigError(f"trusted_proxies: {address!r} is not an IP address") from None
         if self.redis_url:
             parse_redis_url(self.redis_url)
         if self.max_body_reads_per_key < 0:

@@ -1,39 +1,21 @@
-"""What the Hypercorn guards count, process-wide: client connections open and
-refused (guard 4's cap), socket writes made at once or the waiting way (guard 5)
+"""What the Hypercorn guards count, process-wide (the connections they take:
+:mod:`trioproxy.server.connections`): socket writes made at once or the waiting way (guard 5)
 and the relay's chunks written from its reader (guard 9), response heads and
-chunks framed by guard 8 or by h11. Plain counters, read by the tests (no
-endpoint shows them); the guards live in :mod:`trioproxy.server.hypercorn`."""
+chunks framed by guard 8 or by h11, and which guards are installed. Plain
+counters, read by the tests (no endpoint shows them); the guards live in
+:mod:`trioproxy.server.hypercorn`."""
 
 from __future__ import annotations
 
-import logging
-import math
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["CONNECTIONS", "HEADS", "WRITES", "ConnectionCap", "FramedHeads", "WritePaths"]
+__all__ = ["HEADS", "INSTALLED", "WRITES", "FramedHeads", "Patch", "WritePaths"]
 
-
-class ConnectionCap:
-    """The open client connections of this process, and the cap on them."""
-
-    def __init__(self, limit: int = 4096) -> None:
-        self.limit = limit
-        self.open = 0
-        self.refused = 0
-        self._logged_at = -math.inf
-
-    def refuse(self, now: float) -> None:
-        """Count a connection refused at the cap; log it at most once a second."""
-        self.refused += 1
-        if now - self._logged_at >= 1.0:
-            self._logged_at = now
-            logging.getLogger("trioproxy").warning(
-                "max_connections (%d) reached: closing new connections (%d so far)",
-                self.limit, self.refused,
-            )  # fmt: skip
-
-
-CONNECTIONS = ConnectionCap()
+Patch = tuple[Any, str, Any]  # (class or module, name, replacement)
+# The guards in, each with what it replaced: guard -> (owner, name, original). A
+# guard that needs another one reads it (:mod:`trioproxy.server.guard_install`).
+INSTALLED: dict[str, Patch] = {}
 
 
 @dataclass

@@ -4,9 +4,10 @@ This is the one module that touches Hypercorn's private names.
 
 Rules:
 - Each guard wraps one Hypercorn method, keeps its behaviour but for the one fault it
-  names. The server installs them as it starts serving (:func:`install_hypercorn_guards`,
-  :mod:`trioproxy.server.guard_install`), after :func:`check_hypercorn_version` refused a
-  release they were not read against (``TESTED_HYPERCORN``; bounded in ``pyproject.toml``).
+  names. The server installs them as it starts serving
+  (:func:`trioproxy.server.guard_install.install_hypercorn_guards`), after
+  :func:`check_hypercorn_version` refused a release they were not read against
+  (``TESTED_HYPERCORN``; bounded in ``pyproject.toml``).
 - Each guard but 9 has a strict-xfail twin in ``tests/test_hypercorn.py``: without the guard
   the fault shows; when a release fixes it, the twin passes, fails the suite: the guard can go.
 
@@ -22,11 +23,13 @@ The guards (what each fixes and how it was found: its docstring):
 8. ``_frame_plain_responses_here``: a head checked five times, chunks through h11.
 9. ``_write_chunks_from_the_reader``: no fault, the relay's fast path (no twin).
 10. ``_end_with_the_last_chunk``: a response's last bytes and its end in two writes.
+11. ``_bound_request_heads``: a request head trickled in for ``keep_alive_timeout``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -35,16 +38,20 @@ import h11
 import trio
 
 from .. import asgi
+from .connections import ACCEPT_BATCH, CONNECTIONS, peer_address, run_handler
 from .direct_write import DirectChunks
-from .guard_install import INSTALLED, Patch, install, uninstall
-from .guard_stats import CONNECTIONS, HEADS, WRITES, WritePaths
+from .guard_stats import HEADS, INSTALLED, WRITES, Patch, WritePaths
 from .hypercorn_version import TESTED_HYPERCORN, UnsupportedHypercorn, check_hypercorn_version
 from .keepalive import KeepAliveTimer
 from .response_head import frame_chunk, is_chunked, plain_head
 
 __all__ = ["CONNECTIONS", "GUARDS", "HEADS", "KeepAliveTimer", "WRITES", "WritePaths"]
-__all__ += ["keep_alive_timer", "install_hypercorn_guards", "uninstall_hypercorn_guards"]
-__all__ += ["TESTED_HYPERCORN", "UnsupportedHypercorn", "check_hypercorn_version"]
+__all__ += [
+    "keep_alive_timer",
+    "TESTED_HYPERCORN",
+    "UnsupportedHypercorn",
+    "check_hypercorn_version",
+]
 
 log = logging.getLogger("trioproxy")
 
@@ -126,23 +133,22 @@ def _cap_connections() -> Patch:
     """4. ``_cap_connections``: Hypercorn's trio worker accepts connections without
     bound (its ``backlog`` only queues them), so a flood of idle or trickling
     connections costs a task and buffers each. Past ``max_connections`` a new
-    connection is closed at once, counted, and logged (at most once a second)."""
+    connection is closed at once, counted, and logged (at most once a second); so is
+    one past ``max_connections_per_ip`` from its peer (:mod:`.connections`)."""
     from hypercorn.trio.tcp_server import TCPServer
 
     run = TCPServer.run
 
     async def capped_run(self: Any) -> None:
-        cap = CONNECTIONS
-        if cap.open >= cap.limit:
-            cap.refuse(trio.current_time())
+        peer = peer_address(self.stream)
+        if not CONNECTIONS.take(peer, trio.current_time()):
             with trio.move_on_after(1, shield=True):
                 await self.stream.aclose()
             return
-        cap.open += 1
         try:
             await run(self)
         finally:
-            cap.open -= 1
+            CONNECTIONS.give_back(peer)
 
     return TCPServer, "run", capped_run
 
@@ -186,6 +192,7 @@ def keep_alive_timer(server: Any) -> KeepAliveTimer:
         server.context.terminated,
         server._initiate_server_close,
         lambda task_group, run: task_group._nursery.start_soon(run, name="keep-alive-timer"),
+        getattr(server.config, "header_timeout", math.inf),
     )
 
 
@@ -206,17 +213,6 @@ def _keep_alive_without_a_task_per_request() -> Patch:
         await run(self)
 
     return TCPServer, "run", run_with_one_timer
-
-
-ACCEPT_BATCH = 64  # connections a new connection's task takes from the queue, at most
-
-
-async def _run_handler(server: Any) -> None:
-    """A connection taken by guard 7, run as trio's listener runs one (same task name)."""
-    try:
-        await server.run()
-    finally:
-        await trio.aclose_forcefully(server.stream)
 
 
 def _accept_what_is_queued() -> Patch:
@@ -244,7 +240,7 @@ def _accept_what_is_queued() -> Patch:
                     break
                 stream: Any = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
                 server = TCPServer(self.app, self.config, self.context, self.state, stream)
-                cast(trio.Nursery, nursery).start_soon(_run_handler, server)
+                cast(trio.Nursery, nursery).start_soon(run_handler, server)
         await run(self)
 
     return TCPServer, "run", run_after_taking_the_queue
@@ -367,6 +363,26 @@ def _end_with_the_last_chunk() -> Patch:
     return HTTPStream, "app_send", app_send_ending_with_the_last_chunk
 
 
+def _bound_request_heads() -> Patch:
+    """11. Found by an outside review: reading a request head was bounded only by
+    ``keep_alive_timeout`` (75 s), so 200 connections trickling heads shut everyone
+    out. The first bytes that reach an idle connection tell guard 6's timer, which
+    then closes the connection ``header_timeout`` later unless the head is whole."""
+    from hypercorn.events import RawData
+    from hypercorn.protocol.h11 import H11Protocol
+
+    handle = H11Protocol.handle
+
+    async def handle_bounding_heads(self: Any, event: Any) -> None:
+        if type(event) is RawData:
+            timer = getattr(getattr(self.send, "__self__", None), "idle_task", None)
+            if type(timer) is KeepAliveTimer:
+                timer.arrived()
+        await handle(self, event)
+
+    return H11Protocol, "handle", handle_bounding_heads
+
+
 GUARDS: dict[str, Callable[[], Patch]] = {
     "end_idle_wait_on_eof": _end_idle_wait_on_eof,
     "contain_connection_errors": _contain_connection_errors,
@@ -378,23 +394,5 @@ GUARDS: dict[str, Callable[[], Patch]] = {
     "frame_plain_responses_here": _frame_plain_responses_here,
     "write_chunks_from_the_reader": _write_chunks_from_the_reader,
     "end_with_the_last_chunk": _end_with_the_last_chunk,
+    "bound_request_heads": _bound_request_heads,
 }
-
-
-def install_hypercorn_guards(
-    names: tuple[str, ...] = tuple(GUARDS), max_connections: int | None = None
-) -> None:
-    """Install the named guards (all by default), once each per process;
-    ``max_connections`` sets the cap of guard 4.
-
-    Error handling: raises :class:`UnsupportedHypercorn` for an untested release.
-    """
-    check_hypercorn_version()
-    if max_connections is not None:
-        CONNECTIONS.limit = max_connections
-    install(GUARDS, names)
-
-
-def uninstall_hypercorn_guards() -> tuple[str, ...]:
-    """Put Hypercorn back as it was; returns the guards that were installed."""
-    return uninstall()

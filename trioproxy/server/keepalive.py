@@ -8,6 +8,9 @@ Rules:
 - ``restart`` (idle from now: the close is due ``timeout`` from now; the first
   call starts the task), ``stop`` (a request started: no close is due),
   :meth:`KeepAliveTimer.end` (the read loop is over, guard 1: the task ends).
+- :meth:`KeepAliveTimer.arrived` (guard 11: bytes came in): the first bytes
+  while idle begin a request head, which must be whole ``head_timeout`` after
+  them: the close is due then, if that is sooner. A whole head is ``stop``.
 - The task waits for the server to terminate, in a cancel scope whose deadline
   is the due close. It closes the connection (Hypercorn's own close, shielded)
   when it wakes and the connection is idle past its due time, or idle when the
@@ -33,6 +36,8 @@ class KeepAliveTimer:
         "_close",
         "_due",
         "_ended",
+        "_head",
+        "_head_timeout",
         "_scope",
         "_spawn",
         "_started",
@@ -46,8 +51,11 @@ class KeepAliveTimer:
         terminated: Any,  # Hypercorn's terminated event: ``await wait()``
         close: Callable[[], Awaitable[None]],
         spawn: Callable[[Any, Callable[[], Awaitable[None]]], None],  # (task group, task)
+        head_timeout: float = math.inf,
     ) -> None:
         self._timeout = timeout
+        self._head_timeout = head_timeout
+        self._head = False  # a request head began while idle
         self._terminated = terminated
         self._close = close
         self._spawn = spawn
@@ -57,6 +65,7 @@ class KeepAliveTimer:
         self._ended = False
 
     async def restart(self, task_group: Any, action: Any) -> None:
+        self._head = False
         self._due = trio.current_time() + self._timeout
         if self._scope is not None:
             self._scope.deadline = self._due
@@ -65,9 +74,21 @@ class KeepAliveTimer:
             self._spawn(task_group, self._run)
 
     async def stop(self) -> None:
+        self._head = False
         self._due = math.inf
         if self._scope is not None:
             self._scope.deadline = math.inf
+
+    def arrived(self) -> None:
+        """Bytes came in: if idle, a request head began and has ``head_timeout``."""
+        if self._head or self._due == math.inf:
+            return
+        self._head = True
+        due = trio.current_time() + self._head_timeout
+        if due < self._due:
+            self._due = due
+            if self._scope is not None:
+                self._scope.deadline = due
 
     def end(self) -> None:
         self._ended = True

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import signal
 import socket
@@ -39,7 +40,7 @@ from hypercorn.utils import LifespanFailureError
 from ..config import Config, ConfigFile, parse_bind
 from ..errors import ConfigError
 from .app import CompletionHook, Gateway
-from .hypercorn import install_hypercorn_guards
+from .guard_install import install_hypercorn_guards
 
 if TYPE_CHECKING:  # the built-in mock is test tooling: imported when it is served
     from ..testing.mock_scripts import Fault
@@ -71,6 +72,7 @@ class HypercornConfig(hypercorn.config.Config):
 
     _cached: tuple[float, str, list[tuple[bytes, bytes]]] = (-1.0, "", [])
     listening_sockets: tuple[socket.socket, ...] = ()  # what guard 7 takes queued connections from
+    header_timeout: float = math.inf  # s a request head may take once begun (guard 11)
 
     def create_sockets(self) -> hypercorn.config.Sockets:
         sockets = super().create_sockets()
@@ -99,6 +101,7 @@ def hypercorn_config(config: Config) -> hypercorn.config.Config:
     hc.backlog = config.backlog
     hc.graceful_timeout = config.graceful_timeout
     hc.keep_alive_timeout = 75
+    hc.header_timeout = config.header_timeout or math.inf  # guard 11 reads it
     hc.workers = config.workers
     hc.worker_class = "trio"
     hc.accesslog = None
@@ -140,7 +143,11 @@ async def open_gateway(
 
     Error handling: :class:`~trioproxy.server.hypercorn.UnsupportedHypercorn`
     before anything starts, for a Hypercorn release the guards do not know."""
-    install_hypercorn_guards(max_connections=config.max_connections)
+    install_hypercorn_guards(
+        max_connections=config.max_connections,
+        per_ip=config.max_connections_per_ip,
+        trusted_proxies=config.trusted_proxies,
+    )
     async with trio.open_nursery() as mock_nursery:
         mock = None
         if not config.has_upstreams:
@@ -300,7 +307,11 @@ def worker_app() -> Gateway:
                     anthropic_upstreams=config.anthropic_upstreams,
                 )
             config = fresh
-    install_hypercorn_guards(max_connections=config.max_connections)
+    install_hypercorn_guards(
+        max_connections=config.max_connections,
+        per_ip=config.max_connections_per_ip,
+        trusted_proxies=config.trusted_proxies,
+    )
     return Gateway(config)
 
 
