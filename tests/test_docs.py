@@ -43,3 +43,17 @@ def test_every_relative_link_resolves(page: pathlib.Path) -> None:
         if not file.exists() or (anchor and file.suffix == ".md" and anchor not in _anchors(file)):
             dead.append(target)
     assert dead == []
+
+
+_NAMED_TEST = re.compile(r"\[`(test_\w+)`\]\((?:\.\./)?(tests/test_\w+\.py)\)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_test_a_page_names_exists_in_the_file_it_links(page: pathlib.Path) -> None:
+    """A guarantee linked to a renamed or deleted test proves nothing."""
+    missing = [
+        f"{name} in {path}"
+        for name, path in _NAMED_TEST.findall(page.read_text())
+        if not re.search(rf"^(async )?def {name}\(", (ROOT / path).read_text(), re.M)
+    ]
+    assert missing == []
