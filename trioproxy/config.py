@@ -52,7 +52,6 @@ class Config:
     max_body_bytes: int = 4 << 20  # request body; larger is 413
     max_body_reads: int = 64  # bodies read and parsed at once (memory: this x max_body_bytes x ~3)
     max_body_reads_per_key: int = 0  # of those, one key's share (0: a quarter of max_body_reads)
-    app_queue_size: int = 1  # request body reads (<= 64 KiB each) queued per connection for the app
     max_response_bytes: int = 64 << 20  # non-streaming upstream body; larger is 502
     # --- timeouts (seconds) -------------------------------------------------
     body_timeout: float = 30.0  # a request body not complete by then is a 408
@@ -114,7 +113,7 @@ class Config:
         parse_bind(self.bind)
         positive = (
             "workers", "backlog", "max_streams", "channel_size", "max_attempts", "max_body_reads",
-            "max_connections", "max_connections_per_ip", "app_queue_size",
+            "max_connections", "max_connections_per_ip",
         )  # fmt: skip
         for name in (
             *positive, "max_event_bytes", "max_body_bytes", "max_response_bytes",

@@ -101,7 +101,6 @@ def hypercorn_config(config: Config) -> hypercorn.config.Config:
     hc.backlog = config.backlog
     hc.graceful_timeout = config.graceful_timeout
     hc.keep_alive_timeout = 75
-    hc.max_app_queue_size = config.app_queue_size  # body reads queued per connection
     hc.header_timeout = config.header_timeout or math.inf  # guard 11 reads it
     hc.workers = config.workers
     hc.worker_class = "trio"
