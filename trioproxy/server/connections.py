@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import trio
@@ -43,15 +44,15 @@ class ConnectionCap:
         self.by_peer: dict[str, int] = {}  # peers with an open connection (bounded by limit)
         self._logged_at = -math.inf
 
-    def take(self, peer: str | None, now: float) -> bool:
+    def take(self, peer: str | None) -> bool:
         """A new connection from ``peer`` (None: unknown): count it, or refuse it
         (False: the caller closes it) past either cap."""
         held = self.by_peer.get(peer, 0) if peer is not None else 0
         if self.open >= self.limit:
-            self._refuse(now, f"max_connections ({self.limit}) reached")
+            self._refuse(f"max_connections ({self.limit}) reached")
             return False
         if peer is not None and held >= self.per_ip and peer not in self.trusted:
-            self._refuse(now, f"max_connections_per_ip ({self.per_ip}) reached by {peer}")
+            self._refuse(f"max_connections_per_ip ({self.per_ip}) reached by {peer}")
             return False
         self.open += 1
         if peer is not None:
@@ -65,7 +66,9 @@ class ConnectionCap:
             if left:
                 self.by_peer[peer] = left
 
-    def _refuse(self, now: float, why: str) -> None:
+    def _refuse(self, why: str) -> None:
+        # Process time, not trio's clock: a trio run's clock has an offset of its own.
+        now = time.monotonic()
         self.refused += 1
         if now - self._logged_at >= 1.0:
             self._logged_at = now

@@ -141,7 +141,7 @@ def _cap_connections() -> Patch:
 
     async def capped_run(self: Any) -> None:
         peer = peer_address(self.stream)
-        if not CONNECTIONS.take(peer, trio.current_time()):
+        if not CONNECTIONS.take(peer):
             with trio.move_on_after(1, shield=True):
                 await self.stream.aclose()
             return
