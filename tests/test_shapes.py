@@ -5,15 +5,36 @@ the reported one or an estimate of the content relayed (never 0)."""
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 import pytest
+import trio
 
 from tests.conftest import chat, running
 from tests.scripted_upstream import scripted_upstream
 from tests.shapes import SHAPES
 from trioproxy import dialects
-from trioproxy.testing.rawclient import request
+from trioproxy.receipts.service import verify_receipt
+from trioproxy.server.serve import RunningGateway
+from trioproxy.testing.rawclient import RawResponse, request
 
 CHAT = "/v1/chat/completions"
+
+
+async def _verified_receipt(gw: RunningGateway, response: RawResponse) -> dict[str, Any]:
+    """The exchange's receipt, once signed, checked against the gateway's key."""
+    ref = response.headers[b"x-trioproxy-receipt-id"].decode()
+    with trio.fail_after(10):
+        while (found := await request(gw.url, "GET", f"/v1/signature/{ref}")).status == 202:
+            await trio.sleep(0.02)
+    assert found.status == 200
+    document: dict[str, Any] = found.json()
+    assert gw.app.receipts is not None
+    assert verify_receipt(document, gw.app.receipts.signer.public) is None
+    receipt: dict[str, Any] = document["receipt"]
+    assert receipt["response_sha256"] == hashlib.sha256(response.body).hexdigest()
+    return receipt
 
 
 @pytest.mark.parametrize("name", SHAPES)
@@ -25,6 +46,7 @@ async def test_a_complete_stream(name: str) -> None:
     ):
         response = await request(gw.url, "POST", CHAT, chat("m"))
         (record,) = await rec.wait_for(1)
+        receipt = await _verified_receipt(gw, response)
     assert response.status == 200
     assert response.body == b"".join(shape.events)  # unchanged
     assert record.outcome.value == "done"
@@ -35,6 +57,9 @@ async def test_a_complete_stream(name: str) -> None:
     else:
         assert record.completion_tokens == shape.content_events
         assert record.usage_source == "estimated"
+    signed = (receipt["prompt_tokens"], receipt["completion_tokens"], receipt["usage_source"])
+    assert signed == (record.prompt_tokens, record.completion_tokens, record.usage_source)
+    assert receipt["truncated"] is False and receipt["final_event"] == record.final_event
 
 
 @pytest.mark.parametrize("name", SHAPES)
@@ -47,10 +72,13 @@ async def test_a_stream_cut_by_the_upstream(name: str) -> None:
     ):
         response = await request(gw.url, "POST", CHAT, chat("m"))
         (record,) = await rec.wait_for(1)
+        receipt = await _verified_receipt(gw, response)
     assert response.body.startswith(b"".join(shape.events[:cut]))
     assert b'"error"' in response.body[len(b"".join(shape.events[:cut])) :]
     assert record.truncated
     assert record.completion_tokens == 5 and record.usage_source == "estimated"
+    assert (receipt["truncated"], receipt["final_event"]) == (True, False)
+    assert (receipt["completion_tokens"], receipt["usage_source"]) == (5, "estimated")
 
 
 async def test_the_usage_chunk_the_gateway_asked_for_is_withheld_in_any_spacing() -> None:

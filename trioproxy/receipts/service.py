@@ -168,7 +168,11 @@ def build_receipt(record: CompletionRecord) -> dict[str, Any]:
         "created": record.created,
         "completed": record.created + record.duration_ms / 1000,
         "usage": record.usage,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "usage_source": record.usage_source,
         "outcome": record.outcome,
+        "final_event": record.final_event,
         "truncated": record.truncated,
     }
 
