@@ -3,6 +3,7 @@ over its limits holds no body-read slot. Each test is the attack."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import time
 
@@ -114,3 +115,53 @@ async def test_the_share_is_given_back_however_a_read_ends() -> None:
 
 def _auth(key: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {key}")]
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# Hypercorn queues up to max_app_queue_size (10) body reads of <= 64 KiB for a
+# request the app has not read yet, one more it waits to queue, and h11's buffer;
+# a read's bytes are held twice (the socket read and its h11 event): 128 KiB each.
+QUEUED_PER_CONNECTION = (10 + 2) * (128 << 10)
+
+
+async def test_bodies_waiting_for_a_slot_hold_a_bounded_queue_each() -> None:
+    """While every body-read slot is held, 120 more clients push 4 MB bodies:
+    what the server holds for them is the bound SECURITY.md states, per connection."""
+    async with running(max_body_reads=1, body_timeout=30) as (gw, _):
+        holder = await _trickle(gw.url, "no-key-needed")
+        await eventually(lambda: gw.app.body_reads.statistics().reading == 1)
+        body = b'{"model": "mock-t1-i0", "pad": "' + b"x" * (4 << 20) + b'"}'
+        head = (
+            f"POST {CHAT} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode()
+        sent = [0]
+        baseline = _rss()
+        streams: list[trio.SocketStream] = []
+        host, port = gw.url.removeprefix("http://").split(":")
+
+        async def push() -> None:
+            stream = await trio.open_tcp_stream(host, int(port))
+            streams.append(stream)
+            await stream.send_all(head)
+            for i in range(0, len(body), 65536):
+                await stream.send_all(body[i : i + 65536])
+                sent[0] += 65536
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(120):
+                nursery.start_soon(push)
+            last = -1
+            while sent[0] != last:  # until no client can push more: every queue is full
+                last = sent[0]
+                await trio.sleep(0.3)
+            growth = _rss() - baseline
+            nursery.cancel_scope.cancel()
+        for stream in streams:
+            await stream.aclose()
+        await holder.close()
+    assert growth <= 120 * QUEUED_PER_CONNECTION, f"{growth >> 20} MiB for 120 connections"
