@@ -13,13 +13,21 @@ import trio
 
 from tests.conftest import chat, running
 from tests.scripted_upstream import scripted_upstream
-from tests.shapes import SHAPES
+from tests.shapes import SHAPES, Shape
 from trioproxy import dialects
 from trioproxy.receipts.service import verify_receipt
 from trioproxy.server.serve import RunningGateway
 from trioproxy.testing.rawclient import RawResponse, request
 
 CHAT = "/v1/chat/completions"
+
+
+def _route(shape: Shape, url: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(path, body, gateway options) for a shape's route and its upstream at ``url``."""
+    if shape.route == "messages":
+        body = {**chat("m"), "max_tokens": 64}
+        return "/v1/messages", body, {"anthropic_upstreams": (url.removesuffix("/v1"),)}
+    return CHAT, chat("m"), {"openai_upstreams": (url,)}
 
 
 async def _verified_receipt(gw: RunningGateway, response: RawResponse) -> dict[str, Any]:
@@ -40,13 +48,12 @@ async def _verified_receipt(gw: RunningGateway, response: RawResponse) -> dict[s
 @pytest.mark.parametrize("name", SHAPES)
 async def test_a_complete_stream(name: str) -> None:
     shape = SHAPES[name]
-    async with (
-        scripted_upstream(shape.events) as url,
-        running(openai_upstreams=(url,)) as (gw, rec),
-    ):
-        response = await request(gw.url, "POST", CHAT, chat("m"))
-        (record,) = await rec.wait_for(1)
-        receipt = await _verified_receipt(gw, response)
+    async with scripted_upstream(shape.events) as url:
+        path, body, options = _route(shape, url)
+        async with running(**options) as (gw, rec):
+            response = await request(gw.url, "POST", path, body)
+            (record,) = await rec.wait_for(1)
+            receipt = await _verified_receipt(gw, response)
     assert response.status == 200
     assert response.body == b"".join(shape.events)  # unchanged
     assert record.outcome.value == "done"
@@ -65,14 +72,13 @@ async def test_a_complete_stream(name: str) -> None:
 @pytest.mark.parametrize("name", SHAPES)
 async def test_a_stream_cut_by_the_upstream(name: str) -> None:
     shape = SHAPES[name]
-    cut = 1 + 5  # the role chunk and 5 tokens
-    async with (
-        scripted_upstream(shape.events, cut_after=cut) as url,
-        running(openai_upstreams=(url,)) as (gw, rec),
-    ):
-        response = await request(gw.url, "POST", CHAT, chat("m"))
-        (record,) = await rec.wait_for(1)
-        receipt = await _verified_receipt(gw, response)
+    cut = shape.head + 5  # what comes before the first token, and 5 tokens
+    async with scripted_upstream(shape.events, cut_after=cut) as url:
+        path, body, options = _route(shape, url)
+        async with running(**options) as (gw, rec):
+            response = await request(gw.url, "POST", path, body)
+            (record,) = await rec.wait_for(1)
+            receipt = await _verified_receipt(gw, response)
     assert response.body.startswith(b"".join(shape.events[:cut]))
     assert b'"error"' in response.body[len(b"".join(shape.events[:cut])) :]
     assert record.truncated
