@@ -20,16 +20,29 @@ HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding
 
 @asynccontextmanager
 async def scripted_upstream(
-    events: Sequence[bytes], cut_after: int | None = None, gap: float = 0.0
+    events: Sequence[bytes],
+    cut_after: int | None = None,
+    gap: float = 0.0,
+    stall_after: int | None = None,
+    peer_closed: trio.Event | None = None,
 ) -> AsyncIterator[str]:
     """Serve ``events`` to every request; ``cut_after``: reset the connection
-    after that many events instead of ending the body. Yields the base URL."""
+    after that many events instead of ending the body; ``stall_after``: send
+    nothing more after that many, until the gateway closes the connection (then
+    ``peer_closed`` is set). Yields the base URL."""
 
     async def serve(stream: trio.SocketStream, request: bytes) -> None:
         await stream.send_all(HEAD)
         for n, event in enumerate(events):
             if n == cut_after:
                 reset(stream)
+                return
+            if n == stall_after:
+                while await stream.receive_some(65536):
+                    pass
+                if peer_closed is not None:
+                    peer_closed.set()
+                await stream.aclose()
                 return
             await stream.send_all(b"%x\r\n%b\r\n" % (len(event), event))
             if gap:

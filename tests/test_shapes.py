@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import h11
+import orjson
 import pytest
 import trio
 
@@ -17,7 +19,7 @@ from tests.shapes import SHAPES, Shape
 from trioproxy import dialects
 from trioproxy.receipts.service import verify_receipt
 from trioproxy.server.serve import RunningGateway
-from trioproxy.testing.rawclient import RawResponse, request
+from trioproxy.testing.rawclient import RawClient, RawResponse, request
 
 CHAT = "/v1/chat/completions"
 
@@ -85,6 +87,70 @@ async def test_a_stream_cut_by_the_upstream(name: str) -> None:
     assert record.completion_tokens == 5 and record.usage_source == "estimated"
     assert (receipt["truncated"], receipt["final_event"]) == (True, False)
     assert (receipt["completion_tokens"], receipt["usage_source"]) == (5, "estimated")
+
+
+def _error_event_of(body: bytes, route: str) -> dict[str, Any]:
+    """The gateway's error event at the end of a stream, in the route's dialect."""
+    last = [e for e in body.split(b"\n\n") if e][-1]
+    if route == "messages":
+        name, _, data = last.partition(b"\n")
+        assert name == b"event: error", last
+        error: dict[str, Any] = orjson.loads(data.removeprefix(b"data: "))
+        assert error["type"] == "error" and error["error"]["type"]
+        return error
+    error = orjson.loads(last.removeprefix(b"data: "))
+    assert set(error["error"]) >= {"message", "type", "code"}, last
+    return dict(error)
+
+
+@pytest.mark.parametrize("name", SHAPES)
+async def test_a_stream_stalled_by_the_upstream(name: str) -> None:
+    """Stalled after 5 tokens: the client gets them, then the error event in the
+    route's dialect at idle_timeout; the upstream connection is closed."""
+    shape = SHAPES[name]
+    stall = shape.head + 5
+    closed = trio.Event()
+    async with scripted_upstream(shape.events, stall_after=stall, peer_closed=closed) as url:
+        path, body, options = _route(shape, url)
+        async with running(idle_timeout=0.3, **options) as (gw, rec):
+            response = await request(gw.url, "POST", path, body)
+            (record,) = await rec.wait_for(1)
+            receipt = await _verified_receipt(gw, response)
+            with trio.fail_after(5):
+                await closed.wait()
+    assert response.body.startswith(b"".join(shape.events[:stall]))
+    assert _error_event_of(response.body, shape.route)
+    assert record.outcome.value == "upstream_idle_timeout" and record.truncated
+    assert (record.completion_tokens, record.usage_source) == (5, "estimated")
+    assert (receipt["truncated"], receipt["completion_tokens"]) == (True, 5)
+
+
+@pytest.mark.parametrize("name", SHAPES)
+async def test_a_stream_the_client_hangs_up_on(name: str) -> None:
+    """The client leaves after 5 tokens: the upstream connection is closed, the
+    record says client_disconnect and counts what was relayed."""
+    shape = SHAPES[name]
+    stall = shape.head + 5
+    closed = trio.Event()
+    async with scripted_upstream(shape.events, stall_after=stall, peer_closed=closed) as url:
+        path, body, options = _route(shape, url)
+        async with running(**options) as (gw, rec):
+            client = await RawClient.connect(gw.url)
+            await client.send_request("POST", path, body)
+            got = b""
+            with trio.fail_after(5):
+                assert (await client.response_head())[0] == 200
+                while len(got) < len(b"".join(shape.events[:stall])):
+                    event = await client.next_event()
+                    assert isinstance(event, h11.Data)
+                    got += event.data
+            await client.close()
+            with trio.fail_after(5):
+                await closed.wait()
+            (record,) = await rec.wait_for(1)
+    assert got == b"".join(shape.events[:stall])
+    assert record.outcome.value == "client_disconnect" and record.truncated
+    assert (record.completion_tokens, record.usage_source) == (5, "estimated")
 
 
 async def test_the_usage_chunk_the_gateway_asked_for_is_withheld_in_any_spacing() -> None:
