@@ -66,6 +66,8 @@ async def test_a_complete_stream(name: str) -> None:
     else:
         assert record.completion_tokens == shape.content_events
         assert record.usage_source == "estimated"
+    assert record.completion_id  # the upstream's id, never an empty one
+    assert b'"%b"' % record.completion_id.encode() in b"".join(shape.events)
     signed = (receipt["prompt_tokens"], receipt["completion_tokens"], receipt["usage_source"])
     assert signed == (record.prompt_tokens, record.completion_tokens, record.usage_source)
     assert receipt["truncated"] is False and receipt["final_event"] == record.final_event

@@ -209,7 +209,7 @@ def completion_id(first: dict[str, Any]) -> str | None:
     OpenAI chat/completions: ``{"id"}``; Anthropic: ``{"message": {"id"}}`` in a
     stream; Responses: ``{"response": {"id"}}`` in a stream."""
     for holder in (first, _dict(first.get("message")), _dict(first.get("response"))):
-        if holder is not None and isinstance(holder.get("id"), str):
+        if holder is not None and isinstance(holder.get("id"), str) and holder["id"]:
             return str(holder["id"])
     return None
 
@@ -219,7 +219,7 @@ def response_model(obj: dict[str, Any]) -> str | None:
     ``model`` (OpenAI chat/completions, a whole Anthropic message),
     ``message.model`` (Anthropic stream), ``response.model`` (Responses)."""
     for holder in (obj, _dict(obj.get("message")), _dict(obj.get("response"))):
-        if holder is not None and isinstance(holder.get("model"), str):
+        if holder is not None and isinstance(holder.get("model"), str) and holder["model"]:
             return str(holder["model"])[:256]
     return None
 

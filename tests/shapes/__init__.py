@@ -114,6 +114,35 @@ def _openrouter(tokens: int) -> Shape:
     return Shape(source, tuple(events), tokens, (17, tokens))
 
 
+def _azure(tokens: int) -> Shape:
+    """Azure OpenAI: a first chunk with the prompt's filter results, no choices and an
+    empty id and model; content filter results in every choice; ``usage: null``
+    in every chunk; ``[DONE]`` (chunks as quoted in microsoft/autogen issue #6465 and
+    sashabaranov/go-openai pull request #448)."""
+    safe = {"filtered": False, "severity": "safe"}
+    filters = {"hate": safe, "self_harm": safe, "sexual": safe, "violence": safe}
+    base = {"id": "chatcmpl-7e5ItVD5q11G4RCkPDfVbautcdoqZ", "object": "chat.completion.chunk",
+            "created": 1689787863, "model": "gpt-35-turbo-16k"}  # fmt: skip
+
+    def event(obj: object) -> bytes:
+        return b"data: " + _compact(obj) + b"\n\n"
+
+    def choice(delta: object, finish: str | None = None) -> dict[str, object]:
+        return {**base, "choices": [{"index": 0, "finish_reason": finish, "delta": delta,
+                                     "content_filter_results": filters}], "usage": None}  # fmt: skip
+
+    events = [
+        event({"choices": [], "created": 0, "id": "", "model": "", "object": "", "usage": None,
+               "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filters}]}),
+        event(choice({"role": "assistant"})),
+    ]  # fmt: skip
+    events += [event(choice({"content": f"t{i} "})) for i in range(tokens)]
+    events.append(event(choice({}, "stop")))
+    events.append(b"data: [DONE]\n\n")
+    source = "microsoft/autogen issue #6465; sashabaranov/go-openai pull request #448"
+    return Shape(source, tuple(events), tokens, None, head=2)
+
+
 def _anthropic(tokens: int) -> Shape:
     """Anthropic's Messages stream: ``message_start`` (input tokens), ``ping``,
     ``content_block_start``, text deltas, ``content_block_stop``, ``message_delta``
@@ -176,4 +205,5 @@ SHAPES = {
     "groq": _groq(12),
     "openrouter": _openrouter(12),
     "anthropic": _anthropic(12),
+    "azure": _azure(12),
 }

@@ -163,6 +163,7 @@ class Exchange:
     event_stream: bool = False  # the upstream answered an event stream
     partial_event: bool = False  # the stream ended inside an event
     first_block: bytes | None = None
+    second_block: bytes | None = None  # the id and model when the first event has none
     usage_block: bytes | None = None
     body_json: Any = None  # non-streaming response, parsed once
     response_hash: Any = None  # hashlib.sha256 over every byte sent to the client

@@ -286,6 +286,8 @@ class UpstreamReader:
                         ex.first_block = block
                         ex.first_event_at = now
                         ex.mark("first_event")
+                    elif ex.events == 2:  # ids where the first has none (Azure's filter chunk)
+                        ex.second_block = block
                     flags = classify(block)
                     if flags & CONTENT:
                         ex.content_events += 1

@@ -89,6 +89,11 @@ class CompletionRecord:
                 completion_id = completion_id or dialects.completion_id(first)
                 usage = dialects.usage(first, last, ex.dialect)
                 answered = answered or dialects.response_model(first)
+            if (completion_id is None or answered is None) and ex.second_block is not None:
+                second = _load_data(ex.second_block)  # Azure's first chunk: id and model ""
+                if second is not None:
+                    completion_id = completion_id or dialects.completion_id(second)
+                    answered = answered or dialects.response_model(second)
         if completion_id is not None:
             completion_id = completion_id[:256]
         if ex.event_stream:
