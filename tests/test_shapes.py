@@ -15,10 +15,11 @@ import trio
 
 from tests.conftest import chat, running
 from tests.scripted_upstream import scripted_upstream
-from tests.shapes import SHAPES, Shape
+from tests.shapes import SHAPES, Shape, build
 from trioproxy import dialects
 from trioproxy.receipts.service import verify_receipt
 from trioproxy.server.serve import RunningGateway
+from trioproxy.testing.mock_scripts import Fault, FaultSpecError, parse_fault
 from trioproxy.testing.rawclient import RawClient, RawResponse, request
 
 CHAT = "/v1/chat/completions"
@@ -158,7 +159,7 @@ async def test_a_stream_the_client_hangs_up_on(name: str) -> None:
 async def test_the_usage_chunk_the_gateway_asked_for_is_withheld_in_any_spacing() -> None:
     """request_usage: the gateway adds include_usage for a client that did not ask;
     the upstream's usage chunk (spaced JSON) must not reach that client."""
-    shape = SHAPES["json-dumps"]
+    shape = SHAPES["json_dumps"]
     usage_chunks = [e for e in shape.events if dialects.is_usage_only(e)]
     assert len(usage_chunks) == 1
     async with (
@@ -192,3 +193,28 @@ async def test_the_usage_chunk_the_gateway_asked_for_is_withheld_in_any_spacing(
 )
 def test_events_are_recognised_in_any_spacing(event: bytes, flags: int) -> None:
     assert dialects.classify(event) == flags
+
+
+async def test_the_mock_replays_a_shape_with_its_timing_and_faults() -> None:
+    """``mock-shape-NAME-…``: the built-in mock streams as that server does, paced
+    and faulted like any mock stream, so chaos runs can use real servers' shapes."""
+    async with running(idle_timeout=0.3) as (gw, rec):
+        client = await RawClient.connect(gw.url)
+        await client.send_request("POST", CHAT, chat("mock-shape-groq-t20-i10"))
+        with trio.fail_after(10):
+            response = await client.read_response()
+        await client.close()
+        assert response.body == b"".join(build("groq", 20).events)
+        reads = [t for t, chunk in response.chunks if b'"content":"t' in chunk]
+        assert reads[-1] - reads[0] >= 19 * 0.010 * 0.5  # paced, not in one burst
+        body = {**chat("mock-shape-anthropic-t8-stall3"), "max_tokens": 64}
+        stalled = await request(gw.url, "POST", "/v1/messages", body)
+        events = build("anthropic", 8).events
+        assert stalled.body.startswith(b"".join(events[: 3 + 3]))
+        assert _error_event_of(stalled.body, "messages")["error"]["type"]
+        records = await rec.wait_for(2)
+    assert (records[0].prompt_tokens, records[0].completion_tokens) == (23, 20)
+    assert records[0].usage_source == "upstream" and not records[0].truncated
+    assert records[1].outcome.value == "upstream_idle_timeout" and records[1].truncated
+    with pytest.raises(FaultSpecError, match="unknown stream shape"):
+        parse_fault("mock-shape-nosuch-t3", Fault())

@@ -203,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             host, port = parse_bind(args.bind)
             _setup_logging("info")
             fault = Fault(tokens=args.tokens, itl_ms=args.itl_ms, ttft_ms=args.ttft_ms)
+            if args.shape:
+                try:
+                    fault = parse_fault(f"mock-shape-{args.shape}", fault)
+                except FaultSpecError as exc:
+                    print(f"trioproxy: {exc}", file=sys.stderr)
+                    return 2
             if args.fault:
                 try:
                     fault = parse_fault("mock-" + args.fault, fault)

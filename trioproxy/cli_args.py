@@ -146,6 +146,13 @@ def _mock(sub: Any) -> None:
         help="where to listen (default 127.0.0.1:8000)",
     )
     mock.add_argument(
+        "--shape",
+        default=None,
+        metavar="NAME",
+        help="stream as a real server does: json_dumps, finish_no_done, json_dumps_bare, groq, "
+        "openrouter, azure, anthropic (default: the mock's own compact shape)",
+    )
+    mock.add_argument(
         "--tokens",
         type=int,
         default=16,

@@ -17,6 +17,8 @@ bad<K>    send one malformed event (invalid JSON) after K tokens, then go on
 hb<K>     after K tokens send only ``: ping`` comments, forever (K=0: no data event)
 p<MS>     interval of those pings, milliseconds (default 100)
 x<N>      a tag, otherwise ignored: lets a test or ``chaos`` match its requests
+shape-S   stream as server shape S does (:mod:`trioproxy.testing.shapes`:
+          json_dumps, groq, azure, anthropic, ...), with the timing and faults above
 ========  =====================================================================
 
 Events are built from templates per stream (one bytes concatenation per token),
@@ -31,7 +33,11 @@ from dataclasses import dataclass, replace
 
 import orjson
 
-__all__ = ["Fault", "FaultSpecError", "Script", "parse_fault", "script_for"]
+from .shapes import BUILDERS, build
+
+__all__ = ["Fault", "FaultSpecError", "Script", "parse_fault", "script_for", "shaped"]
+
+SHAPE_NAMES = frozenset(BUILDERS)
 
 WORDS = [
     "The",
@@ -76,6 +82,7 @@ class Fault:
     heartbeat_after: int | None = None
     ping_ms: float = 100.0
     tag: int | None = None
+    shape: str | None = None  # a real server's stream (trioproxy.testing.shapes)
 
 
 _OPTION = re.compile(r"(stall|drop|bad|hb|t|i|f|e|p|x)(\d+(?:\.\d+)?)")
@@ -97,8 +104,15 @@ _FLOATS = {"itl_ms", "ttft_ms", "ping_ms"}
 def parse_fault(model: str, defaults: Fault) -> Fault:
     if model != "mock" and not model.startswith("mock-"):
         return defaults
-    changes: dict[str, float | int] = {}
-    for part in model.split("-")[1:]:
+    changes: dict[str, float | int | str] = {}
+    parts = iter(model.split("-")[1:])
+    for part in parts:
+        if part == "shape":  # shape-NAME: a real server's stream shape
+            name = next(parts, "")
+            if name not in SHAPE_NAMES:
+                raise FaultSpecError(f"unknown stream shape {name!r}: one of {sorted(SHAPE_NAMES)}")
+            changes["shape"] = name
+            continue
         m = _OPTION.fullmatch(part)
         if m is None:
             raise FaultSpecError(f"unknown mock option {part!r} in model {model!r}")
@@ -126,8 +140,11 @@ class Script:
     whole: bytes  # the non-streaming body
     bad: bytes
     words: list[bytes]
+    tokens: list[bytes] | None = None  # a shape's own token events
 
     def token(self, i: int) -> bytes:
+        if self.tokens is not None:
+            return self.tokens[i]
         return self.prefix + self.words[i % len(self.words)] + self.suffix
 
 
@@ -256,3 +273,14 @@ def script_for(route: str, model: str, n: int, include_usage: bool, seq: int) ->
         }
     )
     return Script(cid.decode(), head, prefix, suffix, tail, whole, bad, words)
+
+
+def shaped(script: Script, shape: str, n: int) -> Script:
+    """``script`` streaming as server shape ``shape`` does, with ``n`` tokens (its
+    non-streaming body stays the mock's own)."""
+    built = build(shape, n)
+    events, head = built.events, built.head
+    return replace(
+        script, head=list(events[:head]), tokens=list(events[head : head + n]),
+        tail=list(events[head + n :]),
+    )  # fmt: skip

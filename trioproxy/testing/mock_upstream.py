@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import trio
 
-from .mock_scripts import Fault, FaultSpecError, Script, parse_fault, script_for
+from .mock_scripts import Fault, FaultSpecError, Script, parse_fault, script_for, shaped
 
 __all__ = ["MockStatistics", "MockUpstream", "serve_mock"]
 
@@ -179,6 +179,8 @@ class MockUpstream:
         opts = obj.get("stream_options")
         usage_on = isinstance(opts, dict) and bool(opts.get("include_usage"))
         script = script_for(route, model, fault.tokens, usage_on, next(self._seq))
+        if fault.shape is not None:
+            script = shaped(script, fault.shape, fault.tokens)
         if obj.get("stream") is not True:
             if fault.ttft_ms:
                 await trio.sleep(fault.ttft_ms / 1000)

@@ -1,0 +1,221 @@
+"""Stream shapes of servers that are not our mock, as their bytes come (sans-IO).
+
+Each shape is the body of one streaming answer (OpenAI chat, or Anthropic
+messages), one SSE event per HTTP chunk, with what a correct gateway must make
+of it; where it came from is in its ``source``. ``SHAPES`` builds each with 12
+tokens (the tests replay those: ``tests/shapes``); :func:`build` with any number.
+The mock upstream replays them with its timing and faults (``mock-shape-NAME-…``,
+``trioproxy mock-upstream --shape NAME``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["BUILDERS", "SHAPES", "Shape", "build"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    source: str
+    events: tuple[bytes, ...]  # each a whole SSE event, as the server writes it
+    content_events: int  # events with generated text
+    usage: tuple[int, int] | None  # (prompt, completion) the server reports, if it does
+    route: str = "chat"  # chat (/v1/chat/completions) or messages (/v1/messages)
+    head: int = 1  # events before the first token
+
+
+def _dumps_stream(tokens: int, done: bool, usage: bool, usage_inline: bool = False) -> Shape:
+    """A server that builds each chunk with Python's ``json.dumps`` (spaces after
+    ``:`` and ``,``): the OpenAI chunk fields, a role-only first chunk, a finish
+    chunk, optionally OpenAI's usage-only chunk and ``[DONE]``."""
+    base = {"id": "chatcmpl-7", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+    def event(choices: list[object], **extra: object) -> bytes:
+        return b"data: " + json.dumps({**base, "choices": choices, **extra}).encode() + b"\n\n"
+
+    counts = {"prompt_tokens": 9, "completion_tokens": tokens, "total_tokens": 9 + tokens}
+    events = [event([{"index": 0, "delta": {"role": "assistant", "content": ""}}])]
+    events += [
+        event([{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}])
+        for i in range(tokens)
+    ]
+    finish = {"index": 0, "delta": {}, "finish_reason": "stop"}
+    events.append(event([finish], usage=counts) if usage_inline else event([finish]))
+    if usage:
+        events.append(event([], usage=counts))
+    if done:
+        events.append(b"data: [DONE]\n\n")
+    reported = (9, tokens) if usage or usage_inline else None
+    source = "Python's json.dumps, as a public gateway benchmark's fake provider writes it"
+    return Shape(source, tuple(events), tokens, reported)
+
+
+def _compact(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _groq(tokens: int) -> Shape:
+    """Groq's OpenAI-compatible stream as it was without ``include_usage``: compact
+    JSON, usage under ``x_groq`` in the finish chunk, then ``[DONE]`` (the chunk as
+    quoted in vercel/ai issue #1651)."""
+    base = {"id": "chatcmpl-8566e76f", "object": "chat.completion.chunk", "created": 1716131679,
+            "model": "llama3-8b-8192", "system_fingerprint": "fp_179b0f92c9"}  # fmt: skip
+
+    def event(choice: dict[str, object], **extra: object) -> bytes:
+        return b"data: " + _compact({**base, "choices": [choice], **extra}) + b"\n\n"
+
+    events = [event({"index": 0, "delta": {"role": "assistant", "content": ""},
+                     "logprobs": None, "finish_reason": None})]  # fmt: skip
+    events += [
+        event({"index": 0, "delta": {"content": f"t{i} "}, "logprobs": None, "finish_reason": None})
+        for i in range(tokens)
+    ]
+    usage = {"queue_time": 0.07, "prompt_tokens": 23, "prompt_time": 0.006,
+             "completion_tokens": tokens, "completion_time": 0.022, "total_tokens": 23 + tokens}  # fmt: skip
+    events.append(event({"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"},
+                        x_groq={"id": "req_01hy8ppkajfqk987jv2vx88m9r", "usage": usage}))  # fmt: skip
+    events.append(b"data: [DONE]\n\n")
+    return Shape(
+        "vercel/ai issue #1651 (a Groq stream's last chunk)", tuple(events), tokens, (23, tokens)
+    )
+
+
+def _openrouter(tokens: int) -> Shape:
+    """OpenRouter: an SSE comment first (``: OPENROUTER PROCESSING``, documented on
+    openrouter.ai/docs/api-reference/streaming as sent to keep connections open),
+    compact chunks carrying ``provider`` and ``native_finish_reason`` and the role in
+    every delta (as a recorded OpenRouter stream shows), the usage chunk
+    ``include_usage`` asks for, ``[DONE]``."""
+    base = {"id": "gen-1778031306-UD7bR0I1", "object": "chat.completion.chunk",
+            "created": 1778031306, "model": "openai/gpt-4o-mini", "provider": "Azure"}  # fmt: skip
+
+    def event(choices: list[object], **extra: object) -> bytes:
+        return b"data: " + _compact({**base, "choices": choices, **extra}) + b"\n\n"
+
+    events = [b": OPENROUTER PROCESSING\n\n"]
+    events += [
+        event(
+            [
+                {
+                    "index": 0,
+                    "delta": {"content": f"t{i} ", "role": "assistant"},
+                    "finish_reason": None,
+                    "native_finish_reason": None,
+                }
+            ]
+        )
+        for i in range(tokens)
+    ]
+    events.append(event([{"index": 0, "delta": {"content": "", "role": "assistant"},
+                          "finish_reason": "stop", "native_finish_reason": "stop"}]))  # fmt: skip
+    counts = {"prompt_tokens": 17, "completion_tokens": tokens, "total_tokens": 17 + tokens}
+    events.append(event([], usage=counts))
+    events.append(b"data: [DONE]\n\n")
+    source = "openrouter.ai/docs/api-reference/streaming; a recorded OpenRouter stream"
+    return Shape(source, tuple(events), tokens, (17, tokens))
+
+
+def _azure(tokens: int) -> Shape:
+    """Azure OpenAI: a first chunk with the prompt's filter results, no choices and an
+    empty id and model; content filter results in every choice; ``usage: null``
+    in every chunk; ``[DONE]`` (chunks as quoted in microsoft/autogen issue #6465 and
+    sashabaranov/go-openai pull request #448)."""
+    safe = {"filtered": False, "severity": "safe"}
+    filters = {"hate": safe, "self_harm": safe, "sexual": safe, "violence": safe}
+    base = {"id": "chatcmpl-7e5ItVD5q11G4RCkPDfVbautcdoqZ", "object": "chat.completion.chunk",
+            "created": 1689787863, "model": "gpt-35-turbo-16k"}  # fmt: skip
+
+    def event(obj: object) -> bytes:
+        return b"data: " + _compact(obj) + b"\n\n"
+
+    def choice(delta: object, finish: str | None = None) -> dict[str, object]:
+        return {**base, "choices": [{"index": 0, "finish_reason": finish, "delta": delta,
+                                     "content_filter_results": filters}], "usage": None}  # fmt: skip
+
+    events = [
+        event({"choices": [], "created": 0, "id": "", "model": "", "object": "", "usage": None,
+               "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filters}]}),
+        event(choice({"role": "assistant"})),
+    ]  # fmt: skip
+    events += [event(choice({"content": f"t{i} "})) for i in range(tokens)]
+    events.append(event(choice({}, "stop")))
+    events.append(b"data: [DONE]\n\n")
+    source = "microsoft/autogen issue #6465; sashabaranov/go-openai pull request #448"
+    return Shape(source, tuple(events), tokens, None, head=2)
+
+
+def _anthropic(tokens: int) -> Shape:
+    """Anthropic's Messages stream: ``message_start`` (input tokens), ``ping``,
+    ``content_block_start``, text deltas, ``content_block_stop``, ``message_delta``
+    (``stop_reason``, output tokens), ``message_stop`` (the event types of the
+    Messages streaming API, as Anthropic's SDKs model them)."""
+
+    def event(name: str, obj: object) -> bytes:
+        return b"event: " + name.encode() + b"\ndata: " + _compact(obj) + b"\n\n"
+
+    message: dict[str, object] = {"id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
+               "content": [], "model": "claude-sonnet-4-5", "stop_reason": None,
+               "stop_sequence": None, "usage": {"input_tokens": 25, "output_tokens": 1}}  # fmt: skip
+    events = [
+        event("message_start", {"type": "message_start", "message": message}),
+        event("ping", {"type": "ping"}),
+        event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+    ]
+    events += [
+        event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": f"t{i} "},
+            },
+        )
+        for i in range(tokens)
+    ]
+    events += [
+        event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": tokens},
+            },
+        ),
+        event("message_stop", {"type": "message_stop"}),
+    ]
+    source = "the Messages API's stream event types, as Anthropic's SDKs model them"
+    return Shape(source, tuple(events), tokens, (25, tokens), route="messages", head=3)
+
+
+BUILDERS: dict[str, Callable[[int], Shape]] = {
+    # The fake provider of a public gateway benchmark, and Python servers that
+    # encode with json.dumps: spaced JSON, usage chunk, [DONE].
+    "json_dumps": lambda n: _dumps_stream(n, done=True, usage=True),
+    # A server that ends after its finish chunk, usage inline, without [DONE].
+    "finish_no_done": lambda n: _dumps_stream(n, done=False, usage=False, usage_inline=True),
+    # Spaced JSON, no usage at all, no [DONE]: usage can only be estimated.
+    "json_dumps_bare": lambda n: _dumps_stream(n, done=False, usage=False),
+    "groq": _groq,
+    "openrouter": _openrouter,
+    "anthropic": _anthropic,
+    "azure": _azure,
+}
+
+
+def build(name: str, tokens: int) -> Shape:
+    """Shape ``name`` with ``tokens`` tokens; ``KeyError`` for an unknown name."""
+    return BUILDERS[name](tokens)
+
+
+SHAPES = {name: build(name, 12) for name in BUILDERS}
