@@ -150,7 +150,7 @@ def _mock(sub: Any) -> None:
         default=None,
         metavar="NAME",
         help="stream as a real server does: json_dumps, finish_no_done, json_dumps_bare, groq, "
-        "openrouter, azure, anthropic (default: the mock's own compact shape)",
+        "openrouter, azure, deepseek_no_space, llama_cpp, anthropic (default: the mock's own shape)",
     )
     mock.add_argument(
         "--tokens",

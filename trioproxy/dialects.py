@@ -111,12 +111,17 @@ _FINAL_PREFIXES = (
 )
 
 
+_DONE = (b"data: [DONE]\n\n", b"data:[DONE]\n\n")  # a space after the colon is optional
+
+
 def is_final(block: bytes) -> bool:
     """Does this event block (as framed by the SSE framer) end the stream?"""
-    return block == b"data: [DONE]\n\n" or block.startswith(_FINAL_PREFIXES)
+    return block in _DONE or block.startswith(_FINAL_PREFIXES)
 
 
 _CONTENT_PREFIXES = (b"event: content_block_delta\n", b"event: response.output_text.delta\n")
+
+_DATA_OBJECT = (b"data: {", b"data:{")
 
 # What an event tells the relay (:func:`classify`), as bit flags.
 CONTENT = 1  # generated text (about one token)
@@ -135,14 +140,14 @@ _NO_CHOICES = b'"choices":[]'
 def classify(block: bytes) -> int:
     """What an event block (as framed by the SSE framer) carries, as flags.
 
-    A ``data: {`` event in compact JSON (as vLLM, SGLang and OpenAI write it) is
+    A ``data: {`` (or ``data:{``) event in compact JSON (as vLLM, SGLang and OpenAI write it) is
     read by byte patterns that are exact there; any other spacing is parsed,
     once (``"content": "x"``, as ``json.dumps`` writes it). Content is a
     non-empty ``content``, ``reasoning_content``, ``reasoning`` or ``text`` of
     a choice (its ``delta`` for chat); usage is ``usage`` or Groq's
     ``x_groq.usage``. Events named by an ``event:`` line (Anthropic, Responses)
     are known by their name; they carry usage when they mention ``"usage"``."""
-    if not block.startswith(b"data: {"):
+    if not block.startswith(_DATA_OBJECT):  # data: {, or data:{ (no space: SSE allows it)
         if block.startswith(_CONTENT_PREFIXES):
             return CONTENT
         return USAGE if b'"usage"' in block else 0

@@ -147,6 +147,60 @@ def _azure(tokens: int) -> Shape:
     return Shape(source, tuple(events), tokens, None, head=2)
 
 
+def _deepseek_no_space(tokens: int) -> Shape:
+    """A DeepSeek R1 stream as a hosted provider writes it: ``data:`` with no space
+    before the JSON and thinking as ``reasoning_content`` deltas with the role in each
+    (quoted in karthink/gptel pull request #592), then the answer, the finish chunk,
+    the usage chunk with empty ``choices`` and ``[DONE]`` (DeepSeek's API end, as
+    dxos/dxos pull request #13015 reads its documentation)."""
+    base = {"model": "deepseek-r1", "id": "chatcmpl-75945b6f-a28b-939e-a650-63762ab131f5",
+            "created": 1740552606, "object": "chat.completion.chunk"}  # fmt: skip
+
+    def event(choices: list[object], **extra: object) -> bytes:
+        return b"data:" + _compact({**base, "choices": choices, **extra}) + b"\n\n"
+
+    half = tokens // 2
+    events = [
+        event([{"index": 0, "delta": {"reasoning_content": f"r{i} ", "role": "assistant"}}])
+        for i in range(half)
+    ]
+    events += [event([{"index": 0, "delta": {"content": f"t{i} "}}]) for i in range(half, tokens)]
+    events.append(event([{"index": 0, "delta": {"content": ""}, "finish_reason": "stop"}]))
+    counts = {"prompt_tokens": 11, "completion_tokens": tokens, "total_tokens": 11 + tokens}
+    events.append(event([], usage=counts))
+    events.append(b"data:[DONE]\n\n")
+    source = "karthink/gptel pull request #592; dxos/dxos pull request #13015"
+    return Shape(source, tuple(events), tokens, (11, tokens), head=0)
+
+
+def _llama_cpp(tokens: int) -> Shape:
+    """llama.cpp's ``llama-server``: compact chunks with a ``system_fingerprint`` of
+    its build, the finish chunk, then (usage on by default) a chunk with empty
+    ``choices``, ``usage`` and ``timings``, and ``[DONE]`` (ggml-org/llama.cpp pull
+    request #15444, its server.cpp; the order as strands-agents/harness-sdk pull
+    request #3955 describes it)."""
+    base = {"created": 1757389182, "id": "chatcmpl-qzz1Qobc2bVU2fwWIAtaxgjQ2qeFeNbo",
+            "model": "qwen2.5-3b-instruct-q8_0.gguf", "system_fingerprint": "b6351-5d804a49",
+            "object": "chat.completion.chunk"}  # fmt: skip
+
+    def event(choices: list[object], **extra: object) -> bytes:
+        return b"data: " + _compact({"choices": choices, **base, **extra}) + b"\n\n"
+
+    events = [event([{"finish_reason": None, "index": 0, "delta": {"role": "assistant",
+                                                                   "content": None}}])]  # fmt: skip
+    events += [
+        event([{"finish_reason": None, "index": 0, "delta": {"content": f"t{i} "}}])
+        for i in range(tokens)
+    ]
+    events.append(event([{"finish_reason": "stop", "index": 0, "delta": {}}]))
+    counts = {"completion_tokens": tokens, "prompt_tokens": 14, "total_tokens": 14 + tokens}
+    timings = {"prompt_n": 14, "prompt_ms": 20.1, "predicted_n": tokens, "predicted_ms": 80.5}
+    events.append(event([], usage=counts, timings=timings))
+    events.append(b"data: [DONE]\n\n")
+    source = "ggml-org/llama.cpp pull request #15444; strands-agents/harness-sdk pull request #3955"
+    return Shape(source, tuple(events), tokens, (14, tokens))
+
+
 def _anthropic(tokens: int) -> Shape:
     """Anthropic's Messages stream: ``message_start`` (input tokens), ``ping``,
     ``content_block_start``, text deltas, ``content_block_stop``, ``message_delta``
@@ -210,6 +264,8 @@ BUILDERS: dict[str, Callable[[int], Shape]] = {
     "openrouter": _openrouter,
     "anthropic": _anthropic,
     "azure": _azure,
+    "deepseek_no_space": _deepseek_no_space,
+    "llama_cpp": _llama_cpp,
 }
 
 
