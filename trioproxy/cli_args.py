@@ -149,8 +149,8 @@ def _mock(sub: Any) -> None:
         "--shape",
         default=None,
         metavar="NAME",
-        help="stream as a real server does: json_dumps, finish_no_done, json_dumps_bare, groq, "
-        "openrouter, azure, deepseek_no_space, llama_cpp, anthropic (default: the mock's own shape)",
+        help="stream as a real server does (a name from trioproxy/testing/shapes.py, e.g. groq, "
+        "azure, anthropic, llama_cpp; default: the mock's own shape)",
     )
     mock.add_argument(
         "--tokens",

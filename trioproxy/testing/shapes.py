@@ -201,6 +201,38 @@ def _llama_cpp(tokens: int) -> Shape:
     return Shape(source, tuple(events), tokens, (14, tokens))
 
 
+def _vllm_continuous_usage(tokens: int) -> Shape:
+    """vLLM with ``stream_options: {include_usage, continuous_usage_stats}``: compact
+    JSON (pydantic), a running ``usage`` in every chunk, the role chunk first, the
+    finish chunk, the final usage chunk with empty ``choices``, ``[DONE]``
+    (vllm-project/vllm pull request #6652 and issue #7262, which quotes the chunks)."""
+    base = {"id": "chat-2487a8a959e2480081550c5c25694def", "object": "chat.completion.chunk",
+            "created": 1723032007, "model": "meta-llama/Meta-Llama-3-8B-Instruct"}  # fmt: skip
+
+    def usage(n: int) -> dict[str, int]:
+        return {"prompt_tokens": 16, "total_tokens": 16 + n, "completion_tokens": n}
+
+    def event(choices: list[object], n: int) -> bytes:
+        return b"data: " + _compact({**base, "choices": choices, "usage": usage(n)}) + b"\n\n"
+
+    events = [event([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                      "logprobs": None, "finish_reason": None}], 0)]  # fmt: skip
+    events += [
+        event(
+            [{"index": 0, "delta": {"content": f"t{i} "}, "logprobs": None, "finish_reason": None}],
+            i + 1,
+        )
+        for i in range(tokens)
+    ]
+    events.append(event([{"index": 0, "delta": {"content": ""}, "logprobs": None,
+                          "finish_reason": "stop", "stop_reason": None}], tokens))  # fmt: skip
+    events.append(event([], tokens))
+    events.append(b"data: [DONE]\n\n")
+    return Shape(
+        "vllm-project/vllm pull request #6652, issue #7262", tuple(events), tokens, (16, tokens)
+    )
+
+
 def _anthropic(tokens: int) -> Shape:
     """Anthropic's Messages stream: ``message_start`` (input tokens), ``ping``,
     ``content_block_start``, text deltas, ``content_block_stop``, ``message_delta``
@@ -266,6 +298,7 @@ BUILDERS: dict[str, Callable[[int], Shape]] = {
     "azure": _azure,
     "deepseek_no_space": _deepseek_no_space,
     "llama_cpp": _llama_cpp,
+    "vllm_continuous_usage": _vllm_continuous_usage,
 }
 
 
