@@ -159,7 +159,7 @@ def classify(block: bytes) -> int:
         elif (b'"text":"' in block or b'"reasoning":"' in block) and _COMPACT_CONTENT.search(block):
             flags = CONTENT
         if _COMPACT_USAGE in block:
-            flags |= USAGE_ONLY | USAGE if _NO_CHOICES in block else USAGE
+            flags |= (USAGE | USAGE_ONLY) if _NO_CHOICES in block else USAGE
         if _COMPACT_FINISH in block:
             flags |= FINISH
         return flags
@@ -167,7 +167,7 @@ def classify(block: bytes) -> int:
 
 
 def _classify_parsed(block: bytes) -> int:
-    data = b"".join(
+    data = b"\n".join(  # an event's data lines, joined as SSE joins them
         line[6:] if line.startswith(b"data: ") else line[5:]
         for line in block.splitlines()
         if line.startswith(b"data:")
@@ -191,7 +191,7 @@ def _classify_parsed(block: bytes) -> int:
             flags |= FINISH
     groq = _dict(obj.get("x_groq"))
     if _dict(obj.get("usage")) is not None or (groq is not None and _dict(groq.get("usage"))):
-        flags |= USAGE | USAGE_ONLY if choices == [] else USAGE
+        flags |= (USAGE | USAGE_ONLY) if choices == [] else USAGE
     return flags
 
 

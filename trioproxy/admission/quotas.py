@@ -15,9 +15,10 @@ Rules (the same ones :mod:`trioproxy.shared.limits` runs in Redis for every host
 - The same three are checked before a request's body is read
   (:meth:`LocalQuotas.precheck`), so a key over a limit holds no body-read
   slot; a body that times out (408) counts in the key's rpm window.
-- Usage totals per key id (``None`` = open mode; :attr:`ApiKey.id`, never its name) for the current minute, the
-  current day (UTC) and all time: requests that reached an upstream, prompt
-  and completion tokens, and how many of those tokens were estimated.
+- Usage totals per key id (:attr:`ApiKey.id`, never its name; ``None`` = open
+  mode) for the current minute, the current day (UTC) and all time: requests
+  that reached an upstream, prompt and completion tokens, and how many of
+  those tokens were estimated.
 
 Time: the limits use the gateway's clock (trio's; tests move it), the totals'
 minute and day the wall clock.
@@ -199,6 +200,15 @@ def over_limit(key: ApiKey, limit: str, retry_after: int) -> Overloaded:
     )
 
 
+def _refuse_full_windows(key: ApiKey, state: _KeyState, now: float) -> None:
+    """The 429 of a key whose rpm or tpm window is full at ``now``."""
+    recent, tokens = state.requests, state.tokens
+    if recent is not None and len(recent) == recent.maxlen and now - recent[0] < WINDOW:
+        raise over_limit(key, "rpm", int(WINDOW - (now - recent[0])) + 1)
+    if tokens is not None and tokens.used(now) >= key.tpm:
+        raise over_limit(key, "tpm", tokens.retry_after(now))
+
+
 class LocalQuotas:
     """This process's limits and totals. ``previous``: the quotas this one
     replaces (SIGHUP): a key whose table did not change keeps its windows and
@@ -234,11 +244,8 @@ class LocalQuotas:
         state = self.states.get(key.name) if key is not None else None
         if key is None or state is None:
             return grant
+        _refuse_full_windows(key, state, now)
         recent, tokens = state.requests, state.tokens
-        if recent is not None and len(recent) == recent.maxlen and now - recent[0] < WINDOW:
-            raise over_limit(key, "rpm", int(WINDOW - (now - recent[0])) + 1)
-        if tokens is not None and tokens.used(now) >= key.tpm:
-            raise over_limit(key, "tpm", tokens.retry_after(now))
         if state.streams is not None:
             if not state.streams.try_acquire(borrower):
                 raise over_limit(key, "max_streams", 1)
@@ -255,12 +262,7 @@ class LocalQuotas:
         state = self.states.get(key.name) if key is not None else None
         if key is None or state is None:
             return
-        now = self.clock()
-        recent, tokens = state.requests, state.tokens
-        if recent is not None and len(recent) == recent.maxlen and now - recent[0] < WINDOW:
-            raise over_limit(key, "rpm", int(WINDOW - (now - recent[0])) + 1)
-        if tokens is not None and tokens.used(now) >= key.tpm:
-            raise over_limit(key, "tpm", tokens.retry_after(now))
+        _refuse_full_windows(key, state, self.clock())
         if state.streams is not None and state.streams.full():
             raise over_limit(key, "max_streams", 1)
 

@@ -305,18 +305,20 @@ class Gateway:
         # a bounded number at a time (a bounded share per key), the wait for a slot
         # and the read within body_timeout.
         self.accounts.precheck(key)
-        with trio.move_on_after(self.config.body_timeout or math.inf) as read_scope:
+        read, body, parsed = False, None, None
+        with trio.move_on_after(self.config.body_timeout or math.inf):
             async with self.body_reads.open(key.name if key is not None else None):
                 body = await read_body(
                     scope, receive, self.config.max_body_bytes, lambda: take_queued(receive)
                 )
+                read = True
                 if body is not None:
                     ex.mark("body_read")
                     parsed = validate(route, body)
-        if read_scope.cancelled_caught:
+        if not read:
             self.accounts.timed_out(key)
             raise RequestTimeout(f"request body not complete in {self.config.body_timeout} s")
-        if body is None:  # the client left before sending its whole body
+        if body is None or parsed is None:  # the client left before sending its whole body
             ex.hung_up(trio.current_time())
             return None
         ex.request_sha256 = hashlib.sha256(body).hexdigest()
