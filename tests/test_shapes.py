@@ -30,6 +30,9 @@ def _route(shape: Shape, url: str) -> tuple[str, dict[str, Any], dict[str, Any]]
     if shape.route == "messages":
         body = {**chat("m"), "max_tokens": 64}
         return "/v1/messages", body, {"anthropic_upstreams": (url.removesuffix("/v1"),)}
+    if shape.route == "responses":
+        body = {"model": "m", "input": "Say hi", "stream": True}
+        return "/v1/responses", body, {"openai_upstreams": (url,)}
     return CHAT, chat("m"), {"openai_upstreams": (url,)}
 
 
@@ -58,7 +61,13 @@ async def test_a_complete_stream(name: str) -> None:
             (record,) = await rec.wait_for(1)
             receipt = await _verified_receipt(gw, response)
     assert response.status == 200
-    assert response.body == b"".join(shape.events)  # unchanged
+    assert response.body == b"".join(shape.events)  # unchanged: nothing added to an error
+    if shape.error is not None:  # the server ended it with its own error event
+        assert record.outcome.value == "upstream_error" and record.truncated
+        assert record.error is not None and shape.error in record.error
+        assert (record.completion_tokens, record.usage_source) == (12, "estimated")
+        assert receipt["truncated"] is True
+        return
     assert record.outcome.value == "done"
     assert not record.truncated  # also without [DONE]: a finish reason, then a clean end
     if shape.usage is not None:
@@ -90,6 +99,38 @@ async def test_a_stream_cut_by_the_upstream(name: str) -> None:
     assert record.completion_tokens == 5 and record.usage_source == "estimated"
     assert (receipt["truncated"], receipt["final_event"]) == (True, False)
     assert (receipt["completion_tokens"], receipt["usage_source"]) == (5, "estimated")
+
+
+@pytest.mark.parametrize("name", SHAPES)
+async def test_a_stream_the_upstream_ends_cleanly_too_early(name: str) -> None:
+    """The upstream ends the body cleanly after 5 tokens, with no finish reason and
+    no final event: truncated, 5 estimated (an empty finish reason is none)."""
+    shape = SHAPES[name]
+    cut = shape.head + 5
+    async with scripted_upstream(shape.events[:cut]) as url:
+        path, body, options = _route(shape, url)
+        async with running(**options) as (gw, rec):
+            response = await request(gw.url, "POST", path, body)
+            (record,) = await rec.wait_for(1)
+    assert response.body == b"".join(shape.events[:cut])
+    assert record.truncated and not record.final_event
+    assert (record.completion_tokens, record.usage_source) == (5, "estimated")
+
+
+async def test_an_anthropic_stream_ending_after_its_stop_reason_is_complete() -> None:
+    """``message_delta`` with a stop reason, then a clean end without
+    ``message_stop``: complete, with the usage it reported."""
+    shape = SHAPES["anthropic"]
+    assert shape.events[-1].startswith(b"event: message_stop\n")
+    async with scripted_upstream(shape.events[:-1]) as url:
+        path, body, options = _route(shape, url)
+        async with running(**options) as (gw, rec):
+            await request(gw.url, "POST", path, body)
+            (record,) = await rec.wait_for(1)
+    assert not record.truncated and not record.final_event
+    assert (record.prompt_tokens, record.completion_tokens, record.usage_source) == (
+        25, 12, "upstream",
+    )  # fmt: skip
 
 
 def _error_event_of(body: bytes, route: str) -> dict[str, Any]:
@@ -189,6 +230,19 @@ async def test_the_usage_chunk_the_gateway_asked_for_is_withheld_in_any_spacing(
         (b'data: {"choices":[{"delta":{},"finish_reason":"length"}]}\n\n', dialects.FINISH),
         (b'data: {"choices":[],"x_groq":{"usage":{"prompt_tokens":1}}}\n\n', 2 | 8),
         (b"event: content_block_delta\ndata: {}\n\n", dialects.CONTENT),
+        # An empty finish reason is none (Ollama wrote one in every chunk).
+        (b'data: {"choices":[{"delta":{"content":"x"},"finish_reason":""}]}\n\n', 1),
+        (b'data: {"choices": [{"delta": {}, "finish_reason": ""}]}\n\n', 0),
+        # Anthropic's stop reason, and its usage, in message_delta.
+        (b'event: message_delta\ndata: {"delta":{"stop_reason":"end_turn"},"usage":{}}\n\n', 6),
+        (b'event: message_delta\ndata: {"delta": {"stop_reason": null}}\n\n', 0),
+        # The upstream's own error events, in either dialect and any spacing.
+        (b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error"}}\n\n', 16),
+        (b'data: {"error":{"message":"x","type":"server_error"}}\n\n', dialects.ERROR),
+        (b'data: {"error": {"message": "x"}}\n\n', dialects.ERROR),
+        (b'data: {"id": "x", "error": {"message": "x"}}\n\n', dialects.ERROR),
+        (b'data: {"error": "not an object"}\n\n', 0),
+        (b'data: {"choices":[{"delta":{"content":"{\\"error\\":{"}}]}\n\n', 1),
     ],
 )
 def test_events_are_recognised_in_any_spacing(event: bytes, flags: int) -> None:

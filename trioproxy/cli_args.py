@@ -149,7 +149,7 @@ def _mock(sub: Any) -> None:
         "--shape",
         default=None,
         metavar="NAME",
-        help="stream as a real server does (a name from trioproxy/testing/shapes.py, e.g. groq, "
+        help="stream as a real server does (a name from trioproxy/testing/shapes, e.g. groq, "
         "azure, anthropic, llama_cpp; default: the mock's own shape)",
     )
     mock.add_argument(

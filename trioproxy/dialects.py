@@ -26,8 +26,10 @@ The table::
                          (Responses: input_tokens / output_tokens)
     content event        a choice with non-empty content/text       event: content_block_delta
                          (Responses: response.output_text.delta)
-    complete without     the last event has a finish_reason and     (none)
-      its final event    the connection then ended cleanly
+    complete without     the last event has a finish_reason and     message_delta with a stop_reason
+      its final event    the connection then ended cleanly          last, then a clean end
+    upstream error       data: {"error": {...}} (any spacing);      event: error
+                         Responses: event: error, response.failed
     usage-only event     data: {... "choices":[], "usage": ...}     (none)
     credential           Authorization: Bearer KEY                  x-api-key: KEY, anthropic-version
     base URL             ends in /v1                                stops before /v1
@@ -46,6 +48,7 @@ from .errors import GatewayError
 __all__ = [
     "ANTHROPIC_VERSION",
     "CONTENT",
+    "ERROR",
     "FINISH",
     "USAGE",
     "USAGE_ONLY",
@@ -56,6 +59,8 @@ __all__ = [
     "default_headers",
     "dialect_for_path",
     "error_body",
+    "error_type",
+    "event_data",
     "is_content",
     "is_final",
     "is_usage_only",
@@ -126,14 +131,24 @@ _DATA_OBJECT = (b"data: {", b"data:{")
 # What an event tells the relay (:func:`classify`), as bit flags.
 CONTENT = 1  # generated text (about one token)
 USAGE = 2  # a usage object (not null)
-FINISH = 4  # a choice with a finish reason (not null)
+FINISH = 4  # a finish reason (a choice's, or Anthropic's stop_reason): not null, not ""
 USAGE_ONLY = 8  # OpenAI's usage chunk: no choices, a usage object
+ERROR = 16  # the upstream's own error event: the stream ends in an error
+
+_ERROR_PREFIXES = (
+    b"event: error\n",  # Anthropic, Responses
+    b"event: response.failed\n",  # Responses: a final event that is an error
+    b'data: {"error":',
+    b'data:{"error":',
+)
+_MESSAGE_DELTA = b"event: message_delta\n"  # Anthropic: stop_reason and usage
 
 # Compact JSON (no ": " anywhere): these patterns are exact, since in a JSON
 # string a quote is escaped and cannot close a key the way they need.
 _COMPACT_CONTENT = re.compile(rb'(?:content|"text|"reasoning)":"[^"]')
 _COMPACT_USAGE = b'"usage":{'
 _COMPACT_FINISH = b'"finish_reason":"'
+_COMPACT_FINISHED = re.compile(rb'"finish_reason":"[^"]')  # "" is no finish reason
 _NO_CHOICES = b'"choices":[]'
 
 
@@ -146,10 +161,18 @@ def classify(block: bytes) -> int:
     non-empty ``content``, ``reasoning_content``, ``reasoning`` or ``text`` of
     a choice (its ``delta`` for chat); usage is ``usage`` or Groq's
     ``x_groq.usage``. Events named by an ``event:`` line (Anthropic, Responses)
-    are known by their name; they carry usage when they mention ``"usage"``."""
+    are known by their name; they carry usage when they mention ``"usage"``;
+    Anthropic's ``message_delta`` is parsed (once a stream) for its stop reason.
+    A finish reason ``""`` is none. An upstream's error event is ``event: error``
+    (Anthropic, Responses), ``response.failed``, or a data object whose
+    ``error`` is an object (OpenAI's), in any spacing."""
     if not block.startswith(_DATA_OBJECT):  # data: {, or data:{ (no space: SSE allows it)
         if block.startswith(_CONTENT_PREFIXES):
             return CONTENT
+        if block.startswith(_MESSAGE_DELTA):
+            return _classify_message_delta(block)
+        if block.startswith(_ERROR_PREFIXES):
+            return ERROR
         return USAGE if b'"usage"' in block else 0
     if b'": ' not in block:
         flags = 0
@@ -160,14 +183,17 @@ def classify(block: bytes) -> int:
             flags = CONTENT
         if _COMPACT_USAGE in block:
             flags |= (USAGE | USAGE_ONLY) if _NO_CHOICES in block else USAGE
-        if _COMPACT_FINISH in block:
+        if _COMPACT_FINISH in block and _COMPACT_FINISHED.search(block):
             flags |= FINISH
+        if not flags and block.startswith(_ERROR_PREFIXES):  # {"error":{...}}
+            return _classify_parsed(block)
         return flags
     return _classify_parsed(block)
 
 
-def _classify_parsed(block: bytes) -> int:
-    data = b"\n".join(  # an event's data lines, joined as SSE joins them
+def event_data(block: bytes) -> dict[str, Any] | None:
+    """The JSON object of an event's data lines (joined as SSE joins them), or None."""
+    data = b"\n".join(
         line[6:] if line.startswith(b"data: ") else line[5:]
         for line in block.splitlines()
         if line.startswith(b"data:")
@@ -175,9 +201,25 @@ def _classify_parsed(block: bytes) -> int:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _classify_message_delta(block: bytes) -> int:
+    obj = event_data(block)
+    if obj is None:
         return 0
-    if not isinstance(obj, dict):
+    delta = _dict(obj.get("delta")) or {}
+    flags = FINISH if isinstance(delta.get("stop_reason"), str) and delta["stop_reason"] else 0
+    return flags | (USAGE if _dict(obj.get("usage")) is not None else 0)
+
+
+def _classify_parsed(block: bytes) -> int:
+    obj = event_data(block)
+    if obj is None:
         return 0
+    if _dict(obj.get("error")) is not None:
+        return ERROR
     flags = 0
     choices = obj.get("choices")
     for choice in choices if isinstance(choices, list) else ():
@@ -187,7 +229,8 @@ def _classify_parsed(block: bytes) -> int:
         texts = (delta.get("content"), delta.get("reasoning_content"), delta.get("reasoning"))
         if any(isinstance(t, str) and t for t in (*texts, choice.get("text"))):
             flags |= CONTENT
-        if isinstance(choice.get("finish_reason"), str):
+        finish = choice.get("finish_reason")
+        if isinstance(finish, str) and finish:
             flags |= FINISH
     groq = _dict(obj.get("x_groq"))
     if _dict(obj.get("usage")) is not None or (groq is not None and _dict(groq.get("usage"))):
@@ -198,6 +241,22 @@ def _classify_parsed(block: bytes) -> int:
 def is_content(block: bytes) -> bool:
     """Does this event carry generated text (about one token)? (:func:`classify`)"""
     return bool(classify(block) & CONTENT)
+
+
+_ERROR_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def error_type(block: bytes) -> str:
+    """The type of an upstream's error event (:data:`ERROR`), as a bounded name:
+    ``error.type`` (Anthropic, OpenAI) or ``error.code``; ``error`` when it names
+    none a log line may carry."""
+    obj = event_data(block) or {}
+    response = _dict(obj.get("response")) or {}  # Responses: response.failed
+    error = _dict(obj.get("error")) or _dict(response.get("error")) or {}
+    for value in (error.get("type"), error.get("code")):
+        if isinstance(value, str) and _ERROR_TYPE.fullmatch(value):
+            return value
+    return "error"
 
 
 def is_usage_only(block: bytes) -> bool:

@@ -157,6 +157,7 @@ class Exchange:
     events: int = 0
     final_event: bool = False
     finished: bool = False  # the last event so far has a finish reason
+    upstream_error: str | None = None  # the type of the upstream's own error event, if it sent one
     content_events: int = 0  # events with generated text (the estimate of a cut stream)
     prompt_estimate: int = 0  # request body bytes / 4, counted against tpm at admission
     strip_usage: bool = False  # request_usage added include_usage: the usage chunk is withheld

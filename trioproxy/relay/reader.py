@@ -51,7 +51,7 @@ import trio
 from .. import dialects
 from ..asgi import DirectWriter
 from ..config import Config
-from ..dialects import CONTENT, FINISH, USAGE, classify
+from ..dialects import CONTENT, ERROR, FINISH, USAGE, classify
 from ..errors import (
     GatewayError,
     Outcome,
@@ -171,7 +171,8 @@ class UpstreamReader:
             content_type = response.headers.get("content-type", "")
             if response.status_code == 200 and content_type.startswith("text/event-stream"):
                 await self._relay_events(response, first_deadline)
-                return Outcome.DONE
+                # The upstream's own error event reached the client: nothing to add.
+                return Outcome.UPSTREAM_ERROR if ex.upstream_error else Outcome.DONE
             if response.status_code == 429:
                 ex.retry_after = parse_retry_after(response.headers.get("retry-after", ""))
                 if target.retry_429:
@@ -295,6 +296,8 @@ class UpstreamReader:
                         ex.usage_block = block
                     # The last event with a finish reason: complete if the stream ends here.
                     ex.finished = bool(flags & FINISH) or (ex.finished and not flags & CONTENT)
+                    if flags & ERROR:
+                        ex.upstream_error, ex.finished = dialects.error_type(block), False
                     if dialects.is_final(block):
                         ex.final_event = True
                 if ex.events > before:

@@ -8,7 +8,8 @@ Rules:
   events not in compact JSON are parsed, by :func:`trioproxy.dialects.classify`).
 - An event stream is complete (not ``truncated``) when its final event came,
   or when its last event had a finish reason and the upstream then ended it
-  cleanly (servers that send no ``[DONE]``).
+  cleanly (servers that send no ``[DONE]``), unless the upstream sent its own
+  error event (then the outcome is ``upstream_error``, also with a ``[DONE]`` after).
 - Token usage of every exchange that reached an upstream: ``usage_source`` is
   ``upstream`` when the upstream reported both counts for a stream it finished,
   else ``estimated``: the completion is the content events relayed (about one
@@ -96,10 +97,14 @@ class CompletionRecord:
                     answered = answered or dialects.response_model(second)
         if completion_id is not None:
             completion_id = completion_id[:256]
+        error = ex.error.message if ex.error is not None else None
         if ex.event_stream:
-            # Complete: its final event, or a finish reason last and a clean end.
+            # Complete: its final event, or a finish reason last and a clean end;
+            # never one the upstream ended with its own error event.
             clean = ex.finished and ex.outcome is Outcome.DONE and ex.error is None
-            truncated = not (ex.final_event or clean)
+            truncated = not (ex.final_event or clean) or ex.upstream_error is not None
+            if ex.upstream_error is not None and error is None:
+                error = f"upstream ended the stream with an error event: {ex.upstream_error}"
         else:
             truncated = ex.outcome not in (Outcome.DONE, Outcome.UPSTREAM_ERROR)
         prompt, completion, source = _tokens(ex, usage, truncated)
@@ -119,7 +124,7 @@ class CompletionRecord:
             status=ex.status,
             upstream_status=ex.upstream_status,
             outcome=ex.outcome,
-            error=ex.error.message if ex.error is not None else None,
+            error=error,
             completion_id=completion_id,
             usage=usage,
             created=ex.started_wall,

@@ -1,30 +1,15 @@
-"""Stream shapes of servers that are not our mock, as their bytes come (sans-IO).
+"""OpenAI chat completion streams (``/v1/chat/completions``) of servers that are not our mock.
 
-Each shape is the body of one streaming answer (OpenAI chat, or Anthropic
-messages), one SSE event per HTTP chunk, with what a correct gateway must make
-of it; where it came from is in its ``source``. ``SHAPES`` builds each with 12
-tokens (the tests replay those: ``tests/shapes``); :func:`build` with any number.
-The mock upstream replays them with its timing and faults (``mock-shape-NAME-…``,
-``trioproxy mock-upstream --shape NAME``).
+Each builder takes the number of tokens and returns the :class:`~.shape.Shape`;
+where a stream came from is in its docstring and ``source``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 
-__all__ = ["BUILDERS", "SHAPES", "Shape", "build"]
-
-
-@dataclass(frozen=True)
-class Shape:
-    source: str
-    events: tuple[bytes, ...]  # each a whole SSE event, as the server writes it
-    content_events: int  # events with generated text
-    usage: tuple[int, int] | None  # (prompt, completion) the server reports, if it does
-    route: str = "chat"  # chat (/v1/chat/completions) or messages (/v1/messages)
-    head: int = 1  # events before the first token
+from .shape import Shape, compact
 
 
 def _dumps_stream(tokens: int, done: bool, usage: bool, usage_inline: bool = False) -> Shape:
@@ -53,10 +38,6 @@ def _dumps_stream(tokens: int, done: bool, usage: bool, usage_inline: bool = Fal
     return Shape(source, tuple(events), tokens, reported)
 
 
-def _compact(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
 def _groq(tokens: int) -> Shape:
     """Groq's OpenAI-compatible stream as it was without ``include_usage``: compact
     JSON, usage under ``x_groq`` in the finish chunk, then ``[DONE]`` (the chunk as
@@ -65,7 +46,7 @@ def _groq(tokens: int) -> Shape:
             "model": "llama3-8b-8192", "system_fingerprint": "fp_179b0f92c9"}  # fmt: skip
 
     def event(choice: dict[str, object], **extra: object) -> bytes:
-        return b"data: " + _compact({**base, "choices": [choice], **extra}) + b"\n\n"
+        return b"data: " + compact({**base, "choices": [choice], **extra}) + b"\n\n"
 
     events = [event({"index": 0, "delta": {"role": "assistant", "content": ""},
                      "logprobs": None, "finish_reason": None})]  # fmt: skip
@@ -93,7 +74,7 @@ def _openrouter(tokens: int) -> Shape:
             "created": 1778031306, "model": "openai/gpt-4o-mini", "provider": "Azure"}  # fmt: skip
 
     def event(choices: list[object], **extra: object) -> bytes:
-        return b"data: " + _compact({**base, "choices": choices, **extra}) + b"\n\n"
+        return b"data: " + compact({**base, "choices": choices, **extra}) + b"\n\n"
 
     events = [b": OPENROUTER PROCESSING\n\n"]
     events += [
@@ -129,7 +110,7 @@ def _azure(tokens: int) -> Shape:
             "created": 1689787863, "model": "gpt-35-turbo-16k"}  # fmt: skip
 
     def event(obj: object) -> bytes:
-        return b"data: " + _compact(obj) + b"\n\n"
+        return b"data: " + compact(obj) + b"\n\n"
 
     def choice(delta: object, finish: str | None = None) -> dict[str, object]:
         return {**base, "choices": [{"index": 0, "finish_reason": finish, "delta": delta,
@@ -157,7 +138,7 @@ def _deepseek_no_space(tokens: int) -> Shape:
             "created": 1740552606, "object": "chat.completion.chunk"}  # fmt: skip
 
     def event(choices: list[object], **extra: object) -> bytes:
-        return b"data:" + _compact({**base, "choices": choices, **extra}) + b"\n\n"
+        return b"data:" + compact({**base, "choices": choices, **extra}) + b"\n\n"
 
     half = tokens // 2
     events = [
@@ -184,7 +165,7 @@ def _llama_cpp(tokens: int) -> Shape:
             "object": "chat.completion.chunk"}  # fmt: skip
 
     def event(choices: list[object], **extra: object) -> bytes:
-        return b"data: " + _compact({"choices": choices, **base, **extra}) + b"\n\n"
+        return b"data: " + compact({"choices": choices, **base, **extra}) + b"\n\n"
 
     events = [event([{"finish_reason": None, "index": 0, "delta": {"role": "assistant",
                                                                    "content": None}}])]  # fmt: skip
@@ -213,7 +194,7 @@ def _vllm_continuous_usage(tokens: int) -> Shape:
         return {"prompt_tokens": 16, "total_tokens": 16 + n, "completion_tokens": n}
 
     def event(choices: list[object], n: int) -> bytes:
-        return b"data: " + _compact({**base, "choices": choices, "usage": usage(n)}) + b"\n\n"
+        return b"data: " + compact({**base, "choices": choices, "usage": usage(n)}) + b"\n\n"
 
     events = [event([{"index": 0, "delta": {"role": "assistant", "content": ""},
                       "logprobs": None, "finish_reason": None}], 0)]  # fmt: skip
@@ -233,55 +214,95 @@ def _vllm_continuous_usage(tokens: int) -> Shape:
     )
 
 
-def _anthropic(tokens: int) -> Shape:
-    """Anthropic's Messages stream: ``message_start`` (input tokens), ``ping``,
-    ``content_block_start``, text deltas, ``content_block_stop``, ``message_delta``
-    (``stop_reason``, output tokens), ``message_stop`` (the event types of the
-    Messages streaming API, as Anthropic's SDKs model them)."""
+def _sglang(tokens: int) -> Shape:
+    """SGLang's OpenAI server: compact chunks with ``system_fingerprint: "default"``,
+    the role and ``reasoning_content: null`` in every delta, ``logprobs: null``; the
+    last chunk carries the finish reason; no usage unless asked; ``[DONE]``
+    (chunks quoted in sgl-project/sglang pull request #19895)."""
+    base = {"id": "chatcmpl-019cb7c3-f422-7430-a1c7-f8dd85d909c2", "object": "chat.completion.chunk",
+            "created": 1772609598, "model": "/models/meta-llama/Llama-4-Maverick-17B-128E-Instruct-FP8",
+            "system_fingerprint": "default"}  # fmt: skip
 
-    def event(name: str, obj: object) -> bytes:
-        return b"event: " + name.encode() + b"\ndata: " + _compact(obj) + b"\n\n"
+    def event(content: str, finish: str | None) -> bytes:
+        delta = {"role": "assistant", "content": content, "reasoning_content": None}
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return b"data: " + compact({**base, "choices": [choice]}) + b"\n\n"
 
-    message: dict[str, object] = {"id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
-               "content": [], "model": "claude-sonnet-4-5", "stop_reason": None,
-               "stop_sequence": None, "usage": {"input_tokens": 25, "output_tokens": 1}}  # fmt: skip
+    events = [event(f"t{i} ", None) for i in range(tokens)]
+    events += [event("", "stop"), b"data: [DONE]\n\n"]
+    return Shape("sgl-project/sglang pull request #19895", tuple(events), tokens, None, head=0)
+
+
+def _ollama_empty_finish(tokens: int) -> Shape:
+    """Ollama's OpenAI compatibility (``/v1``) as it was: compact chunks with
+    ``system_fingerprint: "fp_ollama"``, the role in every delta and an *empty*
+    ``finish_reason`` (``""``) in every chunk until the last says ``"stop"``, then
+    ``[DONE]`` (chunks quoted in ollama/ollama issue #4357). An empty finish reason
+    is no finish: a stream cut here is truncated."""
+    base = {"id": "chatcmpl-693", "object": "chat.completion.chunk", "created": 1715427619,
+            "model": "mistral:latest", "system_fingerprint": "fp_ollama"}  # fmt: skip
+
+    def event(content: str, finish: str) -> bytes:
+        choice = {
+            "index": 0,
+            "delta": {"role": "assistant", "content": content},
+            "finish_reason": finish,
+        }
+        return b"data: " + compact({**base, "choices": [choice]}) + b"\n\n"
+
+    events = [event(f" t{i}", "") for i in range(tokens)]
+    events += [event("", "stop"), b"data: [DONE]\n\n"]
+    return Shape("ollama/ollama issue #4357", tuple(events), tokens, None, head=0)
+
+
+def _mistral(tokens: int) -> Shape:
+    """Mistral's API: spaced JSON (``"id": "cmpl-…"``), a first chunk with the role
+    and no ``object``/``created``, ``"role": null`` in later deltas (as quoted in
+    mistralai/client-python issue #16); usage in the last chunk with the finish
+    reason (mistralai/client-ts issue #75), then ``[DONE]``."""
+    cid, model = "cmpl-82b4ad8d22b44757a7a2d3e3ae6fb6a0", "mistral-tiny"
+    base = {"id": cid, "object": "chat.completion.chunk", "created": 1702637377, "model": model}
+
+    def event(obj: object) -> bytes:
+        return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+    first = {"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}
+    events = [event({"id": cid, "model": model, "choices": [first]})]
+    events += [
+        event({**base, "choices": [{"index": 0, "delta": {"role": None, "content": f"t{i} "},
+                                    "finish_reason": None}]})
+        for i in range(tokens)
+    ]  # fmt: skip
+    counts = {"prompt_tokens": 10, "total_tokens": 10 + tokens, "completion_tokens": tokens}
+    last = {"index": 0, "delta": {"content": ""}, "finish_reason": "stop"}
+    events += [event({**base, "choices": [last], "usage": counts}), b"data: [DONE]\n\n"]
+    source = "mistralai/client-python issue #16; mistralai/client-ts issue #75"
+    return Shape(source, tuple(events), tokens, (10, tokens))
+
+
+def _error_then_done(tokens: int) -> Shape:
+    """An upstream that is itself a gateway (mozilla-ai/any-llm's, its streaming
+    generator): the provider's chunks, then on a provider error an OpenAI error
+    event in ``json.dumps`` spacing, *followed by* ``[DONE]``. The ``[DONE]`` does not
+    make it complete: the stream ended in an error (the OpenAI SDKs raise on an
+    event with ``error``)."""
+    base = {"id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT", "object": "chat.completion.chunk",
+            "created": 1741569952, "model": "gpt-4o-mini"}  # fmt: skip
+
+    def event(choices: list[object]) -> bytes:
+        return b"data: " + compact({**base, "choices": choices}) + b"\n\n"
+
     events = [
-        event("message_start", {"type": "message_start", "message": message}),
-        event("ping", {"type": "ping"}),
-        event(
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-        ),
+        event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     ]
     events += [
-        event(
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": f"t{i} "},
-            },
-        )
+        event([{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}])
         for i in range(tokens)
     ]
-    events += [
-        event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        event(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": tokens},
-            },
-        ),
-        event("message_stop", {"type": "message_stop"}),
-    ]
-    source = "the Messages API's stream event types, as Anthropic's SDKs model them"
-    return Shape(source, tuple(events), tokens, (25, tokens), route="messages", head=3)
+    error = {"error": {"message": "An error occurred during streaming", "type": "server_error"}}
+    events += [b"data: " + json.dumps(error).encode() + b"\n\n", b"data: [DONE]\n\n"]
+    source = "mozilla-ai/any-llm (its gateway's streaming generator)"
+    return Shape(source, tuple(events), tokens, None, error="server_error")
 
 
 BUILDERS: dict[str, Callable[[int], Shape]] = {
@@ -294,17 +315,12 @@ BUILDERS: dict[str, Callable[[int], Shape]] = {
     "json_dumps_bare": lambda n: _dumps_stream(n, done=False, usage=False),
     "groq": _groq,
     "openrouter": _openrouter,
-    "anthropic": _anthropic,
     "azure": _azure,
     "deepseek_no_space": _deepseek_no_space,
     "llama_cpp": _llama_cpp,
     "vllm_continuous_usage": _vllm_continuous_usage,
+    "sglang": _sglang,
+    "ollama_empty_finish": _ollama_empty_finish,
+    "mistral": _mistral,
+    "error_then_done": _error_then_done,
 }
-
-
-def build(name: str, tokens: int) -> Shape:
-    """Shape ``name`` with ``tokens`` tokens; ``KeyError`` for an unknown name."""
-    return BUILDERS[name](tokens)
-
-
-SHAPES = {name: build(name, 12) for name in BUILDERS}
