@@ -29,7 +29,8 @@ async def scripted_upstream(
     """Serve ``events`` to every request; ``cut_after``: reset the connection
     after that many events instead of ending the body; ``stall_after``: send
     nothing more after that many, until the gateway closes the connection (then
-    ``peer_closed`` is set). Yields the base URL."""
+    ``peer_closed`` is set, as when the gateway closes it while events are
+    written). Yields the base URL."""
 
     async def serve(stream: trio.SocketStream, request: bytes) -> None:
         await stream.send_all(HEAD)
@@ -44,7 +45,12 @@ async def scripted_upstream(
                     peer_closed.set()
                 await stream.aclose()
                 return
-            await stream.send_all(b"%x\r\n%b\r\n" % (len(event), event))
+            try:
+                await stream.send_all(b"%x\r\n%b\r\n" % (len(event), event))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if peer_closed is not None:  # the gateway closed it while we wrote
+                    peer_closed.set()
+                return
             if gap:
                 await trio.sleep(gap)
         await stream.send_all(b"0\r\n\r\n")

@@ -69,6 +69,9 @@ class Config:
     max_pending_detached: int = 1024  # hand-offs waiting or running; more are dropped
     detached_concurrency: int = 16
     drain_timeout: float = 30.0  # s to drain detached work on shutdown
+    # Upstreams read on after a hang-up (providers with on_client_disconnect = "drain"),
+    # at once per process; past it a hang-up closes the upstream.
+    max_drains: int = 256
     # --- receipts (signed after the stream, stored off the hot path) ---------
     receipts: bool = True
     # Signing key and SQLite receipts live here. Default: ".trioproxy" beside the
@@ -118,6 +121,7 @@ class Config:
         for name in (
             *positive, "max_event_bytes", "max_body_bytes", "max_response_bytes",
             "default_reserved_tokens",
+            "max_drains",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")

@@ -32,12 +32,14 @@ from typing import Any, ClassVar, Protocol
 
 import trio
 
+from .. import dialects
 from ..admission.early import EarlyAdmission
-from ..dialects import Dialect
+from ..dialects import CONTENT, ERROR, FINISH, USAGE, Dialect, classify
 from ..errors import GatewayError, Outcome
 from .timeline import Timeline, TraceIds
 
 __all__ = [
+    "note_event",
     "ADDED_BUCKETS",
     "GAP_BUCKETS",
     "TRANSITIONS",
@@ -160,7 +162,8 @@ class Exchange:
     upstream_error: str | None = None  # the type of the upstream's own error event, if it sent one
     content_events: int = 0  # events with generated text (the estimate of a cut stream)
     prompt_estimate: int = 0  # request body bytes / 4, counted against tpm at admission
-    strip_usage: bool = False  # request_usage added include_usage: the usage chunk is withheld
+    strip_usage: bool = False  # this attempt asked for usage the client did not: withheld
+    drained: str | None = None  # after a hang-up the upstream was read on: how that ended
     event_stream: bool = False  # the upstream answered an event stream
     partial_event: bool = False  # the stream ended inside an event
     first_block: bytes | None = None
@@ -237,3 +240,26 @@ class Exchange:
             limiter.release(self)
         if held:
             self.mark("slots_released")
+
+
+def note_event(ex: Exchange, block: bytes, now: float) -> None:
+    """One upstream event (not a heartbeat), as the reader and a drain see it:
+    counted, the first two kept (ids), usage, finish, error and final noted."""
+    ex.events += 1
+    if ex.first_block is None:
+        ex.first_block = block
+        ex.first_event_at = now
+        ex.mark("first_event")
+    elif ex.events == 2:  # ids where the first has none (Azure's filter chunk)
+        ex.second_block = block
+    flags = classify(block)
+    if flags & CONTENT:
+        ex.content_events += 1
+    if flags & USAGE:
+        ex.usage_block = block
+    # The last event with a finish reason: complete if the stream ends here.
+    ex.finished = bool(flags & FINISH) or (ex.finished and not flags & CONTENT)
+    if flags & ERROR:
+        ex.upstream_error, ex.finished = dialects.error_type(block), False
+    if dialects.is_final(block):
+        ex.final_event = True

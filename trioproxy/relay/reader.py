@@ -51,7 +51,6 @@ import trio
 from .. import dialects
 from ..asgi import DirectWriter
 from ..config import Config
-from ..dialects import CONTENT, ERROR, FINISH, USAGE, classify
 from ..errors import (
     GatewayError,
     Outcome,
@@ -66,7 +65,8 @@ from ..routing.failover import Target, UpstreamRequest, with_failover
 from ..upstream.body import UpstreamBody, body_of
 from ..upstream.client import Upstream
 from ..upstream.http11 import parse_retry_after
-from .exchange import Exchange
+from .drain import Drains
+from .exchange import Exchange, note_event
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
 from .timeline import TRACE_EXTENSION
 from .whole import passed_headers, relay_whole
@@ -115,6 +115,30 @@ class UpstreamReader:
         self.waiting = waiting  # cleared with every item handed to the writer
         self.direct: DirectWriter | None = None  # the relay sets it: chunks written from here
         self.idle_from = -math.inf  # the last event's time, while the idle deadline is lazy
+        # on_client_disconnect = "drain" (relay/drain.py): the relay sets ``drains``;
+        # after a hang-up the upstream body goes to a drain instead of being closed.
+        self.drains: Drains | None = None
+        self.drain: tuple[float, int] | None = None  # this attempt's provider drains
+        self.draining = False  # the client left: hand the upstream to a drain
+        self.handed_off = False  # a drain owns the upstream body now
+        self._wake: trio.CancelScope | None = None  # the read scope, while reading events
+        self._resumable = False  # a read cut short can be made again (a plain socket)
+        self._delivering: trio.CancelScope | None = None  # a wait for room in the channel
+
+    def can_drain(self) -> bool:
+        """Would a hang-up now hand the upstream to a drain? (An event stream is
+        being read from a provider with ``on_client_disconnect = "drain"``.)"""
+        return self.drains is not None and self.drain is not None and self._wake is not None
+
+    def start_drain(self) -> None:
+        """The client left (the watcher): stop relaying, hand the upstream on at
+        the next event boundary: at once over a plain socket (the read is cut
+        short, nothing consumed), at the next chunk over TLS."""
+        self.draining = True
+        if self._delivering is not None:
+            self._delivering.cancel()
+        if self._wake is not None and self._resumable:
+            self._wake.cancel()
 
     async def run(self, relay_scope: trio.CancelScope) -> None:
         """The task: every attempt, then close the channel and release the slots.
@@ -135,8 +159,9 @@ class UpstreamReader:
             finally:
                 if ex.admission is not None:  # no request written: count it all the same
                     ex.admission.go()
-                ex.upstream_closed_at = trio.current_time()
-                ex.mark("upstream_closed")
+                if not self.handed_off:  # else the drain closes it, and says when
+                    ex.upstream_closed_at = trio.current_time()
+                    ex.mark("upstream_closed")
                 ex.release_slots()
             if isinstance(ex.error, SlowClient):
                 # The writer is stuck in a send to a client that does not read
@@ -158,6 +183,7 @@ class UpstreamReader:
             ex.upstream_sent_at = now
         request = self.request
         headers = target.headers
+        ex.strip_usage, self.drain = target.strip_usage, target.drain
         if ex.trace is not None:  # OpenTelemetry on: this attempt's span is the parent
             headers = {**headers, "traceparent": ex.trace.next_attempt()}
         with trio.CancelScope(deadline=first_deadline) as head_scope:
@@ -182,7 +208,8 @@ class UpstreamReader:
             await relay_whole(self, response, first_deadline, target)
             return Outcome.DONE if response.status_code < 400 else Outcome.UPSTREAM_ERROR
         finally:  # the body's aclose never awaits: this runs in a cancelled scope too
-            await response.aclose()
+            if not self.handed_off:
+                await response.aclose()
 
     def _mark(self, event: str) -> None:
         """The transport's moments; the request written starts a pending admission."""
@@ -201,8 +228,10 @@ class UpstreamReader:
         stall = self.config.client_stall_timeout
         self.waiting.now = False
         with trio.move_on_after(stall or math.inf) as cs:
+            self._delivering = cs
             await self.send_ch.send(item)
-        if cs.cancelled_caught:
+        self._delivering = None
+        if cs.cancelled_caught and not self.draining:
             raise SlowClient(f"client read nothing for {stall} s")
 
     async def deliver(self, item: Item) -> None:
@@ -220,12 +249,18 @@ class UpstreamReader:
         idle = config.idle_timeout or math.inf
         body = body_of(response)
         lazy = type(body) is UpstreamBody and body.resumable
+        self._resumable = lazy
         deadline = min(first_deadline, end_by)
         try:
             while True:  # one scope for the read loop, and one more per early wake
                 read_scope = trio.CancelScope(deadline=deadline)
                 with read_scope:
+                    self._wake = read_scope
                     await self._read_events(body, read_scope, end_by, framer, response, lazy)
+                if self.draining:  # the client left: the upstream goes on to a drain
+                    assert self.drains is not None and self.drain is not None
+                    self.handed_off = self.drains.submit(ex, body, framer, self.drain)
+                    return
                 if not (lazy and read_scope.cancelled_caught and ex.first_event_at is not None):
                     break
                 deadline = min(self.idle_from + idle, end_by)
@@ -235,7 +270,9 @@ class UpstreamReader:
         except SSEFramingError as exc:
             raise UpstreamBroken(f"upstream sent a malformed event stream: {exc}") from None
         finally:
-            await body.aclose()  # no checkpoint: runs in a cancelled scope too
+            self._wake = None
+            if not self.handed_off:
+                await body.aclose()  # no checkpoint: runs in a cancelled scope too
             ex.partial_event = framer.buffered > 0 and not ex.strip_usage
         if read_scope.cancelled_caught:
             if trio.current_time() >= end_by:
@@ -282,24 +319,7 @@ class UpstreamReader:
                         progress = progress or hb_progress
                         continue
                     progress = True
-                    ex.events += 1
-                    if ex.first_block is None:
-                        ex.first_block = block
-                        ex.first_event_at = now
-                        ex.mark("first_event")
-                    elif ex.events == 2:  # ids where the first has none (Azure's filter chunk)
-                        ex.second_block = block
-                    flags = classify(block)
-                    if flags & CONTENT:
-                        ex.content_events += 1
-                    if flags & USAGE:
-                        ex.usage_block = block
-                    # The last event with a finish reason: complete if the stream ends here.
-                    ex.finished = bool(flags & FINISH) or (ex.finished and not flags & CONTENT)
-                    if flags & ERROR:
-                        ex.upstream_error, ex.finished = dialects.error_type(block), False
-                    if dialects.is_final(block):
-                        ex.final_event = True
+                    note_event(ex, block, now)
                 if ex.events > before:
                     ex.events_read(ex.events - before, now)
                 if progress and ex.first_event_at is not None:
@@ -308,6 +328,8 @@ class UpstreamReader:
                     else:
                         read_scope.deadline = min(now + idle, end_by)
                         self.idle_from, armed = now, lazy
+            if self.draining:  # the client left: nothing more is relayed
+                return
             if strip:  # the client gets the complete events, less the usage chunk
                 chunk = b"".join(b for b in blocks if not dialects.is_usage_only(b))
                 if not chunk:

@@ -11,7 +11,8 @@ Rules:
   cleanly (servers that send no ``[DONE]``), unless the upstream sent its own
   error event (then the outcome is ``upstream_error``, also with a ``[DONE]`` after).
 - Token usage of every exchange that reached an upstream: ``usage_source`` is
-  ``upstream`` when the upstream reported both counts for a stream it finished,
+  ``upstream`` when the upstream reported both counts for a stream it finished
+  (also one a drain read to its end after the client left: ``drained``),
   else ``estimated``: the completion is the content events relayed (about one
   token each, :func:`trioproxy.dialects.classify`), the prompt what the
   upstream said or the request body's bytes / 4.
@@ -70,6 +71,7 @@ class CompletionRecord:
     completion_tokens: int = 0
     usage_source: str | None = None  # upstream | estimated; None: no upstream was reached
     key_id: str | None = None  # the key's id: receipts and usage are owned under it
+    drained: str | None = None  # read on after a hang-up (relay/drain.py): how that ended
 
     @classmethod
     def from_exchange(cls, ex: Exchange) -> CompletionRecord:
@@ -102,7 +104,11 @@ class CompletionRecord:
             # Complete: its final event, or a finish reason last and a clean end;
             # never one the upstream ended with its own error event.
             clean = ex.finished and ex.outcome is Outcome.DONE and ex.error is None
-            truncated = not (ex.final_event or clean) or ex.upstream_error is not None
+            truncated = (
+                not (ex.final_event or clean)
+                or ex.upstream_error is not None
+                or ex.drained is not None  # the client left before the end
+            )
             if ex.upstream_error is not None and error is None:
                 error = f"upstream ended the stream with an error event: {ex.upstream_error}"
         else:
@@ -148,6 +154,7 @@ class CompletionRecord:
             completion_tokens=completion,
             usage_source=source,
             key_id=ex.key_id,
+            drained=ex.drained,
         )
 
     def to_json(self) -> bytes:
@@ -166,7 +173,9 @@ def _tokens(
     if ex.upstream_sent_at is None:
         return 0, 0, None
     prompt, completion = dialects.token_counts(usage)
-    if prompt is not None and completion is not None and not truncated:
+    # Usage of the whole answer: a drain read to the final event, or to a finish and a clean end.
+    answered = not truncated or ex.drained == "final" or (ex.drained == "ended" and ex.finished)
+    if prompt is not None and completion is not None and answered:
         return prompt, completion, "upstream"
     # A whole response without usage: about 4 bytes a token.
     whole = ex.bytes_in // 4 if ex.status < 400 else 0

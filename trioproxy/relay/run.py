@@ -23,10 +23,12 @@ Rules:
   ``receive()`` for the whole stream, is how a hang-up is learnt. It records
   ``client_disconnect`` only if nothing was decided yet, then cancels the
   nursery: the reader's cancellation closes the upstream connection at once.
+  With a provider that drains (:mod:`trioproxy.relay.drain`) it cancels the
+  writer only, and the reader hands the upstream on to a drain and returns.
 
 Resource handling: memory per stream is bounded by ``channel_size`` chunks plus
 one partial event of at most ``max_event_bytes``. Every task lives in the
-request's nursery; nothing outlives :meth:`Relay.run`.
+request's nursery; nothing outlives :meth:`Relay.run` but a drain's detached work.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ..asgi import Receive, Send
 from ..config import Config
 from ..routing.failover import UpstreamRequest
 from ..upstream.client import Upstream
+from .drain import Drains
 from .exchange import Exchange, Phase
 from .reader import UpstreamReader
 from .writer import Item, Waiting, write_client
@@ -55,12 +58,15 @@ class Relay:
         request: UpstreamRequest,
         ex: Exchange,
         extra_headers: list[tuple[bytes, bytes]],
+        drains: Drains | None = None,
     ) -> None:
         self.ex = ex
         self._extra_headers = extra_headers
         self._send_ch, self._recv_ch = trio.open_memory_channel[Item](config.channel_size)
         self._waiting = Waiting()  # the writer parked with nothing in hand
         self._reader = UpstreamReader(upstream, config, request, ex, self._send_ch, self._waiting)
+        self._reader.drains = drains
+        self._writer_scope = trio.CancelScope()  # cancelled alone when the upstream drains
 
     def channel_statistics(self) -> trio.MemoryChannelStatistics:
         return self._send_ch.statistics()
@@ -79,14 +85,17 @@ class Relay:
             nursery.start_soon(self._watch_disconnect, receive, scope, name="disconnect-watcher")
             if ex.admission is not None:  # counted in Redis while the request is on its way
                 nursery.start_soon(ex.admission.run, name="early-admission")
-            nursery.start_soon(
-                write_client, send, self._recv_ch, ex, self._extra_headers, scope,
-                self._waiting, name="client-writer",
-            )  # fmt: skip
+            nursery.start_soon(self._write, send, scope, name="client-writer")
             # The reader is the nursery's body, in the request's own task: the
             # upstream request leaves in the step that admitted it, with no task
             # to start first. Cancelling the nursery cancels it like a child.
             await self._reader.run(scope)
+
+    async def _write(self, send: Send, scope: trio.CancelScope) -> None:
+        with self._writer_scope:
+            await write_client(
+                send, self._recv_ch, self.ex, self._extra_headers, scope, self._waiting
+            )
 
     async def _watch_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
         while True:
@@ -99,5 +108,9 @@ class Relay:
                     # Cancelling now would cancel Hypercorn's own close.
                     return
                 self.ex.hung_up(trio.current_time())
-                scope.cancel()
+                if self._reader.can_drain():  # on_client_disconnect = "drain"
+                    self._writer_scope.cancel()
+                    self._reader.start_drain()
+                else:
+                    scope.cancel()
                 return

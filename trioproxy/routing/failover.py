@@ -35,7 +35,13 @@ from typing import Any, Protocol
 import orjson
 
 from .. import dialects
-from ..admission.routes import BILLING_HEADERS, ParsedBody, Route, forward_headers
+from ..admission.routes import (
+    BILLING_HEADERS,
+    ParsedBody,
+    Route,
+    forward_headers,
+    usage_requested,
+)
 from ..dialects import Dialect
 from ..errors import (
     GatewayError,
@@ -75,6 +81,8 @@ class UpstreamRequest:
     plan: Plan
     dialect: Dialect
     parse_body: bool  # parse a non-streaming JSON body once for id/usage
+    strip_usage: bool = False  # the body asks for usage the client did not: withhold it
+    usage_json: dict[str, Any] | None = None  # the body asking for usage, for drain providers
 
 
 def upstream_request(
@@ -85,6 +93,7 @@ def upstream_request(
     parsed: ParsedBody,
     request_id: str,
     session: bytes | None,
+    strip_usage: bool = False,
 ) -> UpstreamRequest:
     """A validated request and its plan of providers (``session``: the sticky key)."""
     kind = route.upstream_kind
@@ -93,6 +102,8 @@ def upstream_request(
     pool = router.pool(kind, parsed.model)
     # The parsed body is kept past admission only if a provider renames the model.
     aliased = any(m.upstream_model not in (None, parsed.model) for m in pool.members)
+    # A provider that drains on a hang-up reads on to the usage: ask for it.
+    drains = any(m.provider.spec.on_client_disconnect == "drain" for m in pool.members)
     return UpstreamRequest(
         method=route.method,
         path=route.upstream_path,
@@ -102,6 +113,8 @@ def upstream_request(
         plan=pool.plan(session),
         dialect=route.dialect,
         parse_body=route.parse_response,
+        strip_usage=strip_usage,
+        usage_json=usage_requested(route, parsed) if drains else None,
     )
 
 
@@ -114,6 +127,8 @@ class Target:
     headers: dict[str, str]
     body: bytes
     retry_429: bool  # an upstream 429 may go to another provider
+    strip_usage: bool = False  # this body asks for usage the client did not
+    drain: tuple[float, int] | None = None  # (seconds, bytes): read on after a hang-up
 
 
 class AttemptLog(Protocol):
@@ -145,12 +160,17 @@ def target_for(request: UpstreamRequest, member: Member, retry_429: bool) -> Tar
         **spec.headers,
         **dialects.credential_headers(spec.kind, member.provider.credential),
     }
-    body = request.body
+    body, strip, drain = request.body, request.strip_usage, None
     model = member.upstream_model
     if request.body_json is not None and model is not None and model != request.body_json["model"]:
         body = orjson.dumps({**request.body_json, "model": model})
+    if spec.on_client_disconnect == "drain":
+        drain = (spec.drain_max_seconds, spec.drain_max_bytes)
+        if request.usage_json is not None:  # an OpenAI stream whose client did not ask
+            asked = {**request.usage_json, "model": model or request.usage_json["model"]}
+            body, strip = orjson.dumps(asked), True
     url = spec.base_url + dialects.upstream_path(spec.kind, request.path)
-    return Target(spec.name, url, headers, body, retry_429)
+    return Target(spec.name, url, headers, body, retry_429, strip, drain)
 
 
 async def with_failover(

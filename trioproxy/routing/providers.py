@@ -8,7 +8,9 @@ Rules:
   ``weight``, ``max_streams``, extra ``headers`` and ``forward_headers``: the
   client headers that choose what the credential is billed for
   (``anthropic-beta``, ``openai-organization``, ``openai-project``), which
-  reach this provider only when listed there. The legacy
+  reach this provider only when listed there; ``on_client_disconnect``
+  (``cancel``, or ``drain`` with ``drain_max_seconds`` and ``drain_max_bytes``:
+  :mod:`trioproxy.relay.drain`). The legacy
   ``openai_upstreams`` / ``anthropic_upstreams`` lists become providers that
   serve every model (``*``).
 - Health is passive, learnt from real requests (sans-IO: every method takes
@@ -39,8 +41,9 @@ KINDS = ("openai", "anthropic")
 MAX_WEIGHT = 1000  # round robin unrolls one period of sum(weights) turns per pool
 _OPTIONS = frozenset(
     {"name", "kind", "base_url", "api_key_env", "models", "aliases", "weight", "max_streams",
-     "headers", "forward_headers"}
+     "headers", "forward_headers", "on_client_disconnect", "drain_max_seconds", "drain_max_bytes"}
 )  # fmt: skip
+DISCONNECT_POLICIES = ("cancel", "drain")
 # Headers a provider's config may not set: hop-by-hop ones and those the gateway owns.
 _RESERVED_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
@@ -68,6 +71,9 @@ class ProviderSpec:
     max_streams: int = 0
     headers: Mapping[str, str] = field(default_factory=dict)
     forward_headers: frozenset[str] = frozenset()  # billing headers the client may set
+    on_client_disconnect: str = "cancel"  # cancel | drain (read on for the usage, detached)
+    drain_max_seconds: float = 30.0
+    drain_max_bytes: int = 1 << 20
 
     def upstream_model(self, model: str) -> str | None:
         """The name this provider knows ``model`` by, or None if it does not serve it."""
@@ -97,6 +103,12 @@ def _positive_int(name: str, key: str, value: Any, minimum: int, maximum: int = 
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise ConfigError(f"{name}: {key} must be an integer from {minimum} to {maximum}")
     return value
+
+
+def _seconds(name: str, key: str, value: Any, maximum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= maximum:
+        raise ConfigError(f"{name}: {key} must be a number of seconds above 0, at most {maximum}")
+    return float(value)
 
 
 def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...]:
@@ -130,6 +142,9 @@ def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...
                 f"{label}: forward_headers may list {sorted(BILLING_HEADERS)} only, "
                 f"not {sorted(forwarded - BILLING_HEADERS)}"
             )
+        policy = entry.get("on_client_disconnect", "cancel")
+        if policy not in DISCONNECT_POLICIES:
+            raise ConfigError(f"{label}: on_client_disconnect must be cancel or drain")
         specs.append(
             ProviderSpec(
                 name=name,
@@ -142,6 +157,13 @@ def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...
                 max_streams=_positive_int(label, "max_streams", entry.get("max_streams", 0), 0),
                 headers={k.lower(): v for k, v in headers.items()},
                 forward_headers=frozenset(forwarded),
+                on_client_disconnect=policy,
+                drain_max_seconds=_seconds(
+                    label, "drain_max_seconds", entry.get("drain_max_seconds", 30.0), 3600.0
+                ),
+                drain_max_bytes=_positive_int(
+                    label, "drain_max_bytes", entry.get("drain_max_bytes", 1 << 20), 1, 1 << 30
+                ),
             )
         )
     if len({s.name for s in specs}) != len(specs):

@@ -10,7 +10,8 @@ record, made exactly once → receipts, metrics and hooks
 Resource handling: the long-lived resources of a worker (the upstream client,
 the service nursery) belong to the lifespan (:mod:`.lifespan`). Per request:
 the exchange's slots are released however the request ends, and its record is
-made exactly once, in ``_finish``.
+made exactly once, in :meth:`Gateway.finish` (by a drain, when one reads the
+upstream on after a hang-up: :mod:`trioproxy.relay.drain`).
 
 Error handling: every error a client can cause or meet is rendered in the
 route's dialect (:mod:`trioproxy.dialects`); an unexpected exception in a
@@ -62,6 +63,7 @@ from ..observe.metrics import Gauges, Metrics
 from ..observe.tracing import Tracing
 from ..receipts.detached import DetachedStatistics, DetachedWork
 from ..receipts.service import ReceiptService
+from ..relay.drain import Drains
 from ..relay.exchange import Exchange, Phase, StreamMetrics
 from ..relay.record import CompletionRecord
 from ..relay.run import Relay
@@ -100,6 +102,7 @@ class GatewayStatistics:
     outcomes: dict[str, int]
     limiter: LimiterStatistics
     detached: DetachedStatistics | None
+    drains: DetachedStatistics | None  # upstreams read on after a hang-up
 
 
 class Gateway:
@@ -123,6 +126,8 @@ class Gateway:
         self._sticky_header = config.sticky_header.lower().encode("latin-1")
         self.upstream: Upstream | None = None
         self.detached: DetachedWork | None = None
+        self.drains: Drains | None = None  # upstreams read on after a hang-up (relay/drain.py)
+        self.drain_work: DetachedWork | None = None  # the drains' service nursery
         self.receipts: ReceiptService | None = None
         self.ready = False
         self.active: dict[Exchange, Relay | None] = {}  # a relay once admitted
@@ -184,6 +189,7 @@ class Gateway:
             outcomes=dict(self._outcomes),
             limiter=self.limiter.statistics(),
             detached=self.detached.statistics() if self.detached else None,
+            drains=self.drain_work.statistics() if self.drain_work else None,
         )
 
     def _gauges(self) -> Gauges:
@@ -275,7 +281,8 @@ class Gateway:
         finally:
             ex.release_slots()  # no-op unless the relay never started
             del self.active[ex]
-            self._finish(ex)
+            if ex.drained != "running":  # else the drain records it when it ends
+                self.finish(ex)
 
     async def _admit(
         self,
@@ -338,19 +345,22 @@ class Gateway:
         ex.mark("admitted")
         if self.tracing is not None:
             ex.trace = traceparent_of(scope["headers"])
-        return Relay(self.upstream, self.config, upstream, ex, extra)
+        return Relay(self.upstream, self.config, upstream, ex, extra, self.drains)
 
     def _upstream_request(
         self, route: Route, scope: Scope, body: bytes, parsed: ParsedBody, ex: Exchange
     ) -> UpstreamRequest:
+        strip = False
         if self.config.request_usage and (asked := usage_requested(route, parsed)) is not None:
             parsed = dataclasses.replace(parsed, json=asked)
-            body, ex.strip_usage = orjson.dumps(asked), True
+            body, strip = orjson.dumps(asked), True
         headers = scope["headers"]
         session = session_key(headers, self._sticky_header, parsed, self.config.sticky_user_field)
-        return upstream_request(self.router, route, headers, body, parsed, ex.request_id, session)
+        return upstream_request(
+            self.router, route, headers, body, parsed, ex.request_id, session, strip
+        )
 
-    def _finish(self, ex: Exchange) -> None:
+    def finish(self, ex: Exchange) -> None:
         """Record the outcome exactly once, log one access line, hand off."""
         ex.ended = trio.current_time()
         if ex.outcome is None:  # a bug: recorded rather than lost

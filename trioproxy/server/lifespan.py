@@ -29,6 +29,8 @@ from ..observe.tracing import Tracing
 from ..receipts.detached import DetachedWork, open_detached_work
 from ..receipts.service import KeyError_, ReceiptService, open_signer_and_store
 from ..receipts.store import ReceiptStore, SQLiteStore
+from ..relay.drain import Drains
+from ..relay.exchange import Exchange
 from ..shared.receipts import RedisReceiptStore, SpooledStore
 from ..shared.redis import SharedRedis, open_shared_redis
 from ..upstream.client import Upstream, open_upstream
@@ -45,10 +47,14 @@ class Served(Protocol):
     config: Config
     upstream: Upstream | None
     detached: DetachedWork | None
+    drains: Drains | None
+    drain_work: DetachedWork | None
     receipts: ReceiptService | None
     ready: bool
     tracing: Tracing | None
     accounts: Accounts
+
+    def finish(self, ex: Exchange) -> None: ...
 
 
 @contextlib.asynccontextmanager
@@ -94,10 +100,14 @@ async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
                     )
                 if redis is not None:  # every script registered by now
                     await redis.load_scripts()
-                gw.upstream, gw.detached, gw.ready = upstream, detached, True
-                await send({"type": "lifespan.startup.complete"})
-                message = await receive()
-                gw.ready = False
+                async with open_detached_work(
+                    cfg.max_drains, cfg.max_drains, cfg.drain_timeout
+                ) as drains:  # records of drains go to the receipts' work: closed first
+                    gw.drains, gw.drain_work = Drains(drains, gw.finish), drains
+                    gw.upstream, gw.detached, gw.ready = upstream, detached, True
+                    await send({"type": "lifespan.startup.complete"})
+                    message = await receive()
+                    gw.ready = False
             # Detached work (receipts and usage included) is drained by now.
             background.cancel_scope.cancel()
             gw.accounts.unshare()
