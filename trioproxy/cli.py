@@ -91,7 +91,7 @@ def _chaos(args: argparse.Namespace) -> int:
     try:
         report = trio.run(
             run_campaign, args.gateway, args.runs, args.concurrency, seed, progress,
-            args.providers, args.redis,
+            args.providers, args.redis, args.drain,
         )  # fmt: skip
     except CampaignError as exc:
         print(f"\ntrioproxy chaos: {exc}", file=sys.stderr)

@@ -77,6 +77,14 @@ def _chaos(sub: Any) -> None:
     )
     chaos.add_argument("--seed", type=int, help="replay a campaign (default: random, printed)")
     chaos.add_argument(
+        "--drain",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="the local gateway's providers drain after a hang-up, at most S seconds "
+        "(on_client_disconnect = drain; default: cancel)",
+    )
+    chaos.add_argument(
         "--report", metavar="FILE", help="also write the report as JSON (default: none)"
     )
     chaos.add_argument("--target", metavar="URL",

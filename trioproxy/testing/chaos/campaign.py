@@ -103,9 +103,12 @@ def _free_port() -> int:
 
 
 @asynccontextmanager
-async def open_local_gateway(providers: int = 1, redis_url: str = "") -> AsyncIterator[str]:
+async def open_local_gateway(
+    providers: int = 1, redis_url: str = "", drain: float = 0.0
+) -> AsyncIterator[str]:
     """A mock upstream and a gateway (debug endpoints on) as child processes,
-    with ``providers`` providers of each kind (and its state in ``redis_url``)."""
+    with ``providers`` providers of each kind (and its state in ``redis_url``);
+    ``drain``: the providers drain after a hang-up, for at most that many seconds."""
     python = [sys.executable, "-m", "trioproxy"]
     mock_port, gw_port = _free_port(), _free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"
@@ -117,8 +120,13 @@ async def open_local_gateway(providers: int = 1, redis_url: str = "") -> AsyncIt
             f.write("eject_after = 0\n")
         if redis_url:
             f.write(f'redis_url = "{redis_url}"\nreceipt_store = "redis"\n')
+        tables = PROVIDER_TABLES
+        if drain:
+            policy = f'on_client_disconnect = "drain"\ndrain_max_seconds = {drain}\n'
+            tables = tables.replace('base_url = "{mock}/v1"\n', 'base_url = "{mock}/v1"\n' + policy)
+            tables = tables.replace('base_url = "{mock}"\n', 'base_url = "{mock}"\n' + policy)
         for i in range(providers):
-            f.write(PROVIDER_TABLES.format(mock=mock_url, i=i))
+            f.write(tables.format(mock=mock_url, i=i))
     procs: list[trio.Process] = []
     try:
         mock_cmd = [*python, "mock-upstream", "--bind", f"127.0.0.1:{mock_port}"]
@@ -146,8 +154,12 @@ async def _settle(url: str) -> dict[str, Any]:
     with trio.move_on_after(20):
         while True:
             state: dict[str, Any] = await _get(url, "/debug/state")
-            detached = state["detached"] or {}
-            if state["active_requests"] == 0 and not detached.get("pending"):
+            detached, drains = state["detached"] or {}, state.get("drains") or {}
+            if (
+                state["active_requests"] == 0
+                and not detached.get("pending")
+                and not drains.get("pending")
+            ):
                 # Let Hypercorn's connection tasks of closed clients end.
                 await trio.sleep(0.2)
                 return dict(await _get(url, "/debug/state"))
@@ -163,20 +175,24 @@ async def run_campaign(
     progress: Any = None,
     providers: int = 1,
     redis: bool = False,
+    drain: float = 0.0,
 ) -> dict[str, Any]:
     """``redis``: the local gateway keeps its state in a Redis killed at random
-    (:mod:`.redis_chaos`)."""
+    (:mod:`.redis_chaos`); ``drain``: its providers drain after a hang-up
+    (``on_client_disconnect = "drain"``, ``drain_max_seconds = drain``)."""
     if gateway is None and redis:
         chaos_redis = ChaosRedis()
         await chaos_redis.start()
         try:
-            async with open_local_gateway(providers, chaos_redis.url) as url:
-                return await _campaign(url, runs, concurrency, seed, progress, chaos_redis)
+            async with open_local_gateway(providers, chaos_redis.url, drain) as url:
+                return await _campaign(
+                    url, runs, concurrency, seed, progress, chaos_redis, drain=drain
+                )
         finally:
             await chaos_redis.aclose()
     if gateway is None:
-        async with open_local_gateway(providers) as url:
-            return await _campaign(url, runs, concurrency, seed, progress)
+        async with open_local_gateway(providers, drain=drain) as url:
+            return await _campaign(url, runs, concurrency, seed, progress, drain=drain)
     return await _campaign(gateway.rstrip("/"), runs, concurrency, seed, progress)
 
 
@@ -187,6 +203,7 @@ async def _campaign(
     seed: int,
     progress: Any,
     redis: ChaosRedis | None = None,
+    drain: float = 0.0,
 ) -> dict[str, Any]:
     state = await _get(url, "/debug/state")
     cfg = state["config"]
@@ -237,7 +254,7 @@ async def _campaign(
         mock_stats=dict(await _get(mock_url, "/mock/stats")),
         peer_closes=list(await _get(mock_url, "/mock/peer-closes")),
     )
-    report = build_report(seed, planned, results, observed, duration, concurrency)
+    report = build_report(seed, planned, results, observed, duration, concurrency, drain)
     if redis is not None:
         extra = await check_redis_invariants(url, observed.records, redis)
         report["invariants"] += [asdict(i) for i in extra]

@@ -16,6 +16,10 @@ The invariants, each checked after the campaign has settled:
 7. ``no_client_hung``: no client waited past the gateway's timeouts (plus
    ``hang_bound``) for its answer to end: an HTTP/1.0 or ``Connection: close``
    answer ends only when the gateway closes the connection.
+8. With drain providers (``--drain S``): ``drains_bounded``: every drained
+   exchange was recorded, its upstream closed within ``S`` s (+ ``DRAIN_SLACK``)
+   of the hang-up; none still running. Their hang-up → close times are the
+   drain's, not counted among the cancel latencies.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
 ]
 
 RSS_SLACK = 64 << 20  # bytes of RSS growth allowed over the baseline
+DRAIN_SLACK = 1.0  # s past drain_max_seconds for a drain's upstream to be closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +63,7 @@ class Observed:
 
 
 def check_invariants(
-    runs: Sequence[Run], observed: Observed, results: Sequence[RunResult] = ()
+    runs: Sequence[Run], observed: Observed, results: Sequence[RunResult] = (), drain: float = 0.0
 ) -> list[Invariant]:
     final, base = observed.final, observed.baseline
     by_id: dict[str, list[str]] = collections.defaultdict(list)
@@ -78,7 +83,9 @@ def check_invariants(
     ]
     limiter, detached, mock = final["limiter"], final["detached"] or {}, observed.mock_stats
     provider_streams = sum(p["in_flight"] for p in final.get("providers", []))
+    invariants = [_drains_bounded(observed.records, drain)] if drain else []
     return [
+        *invariants,
         Invariant(
             "streams_released",
             final["active_requests"] == 0
@@ -123,6 +130,22 @@ def check_invariants(
     ]
 
 
+def _drains_bounded(records: Sequence[dict[str, Any]], drain: float) -> Invariant:
+    drained = [r for r in records if r.get("drained")]
+    bound = (drain + DRAIN_SLACK) * 1000
+    late = [
+        f"{r['request_id']} {r['drained']} {r['cancel_latency_ms']} ms"
+        for r in drained
+        if r["drained"] == "running" or (r["cancel_latency_ms"] or 0) > bound
+    ]
+    ways = dict(collections.Counter(r["drained"] for r in drained))
+    return Invariant(
+        "drains_bounded",
+        not late,
+        "; ".join(late[:10]) or f"{len(drained)} drained {ways}, each closed within {bound:.0f} ms",
+    )
+
+
 def _stable_tasks(state: dict[str, Any]) -> int:
     # Hypercorn's per-connection keep-alive timer ends a moment after the
     # request that reads the state arrived: not a task this count is about.
@@ -155,7 +178,7 @@ def cancel_latencies(
 ) -> list[tuple[float, RunResult]]:
     """Client hang-up → upstream connection closed (seen at the mock), in ms,
     for runs whose recorded outcome is ``client_disconnect``."""
-    outcome = {r["request_id"]: r["outcome"] for r in observed.records}
+    outcome = {r["request_id"]: r["outcome"] for r in observed.records if not r.get("drained")}
     closes = {c["model"].rsplit("-x", 1)[-1]: c["mono"] for c in observed.peer_closes}
     out = []
     for res in results:
@@ -172,6 +195,7 @@ def build_report(
     observed: Observed,
     duration: float,
     concurrency: int,
+    drain: float = 0.0,
 ) -> dict[str, Any]:
     outcome = {r["request_id"]: r["outcome"] for r in observed.records}
     table: dict[str, dict[str, dict[str, int]]] = {}
@@ -179,7 +203,7 @@ def build_report(
         cell = table.setdefault(run.fault, {}).setdefault(run.behaviour, {})
         got = outcome.get(run.request_id, "missing")
         cell[got] = cell.get(got, 0) + 1
-    invariants = check_invariants(runs, observed, results)
+    invariants = check_invariants(runs, observed, results, drain)
     latencies = cancel_latencies(results, observed)
     return {
         "seed": seed,
