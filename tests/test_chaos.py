@@ -124,6 +124,27 @@ async def test_campaign_with_two_providers_of_each_kind_holds_every_invariant() 
     assert report["failovers"]["attempts_moved_on"] > 0, text
 
 
+async def test_campaign_with_drain_providers_holds_every_invariant() -> None:
+    """``chaos --drain``: hang-ups hand the upstream to drains; every drain ends
+    within its bound, nothing is left open or in flight, outcomes unchanged."""
+    report = await run_campaign(None, runs=200, concurrency=16, seed=20261203, drain=1.0)
+    text = format_report(report)
+    assert report["passed"], text
+    (bounded,) = [i for i in report["invariants"] if i["name"] == "drains_bounded"]
+    assert "final" in bounded["detail"], text  # drains that read to the end happened
+
+
+def test_a_drain_past_its_bound_is_caught() -> None:
+    runs = plan(40, 3, LIMITS)
+    observed = _healthy(runs)
+    record = observed.records[0]
+    record.update(drained="time", cancel_latency_ms=900.0)
+    assert all(inv.ok for inv in check_invariants(runs, observed, drain=1.0))
+    record.update(cancel_latency_ms=2500.0)
+    failed = [i.name for i in check_invariants(runs, observed, drain=1.0) if not i.ok]
+    assert failed == ["drains_bounded"]
+
+
 async def test_campaign_with_redis_killed_at_random_holds_every_invariant() -> None:
     """``chaos --redis``: the gateway's receipts and usage live in a Redis that is
     killed and restarted under the runs; no run fails for it, no receipt is lost."""
