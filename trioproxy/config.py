@@ -88,7 +88,9 @@ class Config:
     keys: tuple[Mapping[str, Any], ...] = ()  # [[keys]] tables: name, sha256, models, ...
     allow_open_public: bool = False  # no keys on a non-loopback bind is refused unless true
     cors_origins: tuple[str, ...] = ()  # web origins allowed (CORS); others refused in open mode
-    trusted_proxies: tuple[str, ...] = ()  # peer IPs of proxies in front: no per-IP connection cap
+    # Peer IPs of proxies in front: no per-IP connection cap; the clients they name in
+    # X-Forwarded-For get max_connections_per_ip requests in flight each.
+    trusted_proxies: tuple[str, ...] = ()
     # --- shared state (see trioproxy.shared): unset = this process's own state -----
     redis_url: str = ""  # redis://HOST:PORT/DB or rediss://...; no password in it
     redis_password_env: str = "TRIOPROXY_REDIS_PASSWORD"  # the variable holding the password

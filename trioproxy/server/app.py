@@ -38,6 +38,7 @@ import trio
 from ..admission.auth import KeyRing
 from ..admission.bodies import BodyReads
 from ..admission.browser import Hygiene
+from ..admission.forwarded import ForwardedClients
 from ..admission.limits import LimiterStatistics, StreamLimiter
 from ..admission.routes import (
     ROUTES,
@@ -144,6 +145,8 @@ class Gateway:
         )
         self.own = endpoints.OwnEndpoints(self)
         self.body_reads = BodyReads(config.max_body_reads, config.max_body_reads_per_key)
+        # A trusted proxy's clients, by X-Forwarded-For: max_connections_per_ip requests each.
+        self.forwarded = ForwardedClients(config.max_connections_per_ip, config.trusted_proxies)
         endpoint = config.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
         self.tracing = Tracing(endpoint) if endpoint else None
         # Nurseries in this trio run that are not the gateway's (the built-in mock):
@@ -251,10 +254,12 @@ class Gateway:
         )
         extra = [(b"x-trioproxy-request-id", ex.request_id.encode()), *verdict.headers]
         self.active[ex] = None
+        client = None  # a trusted proxy's client, counted while the request lasts
         try:
             try:
                 if verdict.error is not None:
                     raise verdict.error
+                client = self.forwarded.take(scope.get("client"), scope["headers"])
                 if verdict.preflight:  # CORS preflight of a listed origin
                     await send({"type": "http.response.start", "status": 204, "headers": extra})
                     await send({"type": "http.response.body", "body": b""})
@@ -279,6 +284,8 @@ class Gateway:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            if client is not None:
+                self.forwarded.give_back(client)
             ex.release_slots()  # no-op unless the relay never started
             del self.active[ex]
             if ex.drained != "running":  # else the drain records it when it ends
