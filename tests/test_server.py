@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -146,8 +147,13 @@ async def test_serve_with_no_upstream_uses_the_mock_and_exits_0_on_sigterm() -> 
 
 
 async def test_serve_with_workers() -> None:
+    """Each worker process logs as a single process does: where it listens, that it
+    is open to anyone (no keys), and an access line per request."""
     code, log = await _serve_and_sigterm("--workers", "2")
     assert code == 0, log
+    assert len(re.findall(r"trioproxy worker \d+ listening on http://127\.0\.0\.1:", log)) == 2, log
+    assert log.count("OPEN MODE: no API keys configured") == 2, log
+    assert '"route":"chat"' in log and '"outcome":"done"' in log, log  # the access line
 
 
 def _messages(model: str) -> dict[str, object]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import logging
 import os
 import pathlib
 import random
@@ -29,24 +28,13 @@ if TYPE_CHECKING:
 from .cli_args import build_parser
 from .config import ConfigFile, load_config, parse_bind
 from .errors import ConfigError
+from .observe.logs import setup_logging
 from .receipts.service import KeyError_, Signer, signing_key_path
 from .routing.providers import read_credential
 from .server.hypercorn import UnsupportedHypercorn, check_hypercorn_version
 from .server.serve import StartupError, run_gateway
 
 __all__ = ["main"]
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is ours
-    # coredis logs every lost connection (with an empty traceback) at INFO: an outage
-    # and its end are one line each of ours (trioproxy.redis).
-    logging.getLogger("coredis").setLevel(logging.WARNING)
 
 
 async def _run_mock(host: str, port: int, fault: Fault) -> None:
@@ -201,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .testing.mock_scripts import Fault, FaultSpecError, parse_fault
 
             host, port = parse_bind(args.bind)
-            _setup_logging("info")
+            setup_logging("info")
             fault = Fault(tokens=args.tokens, itl_ms=args.itl_ms, ttft_ms=args.ttft_ms)
             if args.shape:
                 try:
@@ -248,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyError_ as exc:
             print(f"trioproxy: cannot start: {exc}", file=sys.stderr)
             return 1
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level)
     # SIGHUP re-reads the same file with the same flags.
     reload = ConfigFile(args.config, flags) if args.config else None
     try:

@@ -39,6 +39,7 @@ from hypercorn.utils import LifespanFailureError
 
 from ..config import Config, ConfigFile, parse_bind
 from ..errors import ConfigError
+from ..observe.logs import announce, setup_logging
 from .app import CompletionHook, Gateway
 from .guard_install import install_hypercorn_guards
 
@@ -188,15 +189,7 @@ async def _serve_until_signal(config: Config, reload: ConfigFile | None) -> None
                     "no upstream configured: serving the built-in mock upstream at %s",
                     gw.mock.base_url,
                 )
-            log.info("trioproxy listening on %s", gw.url)
-            if config.receipts:
-                log.info("data dir %s (signing key, receipts)", config.data_dir)
-            if not config.keys:
-                log.warning(
-                    "OPEN MODE: no API keys configured, anyone who can reach %s may use it "
-                    "(add [[keys]]: trioproxy keys new --name NAME)",
-                    gw.url,
-                )
+            announce(config, gw.url)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     _reload(gw, reload)
@@ -312,6 +305,9 @@ def worker_app() -> Gateway:
         per_ip=config.max_connections_per_ip,
         trusted_proxies=config.trusted_proxies,
     )
+    setup_logging(config.log_level)  # a fresh interpreter: it logs as the supervisor does
+    host, port = parse_bind(config.bind)
+    announce(config, f"http://{host}:{port}", f"trioproxy worker {os.getpid()}")
     return Gateway(config)
 
 
