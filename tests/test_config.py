@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import re
 
@@ -57,3 +58,17 @@ def test_parse_bind() -> None:
     assert parse_bind("[::1]:8080") == ("::1", 8080)
     with pytest.raises(ConfigError):
         parse_bind("host:99999")
+
+
+def test_the_configuration_page_names_every_option() -> None:
+    """docs/configuration.md's table is the reference: every option of Config is
+    in it (the derived fields and the [[providers]]/[mock_options] tables aside)."""
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    derived = {"provider_specs", "api_keys", "providers", "mock_options"}
+    missing = [
+        f.name
+        for f in dataclasses.fields(Config)
+        if f.name not in derived and f"`{f.name}`" not in text
+    ]
+    assert not missing, f"docs/configuration.md does not name {missing}"
+    assert "`[[providers]]`" in text and "`[mock_options]`" in text

@@ -7,13 +7,18 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../.."
 bin="$root/.venv/bin"
 command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)"; exit 1; }
+ports="${TRIOPROXY_DEMO_PORTS:-8081 8082}"
+redis_port="${TRIOPROXY_DEMO_REDIS_PORT:-6390}"
 state="$(mktemp -d)"
 trap 'kill 0' EXIT
-redis-server --port 6390 --bind 127.0.0.1 --save "" --appendonly yes --dir "$state" >/dev/null &
-for port in 8081 8082; do
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly yes --dir "$state" >/dev/null &
+for port in $ports; do
+  # Each host reads its own copy of the config: its data dir (signing key, receipt spool)
+  # is the folder beside the config file, so each host has its own.
   mkdir -p "$state/host-$port"
-  (cd "$state/host-$port" && XDG_STATE_HOME="$state/host-$port" \
-    "$bin/trioproxy" serve --config "$here/gateway.toml" --bind "127.0.0.1:$port") &
+  sed "s/127.0.0.1:6390/127.0.0.1:$redis_port/" "$here/gateway.toml" > "$state/host-$port/gateway.toml"
+  (cd "$state/host-$port" && "$bin/trioproxy" serve --config "$state/host-$port/gateway.toml" \
+    --bind "127.0.0.1:$port") &
 done
 cat <<TXT
 host A: http://127.0.0.1:8081   host B: http://127.0.0.1:8082   (Redis on 6390)
