@@ -83,6 +83,25 @@ def test_an_unusable_signing_key_is_one_line(tmp_path: pathlib.Path) -> None:
     assert done.stderr.startswith(f"trioproxy: cannot start: signing key {key} is not a PEM")
 
 
+def test_a_configured_signing_key_is_found_beside_the_config_and_never_made_up(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``signing_key_path`` in a config file is relative to that file (not to the
+    cwd); one that does not exist is a start-up error, not a new key."""
+    conf = tmp_path / "etc" / "c.toml"
+    conf.parent.mkdir()
+    conf.write_text('signing_key_path = "keys/signing.key"\n')
+    done = _run(tmp_path, "serve", "--config", str(conf))
+    expected = tmp_path / "etc" / "keys" / "signing.key"
+    assert (done.returncode, done.stderr) == (
+        1,
+        f"trioproxy: cannot start: signing_key_path {expected} does not exist (leave it out "
+        "to have a key made in the data dir)\n",
+    )
+    assert not expected.exists() and not (tmp_path / "keys").exists()  # nothing made up
+    assert load_config(conf).signing_key_path == str(expected)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -312,6 +312,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
             raise ConfigError(f"{path}: {exc}") from None
         base = Path(path).parent  # the data dir goes beside the config file
         values["data_dir"] = str(base / values.get("data_dir", ".trioproxy"))
+        if values.get("signing_key_path"):  # relative to the config file, as data_dir is
+            values["signing_key_path"] = str(base / values["signing_key_path"])
     for key, value in overrides.items():
         if value is None or (isinstance(value, (list, tuple)) and not value):
             continue

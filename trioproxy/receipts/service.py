@@ -379,7 +379,15 @@ async def open_signer_and_store(config: Config) -> tuple[Signer | None, ReceiptS
 
 
 def signing_key_path(config: Config) -> Path:
-    """``signing_key_path``, or ``<data_dir>/signing.key``."""
+    """``signing_key_path``, or ``<data_dir>/signing.key``. Error handling: a
+    configured ``signing_key_path`` that does not exist is :class:`KeyError_` (one
+    is made only in the data dir: a key the operator named is never replaced)."""
     if config.signing_key_path:
-        return Path(config.signing_key_path)
+        path = Path(config.signing_key_path)
+        if not path.exists():
+            raise KeyError_(
+                f"signing_key_path {path} does not exist (leave it out to have a key made "
+                f"in the data dir)"
+            )
+        return path
     return Path(config.data_dir) / "signing.key"
