@@ -139,7 +139,12 @@ def _verify(sub: Any) -> None:
 
 
 def _keys(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="API keys")
+    keys = sub.add_parser(
+        "keys",
+        help="API keys",
+        description="trioproxy keys new [--name NAME]: print a new key once, and the [[keys]] "
+        "block (its hash, never the key) to paste into the config file",
+    )
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     new = keys_sub.add_parser("new", help="print a new key once, and its [[keys]] block")
     new.add_argument("--name", help="the key's name in logs and metrics (default: key-XXXXXX)")
