@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from contextlib import aclosing
 
 import h11
@@ -149,9 +150,40 @@ async def test_serve_with_no_upstream_uses_the_mock_and_exits_0_on_sigterm() -> 
 async def test_serve_with_workers() -> None:
     """Each worker process logs as a single process does: where it listens, that it
     is open to anyone (no keys), and an access line per request."""
-    code, log = await _serve_and_sigterm("--workers", "2")
-    assert code == 0, log
-    assert len(re.findall(r"trioproxy worker \d+ listening on http://127\.0\.0\.1:", log)) == 2, log
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "trioproxy", "serve", "--bind", f"127.0.0.1:{port}"]
+    state = tempfile.mkdtemp(prefix="trioproxy-serve-")
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        cwd=state, env={**os.environ, "XDG_STATE_HOME": state},
+    )  # fmt: skip
+    lines: list[str] = []
+    announced = re.compile(r"trioproxy worker \d+ listening on http://127\.0\.0\.1:")
+
+    def read_log() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    try:
+        await eventually(lambda: sum(bool(announced.search(x)) for x in lines) == 2, timeout=30)
+        await _wait_ready(url)
+        ok = await request(url, "POST", "/v1/chat/completions", chat("mock-t3-i0"))
+        assert ok.status == 200
+        await eventually(lambda: any("trioproxy.access" in x for x in lines), timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    assert proc.stderr is not None
+    proc.stderr.close()
+    log = "".join(lines)
     assert log.count("OPEN MODE: no API keys configured") == 2, log
     assert '"route":"chat"' in log and '"outcome":"done"' in log, log  # the access line
 
