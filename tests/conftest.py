@@ -166,3 +166,30 @@ def provider(name: str, mock: Any, **extra: Any) -> dict[str, Any]:
     kind = extra.get("kind", "openai")
     base = mock.base_url + ("/v1" if kind == "openai" else "")
     return {"name": name, "base_url": base, **extra}
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions in ``exc``, exception groups opened."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> object:
+    """A guard's twin run without the guard (``hypercorn_as = "unguarded"``) must
+    fail with the fault its ``@pytest.mark.fault(raises=(...))`` names (the exceptions of a
+    nursery's group opened): then it is an expected failure. Any other error fails
+    the test, and so does a pass: the fault no longer shows, the guard can go."""
+    fault = item.get_closest_marker("fault")
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if fault is None or params.get("hypercorn_as") != "unguarded":
+        return (yield)
+    try:
+        yield
+    except BaseException as exc:
+        leaves = _leaves(exc)
+        if leaves and all(isinstance(leaf, fault.kwargs["raises"]) for leaf in leaves):
+            pytest.xfail(f"the Hypercorn fault this guard covers: {type(leaves[0]).__name__}")
+        raise
+    pytest.fail("the Hypercorn fault no longer shows without its guard: the guard can go")

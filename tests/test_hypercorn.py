@@ -1,9 +1,10 @@
 """The Hypercorn guards: each one works, and each fault still exists without it.
 
 Every guard's test runs twice: guarded (must pass) and with Hypercorn as
-released (``xfail(strict=True)``: the fault must still show). When a Hypercorn
-release fixes a fault, its unguarded run passes, the strict xfail fails the
-suite, and the guard can be deleted from ``trioproxy/server/hypercorn.py``.
+released, where it must fail with the fault its ``@pytest.mark.fault(raises=...)``
+names (an expected failure; any other error fails the suite). When a Hypercorn
+release fixes a fault, its unguarded run passes, which fails the suite, and
+the guard can be deleted from ``trioproxy/server/hypercorn.py``.
 """
 
 from __future__ import annotations
@@ -37,10 +38,8 @@ from trioproxy.testing.rawclient import RawClient, request
 def hypercorn_as(request: pytest.FixtureRequest) -> Iterator[str]:
     """Hypercorn with every guard, or as released (guards back afterwards)."""
     guard_install.install_hypercorn_guards()
-    if request.param == "unguarded":
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="the Hypercorn fault this guard covers")
-        )
+    if request.param == "unguarded":  # must fail as its @pytest.mark.fault says (conftest)
+        assert request.node.get_closest_marker("fault"), "a guard's twin names its fault"
         guard_install.uninstall_hypercorn_guards()
         # open_gateway installs the guards; keep them out for this test.
         with pytest.MonkeyPatch.context() as patch:
@@ -69,6 +68,7 @@ def _protocol(sent: list[Any]) -> H11Protocol:
     return proto
 
 
+@pytest.mark.fault(raises=(AssertionError,))
 async def test_the_head_goes_out_in_one_write_with_the_first_body_bytes(hypercorn_as: str) -> None:
     sent: list[Any] = []
     proto = _protocol(sent)
@@ -94,6 +94,7 @@ async def test_an_error_response_without_a_body_still_goes_out() -> None:
     assert write.startswith(b"HTTP/1.1 400 ") and write.endswith(b"\r\n\r\n")
 
 
+@pytest.mark.fault(raises=(OSError, trio.BusyResourceError))
 async def test_an_internal_hypercorn_error_ends_one_connection_not_the_worker(
     hypercorn_as: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -117,6 +118,7 @@ async def test_an_internal_hypercorn_error_ends_one_connection_not_the_worker(
         assert ok.status == 200 and ok.body.endswith(b"data: [DONE]\n\n")
 
 
+@pytest.mark.fault(raises=(trio.TooSlowError,))
 async def test_closed_keep_alive_connections_do_not_linger(hypercorn_as: str) -> None:
     """Found by chaos (no_orphan_tasks): a keep-alive connection closed by its
     client kept its task and socket for keep_alive_timeout (75 s here)."""
@@ -156,6 +158,7 @@ def test_uninstall_puts_hypercorn_back() -> None:
     )
 
 
+@pytest.mark.fault(raises=(trio.TooSlowError,))
 async def test_connections_past_max_connections_are_closed_at_once(
     hypercorn_as: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -185,6 +188,7 @@ async def test_connections_past_max_connections_are_closed_at_once(
         guards.CONNECTIONS.limit = 4096
 
 
+@pytest.mark.fault(raises=(AssertionError,))
 async def test_a_write_the_socket_can_take_does_not_wait_for_the_scheduler(
     hypercorn_as: str,
 ) -> None:
@@ -233,6 +237,7 @@ class _SpawnCounter(trio.abc.Instrument):
         self.names.append(task.name)
 
 
+@pytest.mark.fault(raises=(AssertionError,))
 async def test_keep_alive_requests_start_no_task_for_their_timer(hypercorn_as: str) -> None:
     """Found profiling the per-request cost: Hypercorn started a new keep-alive
     timer task (under a lock, with nursery.start) at the end of every request
@@ -268,6 +273,7 @@ class _Passes(trio.abc.Instrument):
             self.handlers.append(self.passes)
 
 
+@pytest.mark.fault(raises=(AssertionError,))
 async def test_a_burst_of_connections_is_taken_in_a_few_scheduler_passes(hypercorn_as: str) -> None:
     """Found timing 200 streams that arrive together (650 ms before the last
     request reached the app): trio's listener takes one connection per scheduler
@@ -410,6 +416,7 @@ def _client_reads(data: bytes, method: bytes = b"GET") -> list[Any]:
     return events
 
 
+@pytest.mark.fault(raises=(AssertionError,))
 async def test_a_plain_response_is_checked_once_and_its_chunks_skip_h11(
     hypercorn_as: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -493,6 +500,7 @@ async def test_the_relays_streams_take_the_plain_way_and_keep_alive_goes_on() ->
     assert guards.HEADS.plain == plain + 2 and guards.HEADS.chunks > chunks
 
 
+@pytest.mark.fault(raises=(AssertionError,))
 async def test_a_responses_last_bytes_and_its_end_go_out_in_one_write(
     hypercorn_as: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -568,6 +576,7 @@ async def _trickle_head(url: str, seconds: float) -> float | None:
         await stream.aclose()
 
 
+@pytest.mark.fault(raises=(AssertionError,))
 async def test_a_trickled_request_head_is_closed_at_header_timeout(hypercorn_as: str) -> None:
     """The slowloris: a head one byte at a time held its connection for
     keep_alive_timeout (75 s); 200 of them shut everyone out."""
@@ -595,6 +604,7 @@ async def test_header_timeout_leaves_idle_keep_alive_and_slow_bodies_alone() -> 
         await client.close()
 
 
+@pytest.mark.fault(raises=(trio.TooSlowError,))
 async def test_connections_past_max_connections_per_ip_are_closed_at_once(
     hypercorn_as: str, caplog: pytest.LogCaptureFixture
 ) -> None:
