@@ -189,6 +189,8 @@ async def test_header_hygiene_and_provider_credentials(monkeypatch: pytest.Monke
             ("te", "trailers"),
             ("x-request-id", "rid-123"),
             ("openai-organization", "org-1"),
+            ("x-request-id", "rid-dup"),  # duplicates: the upstream must get one of each
+            ("authorization", "Bearer client-secret-4"),
         ]
         async with running(providers=providers) as (gw, _):
             r = await request(gw.url, "POST", "/v1/chat/completions", chat(HEALTHY), client_headers)
@@ -198,14 +200,18 @@ async def test_header_hygiene_and_provider_credentials(monkeypatch: pytest.Monke
             assert seen[b"x-tenant"] == b"t1" and seen[b"openai-organization"] == b"org-1"
             assert seen[b"x-request-id"] == b"rid-123"
             assert b"x-api-key" not in seen and b"cookie" not in seen and b"te" not in seen
+            names = [name for name, _ in oai.last_header_list]  # every line, as sent
+            assert len(names) == len(set(names)), names
+            assert (b"authorization", b"Bearer sk-provider-openai") in oai.last_header_list
             r = await request(gw.url, "POST", "/v1/messages", _messages(HEALTHY), client_headers)
             assert r.status == 200
             seen = ant.last_headers
             assert seen[b"x-api-key"] == b"sk-provider-anthropic"
             assert seen[b"anthropic-version"] == b"2023-06-01"
             assert b"authorization" not in seen and b"cookie" not in seen
-            for headers in (oai.last_headers, ant.last_headers):
-                assert not any(b"client-secret" in v for v in headers.values())
+            for sent in (oai.last_header_list, ant.last_header_list):
+                assert not any(b"client-secret" in v for _, v in sent)
+                assert len({n for n, _ in sent}) == len(sent), sent  # no name twice
 
 
 async def test_a_tenant_cannot_choose_what_the_operators_credential_is_billed_for() -> None:

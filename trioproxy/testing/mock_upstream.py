@@ -82,6 +82,8 @@ class MockUpstream:
         self.streams_started: collections.deque[str] = collections.deque(maxlen=10_000)  # models
         self._peer_close_event = trio.Event()
         self.last_headers: dict[bytes, bytes] = {}
+        # The same, as sent: every line in order, duplicates kept (header hygiene checks).
+        self.last_header_list: list[tuple[bytes, bytes]] = []
         self.record = False  # keep what each stream sent (tests, fidelity checks)
         self.transcripts: dict[str, bytes] = {}  # response id -> SSE bytes sent
         self.first_sent: dict[str, float] = {}  # response id -> first event sent at
@@ -126,10 +128,11 @@ class MockUpstream:
 
     async def _respond(
         self, stream: trio.SocketStream, buf: bytearray, method: str, path: str,
-        headers: dict[bytes, bytes], body: bytes,
+        headers: dict[bytes, bytes], body: bytes, header_list: list[tuple[bytes, bytes]],
     ) -> bool:  # fmt: skip
         keep = headers.get(b"connection", b"").lower() != b"close"
         self.last_headers = headers  # what the last request carried (header-hygiene checks)
+        self.last_header_list = header_list
         if path == "/mock/stats":
             await _send_json(stream, 200, asdict(self.statistics()), keep)
             return keep
@@ -321,8 +324,9 @@ async def _send_bytes(
 
 async def _read_request(
     stream: trio.SocketStream, buf: bytearray
-) -> tuple[str, str, dict[bytes, bytes], bytes] | None:
-    """One request from ``buf`` + the socket; None at EOF between requests."""
+) -> tuple[str, str, dict[bytes, bytes], bytes, list[tuple[bytes, bytes]]] | None:
+    """One request from ``buf`` + the socket; None at EOF between requests. Its
+    headers as a dict (the last of a name wins) and as sent (every line)."""
     while (end := buf.find(b"\r\n\r\n")) < 0:
         if len(buf) > MAX_HEAD:
             raise _PeerGone("request head too large")
@@ -334,10 +338,11 @@ async def _read_request(
     del buf[: end + 4]
     try:
         method, target, _ = lines[0].split(b" ", 2)
-        headers = {}
+        header_list = []
         for line in lines[1:]:
             name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
+            header_list.append((name.strip().lower(), value.strip()))
+        headers = dict(header_list)
         length = int(headers.get(b"content-length", b"0"))
     except ValueError:
         raise _PeerGone("malformed request") from None
@@ -353,7 +358,7 @@ async def _read_request(
     path = target.decode("latin-1")
     if not path.startswith("/mock/"):
         path = path.split("?", 1)[0]
-    return method.decode("latin-1"), path, headers, body
+    return method.decode("latin-1"), path, headers, body, header_list
 
 
 async def serve_mock(
