@@ -5,7 +5,6 @@ from __future__ import annotations
 import pathlib
 from contextlib import aclosing
 
-import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import chat, running
@@ -66,14 +65,22 @@ async def test_metrics_count_a_scripted_sequence() -> None:
 
 
 async def test_model_label_is_bounded() -> None:
-    async with running() as (gw, _):
-        assert gw.app.metrics is not None
-        metrics = gw.app.metrics
+    """MAX_MODEL_LABELS + 5 models served: the first MAX_MODEL_LABELS keep their
+    names in /metrics, the rest are counted as ``other``."""
+    async with running(metrics=True) as (gw, recorder):
         for i in range(MAX_MODEL_LABELS + 5):
-            metrics._model(f"m{i}")
-        assert metrics._model("one-too-many") == "other"
-        assert metrics._model("m0") == "m0"
-        await trio.lowlevel.checkpoint()
+            served = await request(gw.url, "POST", "/v1/chat/completions", chat(f"mock-t1-i0-x{i}"))
+            assert served.status == 200
+        await recorder.wait_for(MAX_MODEL_LABELS + 5)
+        scraped = await request(gw.url, "GET", "/metrics")
+    counts = {
+        s.labels["model"]: s.value
+        for family in text_string_to_metric_families(scraped.body.decode())
+        for s in family.samples
+        if s.name == "trioproxy_requests_total"
+    }
+    assert len(counts) == MAX_MODEL_LABELS + 1 and counts["other"] == 5, sorted(counts)
+    assert counts["mock-t1-i0-x0"] == 1 and "mock-t1-i0-x204" not in counts
 
 
 async def test_a_key_cannot_fill_the_model_labels_with_names_it_may_not_use(
