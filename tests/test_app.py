@@ -61,6 +61,13 @@ async def test_oversized_body_is_413_before_reading_it() -> None:
             + b"0\r\n\r\n",
         )
         assert chunked.startswith(b"HTTP/1.1 413")
+        # Before reading it: only the head is sent, the 413 comes without a byte of body.
+        head_only = await _raw(
+            gw.url,
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
+            b"content-type: application/json\r\ncontent-length: 1000000\r\n\r\n",
+        )
+        assert head_only.startswith(b"HTTP/1.1 413"), head_only
         assert gw.mock.statistics().requests_total == 0
 
 
