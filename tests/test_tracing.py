@@ -11,7 +11,7 @@ import trio
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.conftest import chat, eventually, running
-from trioproxy.testing.rawclient import RawClient
+from trioproxy.testing.rawclient import RawClient, request
 
 CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
@@ -114,6 +114,16 @@ async def test_tracing_off_makes_no_spans_and_imports_nothing() -> None:
 
     async with running() as (gw, _):
         assert gw.app.tracing is None
+        assert gw.mock is not None
+        traceparent = f"00-{CLIENT_TRACE}-b7ad6b7169203331-01"
+        answered = await request(
+            gw.url, "POST", "/v1/chat/completions", chat("mock-t2-i0"),
+            [("traceparent", traceparent)],
+        )  # fmt: skip
+        assert answered.status == 200
+        # No span of ours: the upstream is told of no attempt (with tracing on it gets
+        # the attempt's span as its parent), and the client's header is not passed on.
+        assert b"traceparent" not in gw.mock.last_headers
     code = (
         "import sys, trioproxy.server.app, trioproxy.cli;"
         "print([m for m in sys.modules if m.startswith('opentelemetry')])"
