@@ -242,9 +242,10 @@ class Exchange:
             self.mark("slots_released")
 
 
-def note_event(ex: Exchange, block: bytes, now: float) -> None:
+def note_event(ex: Exchange, block: bytes, now: float) -> int:
     """One upstream event (not a heartbeat), as the reader and a drain see it:
-    counted, the first two kept (ids), usage, finish, error and final noted."""
+    counted, the first two kept (ids), usage, finish, error and final noted.
+    Returns its :func:`~trioproxy.dialects.classify` flags (classified once)."""
     ex.events += 1
     if ex.first_block is None:
         ex.first_block = block
@@ -263,3 +264,4 @@ def note_event(ex: Exchange, block: bytes, now: float) -> None:
         ex.upstream_error, ex.finished = dialects.error_type(block), False
     if dialects.is_final(block):
         ex.final_event = True
+    return flags

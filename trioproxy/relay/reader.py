@@ -48,9 +48,9 @@ from dataclasses import dataclass
 import httpx
 import trio
 
-from .. import dialects
 from ..asgi import DirectWriter
 from ..config import Config
+from ..dialects import USAGE_ONLY
 from ..errors import (
     GatewayError,
     Outcome,
@@ -311,15 +311,19 @@ class UpstreamReader:
                 ex.first_chunk_at = now
             ex.chunks += 1
             blocks = framer.feed(chunk)
+            kept: list[bytes] | None = [] if strip else None  # what the client gets, stripping
             if blocks:
                 progress = False
                 before = ex.events
                 for block in blocks:
                     if is_heartbeat(block):
                         progress = progress or hb_progress
+                        if kept is not None:
+                            kept.append(block)
                         continue
                     progress = True
-                    note_event(ex, block, now)
+                    if not note_event(ex, block, now) & USAGE_ONLY and kept is not None:
+                        kept.append(block)
                 if ex.events > before:
                     ex.events_read(ex.events - before, now)
                 if progress and ex.first_event_at is not None:
@@ -330,8 +334,8 @@ class UpstreamReader:
                         self.idle_from, armed = now, lazy
             if self.draining:  # the client left: nothing more is relayed
                 return
-            if strip:  # the client gets the complete events, less the usage chunk
-                chunk = b"".join(b for b in blocks if not dialects.is_usage_only(b))
+            if kept is not None:  # the client gets the complete events, less the usage chunk
+                chunk = b"".join(kept)
                 if not chunk:
                     continue
             if not started:
