@@ -4,14 +4,20 @@ record and the receipt carry the usage the upstream reported."""
 
 from __future__ import annotations
 
+import logging
+import tomllib
+from typing import Any
+
 import h11
 import pytest
 import trio
 
 from tests.conftest import chat, eventually, open_mocks, provider, running
+from tests.redis_server import RedisServer
 from tests.scripted_upstream import scripted_upstream
 from tests.shapes import build
 from trioproxy import dialects
+from trioproxy.admission.auth import new_key
 from trioproxy.errors import ConfigError
 from trioproxy.receipts.service import verify_receipt
 from trioproxy.routing.providers import parse_providers
@@ -172,3 +178,48 @@ async def test_with_cancel_and_past_max_drains_a_hang_up_closes_the_upstream_at_
 def test_drain_options_are_checked_at_start_up(option: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_providers([{"name": "p", "base_url": "http://127.0.0.1:1/v1", **option}])
+
+
+async def test_a_drain_that_ends_before_its_request_does_is_recorded_once(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A drain can end while the request it left behind is still running: here
+    the request's early admission is still being counted in a Redis that has
+    not answered yet. The exchange is recorded once, by the drain, not again
+    when the request ends."""
+    key, block = new_key("drainer")
+    keys = tuple(tomllib.loads(block.replace("rpm = 0", "rpm = 1000"))["keys"])
+    auth = [("authorization", f"Bearer {key}")]
+    async with open_mocks(Fault()) as (mock,):
+        drains = (provider("p", mock, on_client_disconnect="drain"),)
+        async with running(providers=drains, redis_url=redis_server.url, keys=keys) as (gw, rec):
+            first = await request(gw.url, "POST", CHAT, chat("mock-t1-i0"), auth)
+            assert first.status == 200  # Redis has counted the key: far from its limits
+            await rec.wait_for(1)
+            rec.records.clear()
+            redis = gw.app.accounts.redis
+            assert redis is not None
+            real_run, answer = redis.run, trio.Event()
+
+            async def slow_run(*args: Any, off_path: bool = False) -> Any:
+                if off_path:  # the early admission's count: Redis answers when told
+                    await answer.wait()
+                return await real_run(*args, off_path=off_path)
+
+            redis.run = slow_run  # type: ignore[method-assign]
+            client = await RawClient.connect(gw.url)
+            await client.send_request("POST", CHAT, chat("mock-t5-i20"), auth)
+            with trio.fail_after(10):
+                assert (await client.response_head())[0] == 200
+                assert isinstance(await client.next_event(), h11.Data)
+            await client.close()
+            (record,) = await rec.wait_for(1)  # the drain read to the end
+            assert record.drained == "final"
+            assert gw.app.statistics().active_requests == 1  # its count is still on its way
+            answer.set()
+            await eventually(lambda: gw.app.statistics().active_requests == 0)
+            assert gw.app.statistics().outcomes == {"done": 1, "client_disconnect": 1}
+            # (Recorded twice, the exchange's state machine refuses the second:
+            # an error here, in production a second access line and receipt.)
+            assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            assert len(rec.records) == 1

@@ -288,7 +288,7 @@ class Gateway:
                 self.forwarded.give_back(client)
             ex.release_slots()  # no-op unless the relay never started
             del self.active[ex]
-            if ex.drained != "running":  # else the drain records it when it ends
+            if ex.drained is None:  # else a drain took the upstream over: it records when it ends
                 self.finish(ex)
 
     async def _admit(
