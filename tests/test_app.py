@@ -150,8 +150,10 @@ MALFORMED = [
 @pytest.mark.parametrize("raw", MALFORMED)
 async def test_malformed_http_gets_4xx_and_the_worker_keeps_serving(raw: bytes) -> None:
     async with running() as (gw, _):
+        assert gw.mock is not None
         answer = await _raw(gw.url, raw)
         assert answer[:10] in (b"HTTP/1.1 4", b"HTTP/1.0 4"), answer[:200]
+        assert gw.mock.statistics().requests_total == 0  # nothing went upstream
         ok = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t2"))
         assert ok.status == 200 and ok.body.endswith(b"data: [DONE]\n\n")
 
