@@ -74,6 +74,7 @@ class RedisStatistics:
     outages: int  # times it went down
     failed_calls: int  # calls that failed or were not tried because it was down
     calls: int
+    timed_out: int  # calls that waited the whole redis_timeout for no answer
 
 
 class SharedRedis:
@@ -86,6 +87,7 @@ class SharedRedis:
         self._outages = 0
         self._failed = 0
         self._calls = 0
+        self._timed_out = 0
         self._changed = trio.Event()
         self._suspect = False  # a call timed out: the probe checks now
         self._sources: list[str] = []
@@ -123,6 +125,7 @@ class SharedRedis:
                 return await script(keys=keys, args=args)
         except trio.TooSlowError as exc:
             self._failed += 1
+            self._timed_out += 1
             if not self._suspect:
                 self._suspect = True
                 self._wake()
@@ -188,7 +191,9 @@ class SharedRedis:
             self._wake()
 
     def statistics(self) -> RedisStatistics:
-        return RedisStatistics(self.up, self._suspect, self._outages, self._failed, self._calls)
+        return RedisStatistics(
+            self.up, self._suspect, self._outages, self._failed, self._calls, self._timed_out
+        )
 
 
 def _describe(exc: BaseException) -> str:
