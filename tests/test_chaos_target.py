@@ -12,7 +12,7 @@ import hypercorn.trio
 import pytest
 import trio
 
-from tests.conftest import running
+from tests.conftest import running, within
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.mock_upstream import MockUpstream, serve_mock
 from trioproxy.testing.naive_relay import READ_TIMEOUT, NaiveRelay
@@ -50,9 +50,11 @@ async def test_trioproxy_as_a_target_holds_every_invariant() -> None:
             code, text = await _cli(
                 "--target", gw.url, "--mock", mock.base_url, "--runs", str(RUNS),
                 "--seed", str(SEED), "--target-timeouts", "0.5,1.5,1.0,5",
+                "--cancel-p99-ms", str(within(100.0)),
             )  # fmt: skip
     assert code == 0, text
     assert "| upstream_closed_after_hangup | PASS |" in text and "ALL INVARIANTS HOLD" in text
+    assert "| cancel_latency_p99 | PASS |" in text
     assert "client hang-up -> upstream connection closed, ms: n 0" not in text  # timed some
 
 
@@ -78,6 +80,8 @@ async def test_a_relay_that_reads_on_after_a_hang_up_fails_the_open_upstream_inv
         nursery.cancel_scope.cancel()
     assert code == 1, text
     assert "| upstream_closed_after_hangup | FAIL |" in text and "INVARIANTS FAILED" in text
+    # It closes an abandoned upstream only at its read timeout or the stream's end.
+    assert "| cancel_latency_p99 | FAIL |" in text
 
 
 def test_target_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

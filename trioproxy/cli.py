@@ -78,8 +78,10 @@ def _chaos(args: argparse.Namespace) -> int:
         return _chaos_target(args, seed, progress)
     try:
         report = trio.run(
-            run_campaign, args.gateway, args.runs, args.concurrency, seed, progress,
-            args.providers, args.redis, args.drain,
+            functools.partial(
+                run_campaign, args.gateway, args.runs, args.concurrency, seed, progress,
+                args.providers, args.redis, args.drain, cancel_p99_ms=args.cancel_p99_ms,
+            )
         )  # fmt: skip
     except CampaignError as exc:
         print(f"\ntrioproxy chaos: {exc}", file=sys.stderr)
@@ -145,6 +147,7 @@ def _chaos_target(args: argparse.Namespace, seed: int, progress: Any) -> int:
             functools.partial(
                 run_target_campaign, args.target, args.mock, args.runs, args.concurrency, seed,
                 limits, anthropic=args.anthropic, target_pid=args.target_pid, progress=progress,
+                cancel_p99_ms=args.cancel_p99_ms,
             )
         )  # fmt: skip
     except TargetError as exc:

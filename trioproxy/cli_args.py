@@ -87,6 +87,9 @@ def _chaos(sub: Any) -> None:
     chaos.add_argument(
         "--report", metavar="FILE", help="also write the report as JSON (default: none)"
     )
+    chaos.add_argument("--cancel-p99-ms", type=float, default=100.0, metavar="MS",
+                       help="fail when the p99 of client hang-up -> upstream closed exceeds MS "
+                       "(default 100)")  # fmt: skip
     chaos.add_argument("--target", metavar="URL",
                        help="any OpenAI/Anthropic-compatible gateway whose upstream is the "
                        "mock at --mock, judged from outside (default: none)")  # fmt: skip

@@ -62,6 +62,8 @@ class PeerClose:
     at: float  # trio clock when the mock saw the peer's EOF/reset
     mono: float  # time.monotonic() then: comparable across processes
     model: str
+    last_write: float | None = None  # trio clock when its last write to the peer completed
+    requested: float = 0.0  # time.monotonic() when the mock had read its request
 
 
 class _PeerGone(Exception):
@@ -87,6 +89,7 @@ class MockUpstream:
         self.record = False  # keep what each stream sent (tests, fidelity checks)
         self.transcripts: dict[str, bytes] = {}  # response id -> SSE bytes sent
         self.first_sent: dict[str, float] = {}  # response id -> first event sent at
+        self.sent_times: dict[str, list[float]] = {}  # response id -> each write, recorded
 
     @property
     def base_url(self) -> str:
@@ -143,7 +146,7 @@ class MockUpstream:
             _, _, tag = path.partition("?tag=")
             suffix = f"-x{tag}" if tag else ""
             closes = [
-                {"mono": c.mono, "model": c.model}
+                {"mono": c.mono, "model": c.model, "requested": c.requested}
                 for c in self.peer_closes
                 if c.model.endswith(suffix)
             ]
@@ -195,25 +198,33 @@ class MockUpstream:
         emit = _Emitter(stream, self.record, lambda at: _put(self.first_sent, script.id, at))
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_peer, stream, buf, model, nursery.cancel_scope)
+                nursery.start_soon(self._watch_peer, stream, buf, emit, model, nursery.cancel_scope)
                 try:
                     ok = await _stream(emit, script, fault)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._peer_gone(model)
+                    self._peer_gone(model, emit)
                 nursery.cancel_scope.cancel()
         finally:
             self._streams -= 1
             if emit.transcript is not None:
                 _put(self.transcripts, script.id, b"".join(emit.transcript))
+                _put(self.sent_times, script.id, emit.times)
         return ok and keep
 
-    def _peer_gone(self, model: str) -> None:
-        self.peer_closes.append(PeerClose(trio.current_time(), time.monotonic(), model))
+    def _peer_gone(self, model: str, emit: _Emitter) -> None:
+        now = trio.current_time()
+        close = PeerClose(now, time.monotonic(), model, emit.last_write, emit.requested)
+        self.peer_closes.append(close)
         self._peer_close_event.set()
         self._peer_close_event = trio.Event()
 
     async def _watch_peer(
-        self, stream: trio.SocketStream, buf: bytearray, model: str, scope: trio.CancelScope
+        self,
+        stream: trio.SocketStream,
+        buf: bytearray,
+        emit: _Emitter,
+        model: str,
+        scope: trio.CancelScope,
     ) -> None:
         while True:
             try:
@@ -221,7 +232,7 @@ class MockUpstream:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
-                self._peer_gone(model)
+                self._peer_gone(model, emit)
                 scope.cancel()
                 return
             buf += data  # a pipelined request: keep it for later
@@ -232,10 +243,13 @@ def _chunk(data: bytes) -> bytes:
 
 
 class _Emitter:
-    """Sends events as HTTP chunks; notes when the first went out and, when the
-    mock records, every event's bytes (for byte-fidelity checks)."""
+    """Sends events as HTTP chunks; notes when the first went out and when the
+    last write completed and, when the mock records, every event's bytes (for
+    byte-fidelity checks) and when each write began (for latency checks)."""
 
-    __slots__ = ("first_sent", "on_first", "stream", "transcript")
+    __slots__ = (
+        "first_sent", "last_write", "on_first", "requested", "stream", "times", "transcript",
+    )  # fmt: skip
 
     def __init__(
         self, stream: trio.SocketStream, record: bool, on_first: Callable[[float], None]
@@ -243,20 +257,26 @@ class _Emitter:
         """``on_first``: told when the first event is sent (at once, not when the
         stream ends: a fast client may read everything before that)."""
         self.stream = stream
+        self.requested = time.monotonic()  # made once the request is read
         self.first_sent: float | None = None
+        self.last_write: float | None = None
         self.on_first = on_first
         self.transcript: list[bytes] | None = [] if record else None
+        self.times: list[float] = []
 
     async def __call__(self, *events: bytes) -> None:
+        now = trio.current_time()
         if self.first_sent is None:
-            self.first_sent = trio.current_time()
-            self.on_first(self.first_sent)
+            self.first_sent = now
+            self.on_first(now)
         if self.transcript is not None:
             self.transcript.extend(events)
+            self.times.extend(now for _ in events)
         if len(events) == 1:
             await self.stream.send_all(_chunk(events[0]))
         else:
             await self.stream.send_all(b"".join(_chunk(e) for e in events))
+        self.last_write = trio.current_time()
 
 
 async def _stream(emit: _Emitter, script: Script, fault: Fault) -> bool:

@@ -22,6 +22,7 @@ import orjson
 import trio
 
 from ..rawclient import request
+from .latency import P99_BOUND_MS
 from .plan import Limits, RunResult, execute_all, plan, poll_peer_closed
 from .redis_chaos import ChaosRedis, check_redis_invariants
 from .report import Observed, build_report
@@ -32,7 +33,7 @@ LOCAL_CONFIG = """
 debug_endpoints = true
 access_log = false
 ttft_timeout = 1.0
-idle_timeout = 0.3
+idle_timeout = 1.0
 client_stall_timeout = 0.5
 channel_size = 4
 max_streams = 2048
@@ -176,6 +177,7 @@ async def run_campaign(
     providers: int = 1,
     redis: bool = False,
     drain: float = 0.0,
+    cancel_p99_ms: float = P99_BOUND_MS,
 ) -> dict[str, Any]:
     """``redis``: the local gateway keeps its state in a Redis killed at random
     (:mod:`.redis_chaos`); ``drain``: its providers drain after a hang-up
@@ -186,14 +188,18 @@ async def run_campaign(
         try:
             async with open_local_gateway(providers, chaos_redis.url, drain) as url:
                 return await _campaign(
-                    url, runs, concurrency, seed, progress, chaos_redis, drain=drain
+                    url, runs, concurrency, seed, progress, chaos_redis, drain, cancel_p99_ms
                 )
         finally:
             await chaos_redis.aclose()
     if gateway is None:
         async with open_local_gateway(providers, drain=drain) as url:
-            return await _campaign(url, runs, concurrency, seed, progress, drain=drain)
-    return await _campaign(gateway.rstrip("/"), runs, concurrency, seed, progress)
+            return await _campaign(
+                url, runs, concurrency, seed, progress, None, drain, cancel_p99_ms
+            )
+    return await _campaign(
+        gateway.rstrip("/"), runs, concurrency, seed, progress, None, 0.0, cancel_p99_ms
+    )
 
 
 async def _campaign(
@@ -204,6 +210,7 @@ async def _campaign(
     progress: Any,
     redis: ChaosRedis | None = None,
     drain: float = 0.0,
+    cancel_p99_ms: float = P99_BOUND_MS,
 ) -> dict[str, Any]:
     state = await _get(url, "/debug/state")
     cfg = state["config"]
@@ -254,7 +261,9 @@ async def _campaign(
         mock_stats=dict(await _get(mock_url, "/mock/stats")),
         peer_closes=list(await _get(mock_url, "/mock/peer-closes")),
     )
-    report = build_report(seed, planned, results, observed, duration, concurrency, drain)
+    report = build_report(
+        seed, planned, results, observed, duration, concurrency, drain, cancel_p99_ms
+    )
     if redis is not None:
         extra = await check_redis_invariants(url, observed.records, redis)
         report["invariants"] += [asdict(i) for i in extra]

@@ -20,15 +20,19 @@ The invariants, each checked after the campaign has settled:
    exchange was recorded, its upstream closed within ``S`` s (+ ``DRAIN_SLACK``)
    of the hang-up; none still running. Their hang-up → close times are the
    drain's, not counted among the cancel latencies.
+9. ``cancel_latency_p99``: the p99 of client hang-up → upstream closed at the
+   mock is within ``cancel_p99_ms`` (default 100 ms), timed as
+   :mod:`.latency` says.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .latency import P99_BOUND_MS, HangUps, format_line, quantiles
 from .plan import Run, RunResult
 
 __all__ = [
@@ -63,7 +67,11 @@ class Observed:
 
 
 def check_invariants(
-    runs: Sequence[Run], observed: Observed, results: Sequence[RunResult] = (), drain: float = 0.0
+    runs: Sequence[Run],
+    observed: Observed,
+    results: Sequence[RunResult] = (),
+    drain: float = 0.0,
+    cancel_p99_ms: float = P99_BOUND_MS,
 ) -> list[Invariant]:
     final, base = observed.final, observed.baseline
     by_id: dict[str, list[str]] = collections.defaultdict(list)
@@ -127,6 +135,7 @@ def check_invariants(
             f"(bound +{RSS_SLACK >> 20} MiB)",
         ),
         Invariant("no_client_hung", not hung, "; ".join(hung[:10]) or f"{len(results)} clients"),
+        Invariant("cancel_latency_p99", *hang_ups(results, observed)[0].p99_holds(cancel_p99_ms)),
     ]
 
 
@@ -162,30 +171,20 @@ def _task_diff(before: dict[str, int], after: dict[str, int]) -> str:
     return f" changed: {diff}" if diff else ""
 
 
-def _quantiles(values: Iterable[float]) -> dict[str, float | int]:
-    xs = sorted(values)
-    if not xs:
-        return {"n": 0}
-
-    def q(p: float) -> float:
-        return round(xs[min(len(xs) - 1, int(p * len(xs)))], 3)
-
-    return {"n": len(xs), "p50": q(0.5), "p99": q(0.99), "max": round(xs[-1], 3)}
-
-
-def cancel_latencies(
+def hang_ups(
     results: Sequence[RunResult], observed: Observed
-) -> list[tuple[float, RunResult]]:
-    """Client hang-up → upstream connection closed (seen at the mock), in ms,
-    for runs whose recorded outcome is ``client_disconnect``."""
+) -> tuple[HangUps, list[tuple[float, RunResult]]]:
+    """Client hang-up → upstream connection closed (seen at the mock), for runs
+    whose recorded outcome is ``client_disconnect`` (drains aside), with each
+    run's time in ms."""
     outcome = {r["request_id"]: r["outcome"] for r in observed.records if not r.get("drained")}
-    closes = {c["model"].rsplit("-x", 1)[-1]: c["mono"] for c in observed.peer_closes}
-    out = []
+    closes = {c["model"].rsplit("-x", 1)[-1]: c for c in observed.peer_closes}
+    times, timed = HangUps(), []
     for res in results:
-        seen = closes.get(str(res.run.index))
-        if outcome.get(res.run.request_id) == "client_disconnect" and seen and res.closed_mono:
-            out.append(((seen - res.closed_mono) * 1000, res))
-    return out
+        close = closes.get(str(res.run.index))
+        if outcome.get(res.run.request_id) == "client_disconnect" and close and res.closed_mono:
+            timed.append((times.add(res.closed_mono, close), res))
+    return times, timed
 
 
 def build_report(
@@ -196,6 +195,7 @@ def build_report(
     duration: float,
     concurrency: int,
     drain: float = 0.0,
+    cancel_p99_ms: float = P99_BOUND_MS,
 ) -> dict[str, Any]:
     outcome = {r["request_id"]: r["outcome"] for r in observed.records}
     table: dict[str, dict[str, dict[str, int]]] = {}
@@ -203,8 +203,8 @@ def build_report(
         cell = table.setdefault(run.fault, {}).setdefault(run.behaviour, {})
         got = outcome.get(run.request_id, "missing")
         cell[got] = cell.get(got, 0) + 1
-    invariants = check_invariants(runs, observed, results, drain)
-    latencies = cancel_latencies(results, observed)
+    invariants = check_invariants(runs, observed, results, drain, cancel_p99_ms)
+    times, latencies = hang_ups(results, observed)
     return {
         "seed": seed,
         "runs": len(runs),
@@ -212,12 +212,12 @@ def build_report(
         "duration_s": round(duration, 2),
         "table": table,
         "clients": dict(collections.Counter(run.client for run in runs)),
-        "cancel_latency_ms": _quantiles(ms for ms, _ in latencies),
+        "cancel_latency_ms": times.report(),
         "slowest_cancellations": [
             f"{ms:.1f} ms {r.run.request_id} {r.run.fault} x {r.run.behaviour}"
             for ms, r in sorted(latencies, key=lambda p: -p[0])[:5]
         ],
-        "idle_timeout_fire_error_ms": _quantiles(
+        "idle_timeout_fire_error_ms": quantiles(
             r.idle_error_ms for r in results if r.idle_error_ms is not None
         ),
         "failovers": {
@@ -248,8 +248,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [
         "",
         "clients: " + ", ".join(f"{k} {v}" for k, v in sorted(clients.items())),
-        "cancellation latency (client close -> upstream close at the mock), ms: "
-        + ", ".join(f"{k} {v}" for k, v in lat.items()),
+        format_line(lat),
         *("  slowest: " + s for s in report["slowest_cancellations"]),
         "idle-timeout firing error, ms: " + ", ".join(f"{k} {v}" for k, v in idle.items()),
         "  (error event arrival - last data arrival - idle_timeout, at clients that read at once;"
