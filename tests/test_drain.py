@@ -12,7 +12,7 @@ import h11
 import pytest
 import trio
 
-from tests.conftest import chat, eventually, open_mocks, provider, running
+from tests.conftest import chat, eventually, open_mocks, provider, running, within
 from tests.redis_server import RedisServer
 from tests.scripted_upstream import scripted_upstream
 from tests.shapes import build
@@ -108,10 +108,10 @@ async def test_an_upstream_that_stalls_during_a_drain_is_closed_at_drain_max_sec
                 await closed.wait()
             waited = trio.current_time() - left
             (record,) = await rec.wait_for(1)
-    assert 0.4 <= waited < 5  # at the drain's bound, not the idle timeout's
+    assert 0.4 <= waited < within(5.0)  # at the drain's bound, not the idle timeout's
     assert record.drained == "time" and record.usage_source == "estimated"
     assert record.completion_tokens == 5  # what the upstream sent, relayed or read on
-    assert record.cancel_latency_ms is not None and 400 <= record.cancel_latency_ms < 5000
+    assert record.cancel_latency_ms is not None and 400 <= record.cancel_latency_ms < within(5000)
 
 
 async def test_a_drain_stops_at_drain_max_bytes() -> None:

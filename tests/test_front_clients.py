@@ -15,12 +15,12 @@ import time
 import pytest
 import trio
 
-from tests.conftest import eventually, running
+from tests.conftest import eventually, running, within
 from trioproxy.server import hypercorn as guards
 
 # The socket must close right after the last byte; the bound is what a busy
 # 2-core machine always keeps (a response that never closes waits forever).
-CLOSE_WITHIN = 2.0
+CLOSE_WITHIN = within(2.0)
 
 
 async def raw_exchange(url: str, request: bytes) -> tuple[bytes, float]:

@@ -13,7 +13,7 @@ import random
 import pytest
 import trio
 
-from tests.conftest import chat, running
+from tests.conftest import chat, running, within
 from trioproxy.testing.rawclient import request
 
 RUNS = int(os.environ.get("TRIOPROXY_FUZZ_RUNS", "300"))
@@ -52,28 +52,35 @@ def mutate(rng: random.Random) -> bytes:
 
 
 async def _send(url: str, data: bytes) -> bytes:
+    """Send ``data``, then read the answer's head, or to the gateway's close: a
+    truncated head or body gets its answer (or close) at the gateway's
+    ``header_timeout`` / ``body_timeout``, short in these tests; none may hang."""
     host, port = url.removeprefix("http://").split(":")
     stream = await trio.open_tcp_stream(host, int(port))
     received = b""
     async with stream:
-        try:
-            await stream.send_all(data)
-            with trio.move_on_after(0.5):  # a truncated body waits for more: give up
+        with trio.fail_after(within(10)):
+            try:
+                await stream.send_all(data)
                 while b"\r\n\r\n" not in received:
                     chunk = await stream.receive_some(65536)
                     if not chunk:
                         break
                     received += chunk
-        except trio.BrokenResourceError:
-            pass
+            except trio.BrokenResourceError:
+                pass
     return received
 
 
-async def test_mutated_requests_never_kill_the_gateway_nor_get_5xx() -> None:
+async def test_mutated_requests_never_kill_the_gateway_nor_get_5xx(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every case is answered or closed (none waits past the timeouts), none
+    gets a 5xx, nothing logs a traceback, and the gateway serves on."""
     rng = random.Random(SEED)
     cases = [mutate(rng) for _ in range(RUNS)]
     answers: list[tuple[bytes, bytes]] = []
-    async with running() as (gw, _):
+    async with running(header_timeout=0.5, body_timeout=0.5) as (gw, _):
         limiter = trio.CapacityLimiter(32)
 
         async def one(data: bytes) -> None:
@@ -86,11 +93,14 @@ async def test_mutated_requests_never_kill_the_gateway_nor_get_5xx() -> None:
         ok = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t2-i0"))
         assert ok.status == 200 and ok.body.endswith(b"data: [DONE]\n\n")
         assert gw.app.limiter.statistics().borrowed_tokens == 0
-    statuses = [answer[9:12] for _, answer in answers if answer.startswith(b"HTTP/1.")]
-    assert len(statuses) > RUNS // 2  # most inputs get an answer
+    assert len(answers) == RUNS
+    statuses = {answer[9:12] for _, answer in answers if answer.startswith(b"HTTP/1.")}
+    assert {b"200", b"400", b"408"} <= statuses, statuses  # served, refused, timed out
     # 501 is h11's RFC 9112 answer to an unknown transfer coding ("chunkeU"): fine.
     server_errors = [(d, a[:80]) for d, a in answers if a[9:10] == b"5" and a[9:12] != b"501"]
     assert not server_errors, server_errors[:3]
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 ADMISSION_RUNS = int(os.environ.get("TRIOPROXY_FUZZ_ADMISSION_RUNS", "3000"))
@@ -150,7 +160,8 @@ async def test_mutated_requests_of_the_admission_paths_never_crash_nor_log_a_tra
     # Half against a gateway with keys, half in open mode (Origin and Host checks on).
     for n, overrides in enumerate(({"keys": keys}, {})):
         async with running(
-            body_timeout=0.3, cors_origins=("https://app.example",), debug_endpoints=True,
+            header_timeout=0.5, body_timeout=0.3, cors_origins=("https://app.example",),
+            debug_endpoints=True,
             **overrides,
         ) as (gw, _):  # fmt: skip
 

@@ -2,7 +2,8 @@
 
 Gateway (Hypercorn trio worker) and mock upstream run in-process on port 0;
 clients are raw h11 connections so each test controls reading and hang-ups.
-Timing bounds are generous (real sockets, a shared 2-core machine).
+Timing bounds are on medians and quantiles of several samples, each scaled by
+``within`` (real sockets, a shared 2-core machine).
 """
 
 from __future__ import annotations
@@ -14,12 +15,23 @@ import orjson
 import pytest
 import trio
 
-from tests.conftest import chat, events_of, eventually, running, streaming_bodies
+from tests.conftest import (
+    chat,
+    events_of,
+    eventually,
+    quantile,
+    running,
+    streaming_bodies,
+    within,
+)
 from trioproxy.testing.rawclient import RawClient, request
 
 
 async def test_tokens_arrive_unbuffered_as_the_upstream_sends_them() -> None:
-    """Guarantee 1: no batching. 50 ms apart upstream -> >= 40 ms apart at the client."""
+    """Guarantee 1: no batching. Each event reaches the client as the upstream
+    writes it: 3 of 4 within 20 ms of the upstream's write, tokens sent 50 ms
+    apart arrive a median 40+ ms apart (a relay that held back every other
+    event fails both)."""
     async with running() as (gw, _):
         assert gw.mock is not None
         gw.mock.record = True
@@ -37,11 +49,14 @@ async def test_tokens_arrive_unbuffered_as_the_upstream_sends_them() -> None:
         tokens = [at for at, e in arrivals if b'"delta":{"content"' in e]
         assert len(tokens) == 8
         gaps = [b - a for a, b in itertools.pairwise(tokens)]
-        assert min(gaps) >= 0.040, gaps
-        # First token: from the mock's send to the client's read, through the gateway.
+        assert quantile(gaps, 0.5) >= 0.040, gaps
+        # Each event: from the mock's write to the client's read, through the gateway.
         completion_id = orjson.loads(arrivals[0][1][len(b"data: ") :])["id"]
-        first_added = arrivals[0][0] - gw.mock.first_sent[completion_id]
-        assert first_added < 0.020, first_added
+        await eventually(lambda: completion_id in gw.mock.sent_times)
+        sent = gw.mock.sent_times[completion_id]
+        assert len(sent) == len(arrivals)
+        added = [at - written for (at, _), written in zip(arrivals, sent, strict=True)]
+        assert quantile(added, 0.75) < within(0.020), added
 
 
 async def test_stream_bytes_are_identical_for_every_route() -> None:
@@ -63,27 +78,30 @@ async def test_stream_bytes_are_identical_for_every_route() -> None:
 
 
 async def test_client_disconnect_closes_upstream_at_once_and_frees_the_slot() -> None:
-    """Guarantee 3: hang-up -> upstream closed within 50 ms, slot freed, outcome once."""
+    """Guarantee 3: hang-up -> upstream closed (median of 5 within 50 ms), slot
+    freed, outcome once."""
     async with running() as (gw, recorder):
         assert gw.mock is not None
-        client = await RawClient.connect(gw.url)
-        await client.send_request("POST", "/v1/chat/completions", chat("mock-t2000-i20"))
-        assert (await client.response_head())[0] == 200
-        async with aclosing(client.body_chunks()) as chunks:
-            await chunks.__anext__()
-        assert gw.app.limiter.statistics().borrowed_tokens == 1
-        await client.close()
-        assert client.closed_at is not None
-        with trio.fail_after(5):
-            peer = await gw.mock.wait_peer_close()
-        latency = peer.at - client.closed_at
-        assert latency < 0.050, latency
-        records = await recorder.wait_for(1)
-        assert [r.outcome for r in records] == ["client_disconnect"]
-        assert records[0].cancel_latency_ms is not None
-        assert gw.app.limiter.statistics().borrowed_tokens == 0
-        assert gw.app.statistics().outcomes == {"client_disconnect": 1}
-        assert gw.mock.statistics().streams_active == 0
+        latencies = []
+        for n in range(1, 6):
+            client = await RawClient.connect(gw.url)
+            await client.send_request("POST", "/v1/chat/completions", chat("mock-t2000-i20"))
+            assert (await client.response_head())[0] == 200
+            async with aclosing(client.body_chunks()) as chunks:
+                await chunks.__anext__()
+            assert gw.app.limiter.statistics().borrowed_tokens == 1
+            await client.close()
+            assert client.closed_at is not None
+            with trio.fail_after(5):
+                peer = await gw.mock.wait_peer_close(n)
+            latencies.append(peer.at - client.closed_at)
+            records = await recorder.wait_for(n)
+            assert records[-1].outcome == "client_disconnect"
+            assert records[-1].cancel_latency_ms is not None
+            assert gw.app.limiter.statistics().borrowed_tokens == 0
+            assert gw.mock.statistics().streams_active == 0
+        assert quantile(latencies, 0.5) < within(0.050), latencies
+        assert gw.app.statistics().outcomes == {"client_disconnect": 5}
 
 
 async def test_stalled_upstream_gets_idle_timeout_error_event() -> None:
@@ -100,7 +118,7 @@ async def test_stalled_upstream_gets_idle_timeout_error_event() -> None:
         assert error["error"]["code"] == "upstream_idle_timeout"
         assert len([e for e in events if b'"content"' in e]) == 4  # role + 3 tokens
         silent_for = chunks[-1][0] - chunks[-2][0]
-        assert 0.29 <= silent_for < 1.5, silent_for
+        assert 0.29 <= silent_for < 0.3 + within(1.2), silent_for
         records = await recorder.wait_for(1)
         assert records[0].outcome == "upstream_idle_timeout"
         assert gw.app.limiter.statistics().borrowed_tokens == 0
@@ -187,13 +205,18 @@ async def test_over_capacity_is_429_then_recovers() -> None:
 
 @pytest.mark.slow
 async def test_client_that_never_reads_releases_the_upstream() -> None:
-    """Guarantee 8: slow client -> upstream cancelled after client_stall_timeout."""
+    """Guarantee 8: slow client -> upstream cancelled after client_stall_timeout.
+    The gateway stops reading the upstream once its writes to the client wait
+    (the mock's last write completes then): the upstream is closed about 0.5 s
+    later, not at a longer timeout."""
     async with running(client_stall_timeout=0.5, channel_size=2) as (gw, recorder):
         assert gw.mock is not None
         client = await RawClient.connect(gw.url)
         await client.send_request("POST", "/v1/chat/completions", chat("mock-t10000000-i0"))
         with trio.fail_after(20):
-            await gw.mock.wait_peer_close()
+            peer = await gw.mock.wait_peer_close()
+        assert peer.last_write is not None
+        assert peer.at - peer.last_write < 0.5 + within(1.5), peer
         assert gw.app.limiter.statistics().borrowed_tokens == 0
         await client.close()
         records = await recorder.wait_for(1)
@@ -219,7 +242,7 @@ async def test_heartbeats_can_count_and_max_stream_duration_ends_the_stream() ->
         started = trio.current_time()
         response = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t10-hb3-p50"))
         elapsed = trio.current_time() - started
-        assert 1.1 < elapsed < 3.0, elapsed  # well past idle_timeout, cut at the duration
+        assert 1.1 < elapsed < within(3.0), elapsed  # well past idle_timeout, cut at the duration
         last = orjson.loads(events_of(response.body)[-1][len(b"data: ") :])
         assert last["error"]["code"] == "max_stream_duration"
         assert (await recorder.wait_for(1))[0].outcome == "max_duration"
