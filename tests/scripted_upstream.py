@@ -3,6 +3,7 @@ as told: cleanly (the terminating chunk), or by resetting the connection."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 import struct
@@ -30,21 +31,24 @@ async def scripted_upstream(
     after that many events instead of ending the body; ``stall_after``: send
     nothing more after that many, until the gateway closes the connection (then
     ``peer_closed`` is set, as when the gateway closes it while events are
-    written). Yields the base URL."""
+    written; ``len(events)``: after the last one). Yields the base URL."""
 
     async def serve(stream: trio.SocketStream, request: bytes) -> None:
         await stream.send_all(HEAD)
-        for n, event in enumerate(events):
+        for n, event in enumerate([*events, None]):
             if n == cut_after:
                 reset(stream)
                 return
             if n == stall_after:
-                while await stream.receive_some(65536):
-                    pass
+                with contextlib.suppress(trio.BrokenResourceError):  # closed or reset
+                    while await stream.receive_some(65536):
+                        pass
                 if peer_closed is not None:
                     peer_closed.set()
                 await stream.aclose()
                 return
+            if event is None:
+                break
             try:
                 await stream.send_all(b"%x\r\n%b\r\n" % (len(event), event))
             except (trio.BrokenResourceError, trio.ClosedResourceError):

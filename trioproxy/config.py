@@ -48,7 +48,7 @@ class Config:
     queue_timeout: float = 0.0  # s to wait for a slot before 429
     # --- buffers ------------------------------------------------------------
     channel_size: int = 8  # chunks between upstream reader and client writer
-    max_event_bytes: int = 1 << 20  # one SSE event; larger is an upstream error
+    max_event_bytes: int = 1 << 20  # an SSE event still without its end; past it: upstream error
     max_body_bytes: int = 4 << 20  # request body; larger is 413
     max_body_reads: int = 64  # bodies read and parsed at once (memory: this x max_body_bytes x ~3)
     max_body_reads_per_key: int = 0  # of those, one key's share (0: a quarter of max_body_reads)
