@@ -104,6 +104,27 @@ async def test_client_disconnect_closes_upstream_at_once_and_frees_the_slot() ->
         assert gw.app.statistics().outcomes == {"client_disconnect": 5}
 
 
+async def test_a_hang_up_before_the_response_head_closes_the_upstream_at_once() -> None:
+    """The upstream has the request and has not sent its first event (the client
+    has no response head yet): a hang-up closes it (median of 5 within 50 ms)."""
+    async with running() as (gw, recorder):
+        assert gw.mock is not None
+        latencies = []
+        for n in range(1, 6):
+            client = await RawClient.connect(gw.url)
+            await client.send_request("POST", "/v1/chat/completions", chat("mock-t5-f5000"))
+            await eventually(lambda: gw.mock.statistics().streams_active == 1)
+            await client.close()
+            assert client.closed_at is not None
+            with trio.fail_after(5):
+                peer = await gw.mock.wait_peer_close(n)
+            latencies.append(peer.at - client.closed_at)
+            assert (await recorder.wait_for(n))[-1].outcome == "client_disconnect"
+            await eventually(lambda: gw.mock.statistics().streams_active == 0)
+        assert quantile(latencies, 0.5) < within(0.050), latencies
+        assert gw.app.limiter.statistics().borrowed_tokens == 0
+
+
 async def test_stalled_upstream_gets_idle_timeout_error_event() -> None:
     """Guarantee 4: stall -> error event after idle_timeout, slot and connection freed."""
     async with running(idle_timeout=0.3) as (gw, recorder):
