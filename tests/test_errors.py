@@ -25,7 +25,11 @@ def test_outcomes_are_their_record_strings() -> None:
 def test_every_error_is_an_http_error_with_an_outcome_of_its_own_kind() -> None:
     """A client error is a 4xx and is never recorded as the upstream's fault; an
     upstream's failure is a 5xx (or its 429) recorded as an upstream outcome."""
-    upstream = {Outcome.UPSTREAM_ERROR, Outcome.UPSTREAM_TTFT_TIMEOUT, Outcome.UPSTREAM_IDLE_TIMEOUT}
+    upstream = {
+        Outcome.UPSTREAM_ERROR,
+        Outcome.UPSTREAM_TTFT_TIMEOUT,
+        Outcome.UPSTREAM_IDLE_TIMEOUT,
+    }
     classes = _concrete(GatewayError)
     assert errors.UpstreamBroken in classes and errors.BadRequest in classes
     for cls in classes:

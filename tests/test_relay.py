@@ -234,12 +234,14 @@ async def test_client_that_never_reads_releases_the_upstream() -> None:
         assert gw.mock is not None
         client = await RawClient.connect(gw.url)
         await client.send_request("POST", "/v1/chat/completions", chat("mock-t10000000-i0"))
-        with trio.fail_after(20):
-            peer = await gw.mock.wait_peer_close()
+        try:
+            with trio.fail_after(20):
+                peer = await gw.mock.wait_peer_close()
+        finally:
+            await client.close()  # (a client left open would hold the shutdown)
         assert peer.last_write is not None
         assert peer.at - peer.last_write < 0.5 + within(1.5), peer
         assert gw.app.limiter.statistics().borrowed_tokens == 0
-        await client.close()
         records = await recorder.wait_for(1)
         assert records[0].outcome == "slow_client"
 
