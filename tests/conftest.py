@@ -39,6 +39,32 @@ def within(seconds: float) -> float:
     return seconds * SLACK
 
 
+async def hang_up_latencies(
+    url: str,
+    mock: Any,
+    model: str,
+    ready: Callable[[Any], Awaitable[None]],
+    times: int = 5,
+) -> list[float]:
+    """``times`` clients, one after another, each hanging up once ``ready(client)``
+    returns: the seconds from each hang-up to the upstream's close at ``mock``."""
+    from trioproxy.testing.rawclient import RawClient
+
+    latencies = []
+    already = len(mock.peer_closes)
+    for n in range(already + 1, already + times + 1):
+        client = await RawClient.connect(url)
+        await client.send_request("POST", "/v1/chat/completions", chat(model))
+        await ready(client)
+        await client.close()
+        assert client.closed_at is not None
+        with trio.fail_after(5):
+            peer = await mock.wait_peer_close(n)
+        latencies.append(peer.at - client.closed_at)
+        await eventually(lambda: mock.statistics().streams_active == 0)
+    return latencies
+
+
 def quantile(samples: list[float], q: float) -> float:
     """The ``q`` quantile of ``samples`` (nearest rank)."""
     ordered = sorted(samples)

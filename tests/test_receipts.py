@@ -217,6 +217,21 @@ class CountingStore(MemoryStore):
         await super().put_many(rows)
 
 
+async def _five_in_a_row(gw: Any, each_stored: bool) -> CountingStore:
+    """Five streams one after another on one keep-alive connection (``each_stored``:
+    each next one once the receipts so far are stored)."""
+    store = CountingStore()
+    gw.app.receipts.store = store
+    client = await RawClient.connect(gw.url)
+    for _ in range(5):
+        await client.send_request("POST", "/v1/chat/completions", chat("mock-t3-i0"))
+        assert (await client.read_response()).status == 200
+        if each_stored:
+            await eventually(lambda: gw.app.receipts.statistics().pending == 0)
+    await client.close()
+    return store
+
+
 async def test_receipts_of_streams_ending_one_after_another_share_a_batch(
     mock_clock: trio.testing.MockClock,
 ) -> None:
@@ -229,13 +244,7 @@ async def test_receipts_of_streams_ending_one_after_another_share_a_batch(
     async with running(receipt_flush_delay=1.0) as (gw, _):
         assert gw.app.receipts is not None
         gw.app.receipts._flush_delay = 3600.0  # longer than a config may set
-        store = CountingStore()
-        gw.app.receipts.store = store
-        client = await RawClient.connect(gw.url)
-        for _ in range(5):
-            await client.send_request("POST", "/v1/chat/completions", chat("mock-t3-i0"))
-            assert (await client.read_response()).status == 200
-        await client.close()
+        store = await _five_in_a_row(gw, each_stored=False)
         await eventually(lambda: gw.app.receipts.statistics().pending == 5)
         assert store.batches == []  # the flusher is still waiting
         mock_clock.jump(3600.0)
@@ -245,15 +254,7 @@ async def test_receipts_of_streams_ending_one_after_another_share_a_batch(
 
 async def test_without_a_flush_delay_each_receipt_is_stored_alone() -> None:
     async with running(receipt_flush_delay=0.0) as (gw, _):
-        assert gw.app.receipts is not None
-        store = CountingStore()
-        gw.app.receipts.store = store
-        client = await RawClient.connect(gw.url)
-        for _ in range(5):
-            await client.send_request("POST", "/v1/chat/completions", chat("mock-t3-i0"))
-            assert (await client.read_response()).status == 200
-            await eventually(lambda: gw.app.receipts.statistics().pending == 0)
-        await client.close()
+        store = await _five_in_a_row(gw, each_stored=True)
         await eventually(lambda: gw.app.receipts.statistics().stored == 5)
         assert store.batches == [1, 1, 1, 1, 1]
 

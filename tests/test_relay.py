@@ -19,6 +19,7 @@ from tests.conftest import (
     chat,
     events_of,
     eventually,
+    hang_up_latencies,
     quantile,
     running,
     streaming_bodies,
@@ -82,46 +83,33 @@ async def test_client_disconnect_closes_upstream_at_once_and_frees_the_slot() ->
     freed, outcome once."""
     async with running() as (gw, recorder):
         assert gw.mock is not None
-        latencies = []
-        for n in range(1, 6):
-            client = await RawClient.connect(gw.url)
-            await client.send_request("POST", "/v1/chat/completions", chat("mock-t2000-i20"))
+
+        async def first_chunk(client: RawClient) -> None:
             assert (await client.response_head())[0] == 200
             async with aclosing(client.body_chunks()) as chunks:
                 await chunks.__anext__()
             assert gw.app.limiter.statistics().borrowed_tokens == 1
-            await client.close()
-            assert client.closed_at is not None
-            with trio.fail_after(5):
-                peer = await gw.mock.wait_peer_close(n)
-            latencies.append(peer.at - client.closed_at)
-            records = await recorder.wait_for(n)
-            assert records[-1].outcome == "client_disconnect"
-            assert records[-1].cancel_latency_ms is not None
-            assert gw.app.limiter.statistics().borrowed_tokens == 0
-            assert gw.mock.statistics().streams_active == 0
+
+        latencies = await hang_up_latencies(gw.url, gw.mock, "mock-t2000-i20", first_chunk)
         assert quantile(latencies, 0.5) < within(0.050), latencies
+        records = await recorder.wait_for(5)
+        assert all(r.cancel_latency_ms is not None for r in records)
         assert gw.app.statistics().outcomes == {"client_disconnect": 5}
+        assert gw.app.limiter.statistics().borrowed_tokens == 0
 
 
 async def test_a_hang_up_before_the_response_head_closes_the_upstream_at_once() -> None:
     """The upstream has the request and has not sent its first event (the client
     has no response head yet): a hang-up closes it (median of 5 within 50 ms)."""
-    async with running() as (gw, recorder):
+    async with running() as (gw, _):
         assert gw.mock is not None
-        latencies = []
-        for n in range(1, 6):
-            client = await RawClient.connect(gw.url)
-            await client.send_request("POST", "/v1/chat/completions", chat("mock-t5-f5000"))
+
+        async def upstream_asked(client: RawClient) -> None:
             await eventually(lambda: gw.mock.statistics().streams_active == 1)
-            await client.close()
-            assert client.closed_at is not None
-            with trio.fail_after(5):
-                peer = await gw.mock.wait_peer_close(n)
-            latencies.append(peer.at - client.closed_at)
-            assert (await recorder.wait_for(n))[-1].outcome == "client_disconnect"
-            await eventually(lambda: gw.mock.statistics().streams_active == 0)
+
+        latencies = await hang_up_latencies(gw.url, gw.mock, "mock-t5-f5000", upstream_asked)
         assert quantile(latencies, 0.5) < within(0.050), latencies
+        assert gw.app.statistics().outcomes == {"client_disconnect": 5}
         assert gw.app.limiter.statistics().borrowed_tokens == 0
 
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import chat, provider, quantile, running, within
+from tests.conftest import chat, hang_up_latencies, provider, quantile, running, within
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.mock_upstream import MockUpstream
 from trioproxy.testing.rawclient import RawClient, request
@@ -116,18 +116,13 @@ async def test_streams_over_tls_are_byte_identical_and_a_hang_up_closes_them(
         (record,) = await rec.wait_for(1)
         assert record.completion_id is not None
         assert response.body == mock.transcripts[record.completion_id]
-        latencies = []
-        for n in range(1, 6):
-            client = await RawClient.connect(gw.url)
-            await client.send_request("POST", CHAT, chat("mock-t2000-i20"))
+
+        async def first_chunk(client: RawClient) -> None:
             assert (await client.response_head())[0] == 200
             async with aclosing(client.body_chunks()) as chunks:
                 await chunks.__anext__()
-            await client.close()
-            assert client.closed_at is not None
-            with trio.fail_after(5):
-                peer = await mock.wait_peer_close(n)
-            latencies.append(peer.at - client.closed_at)
+
+        latencies = await hang_up_latencies(gw.url, mock, "mock-t2000-i20", first_chunk)
         assert quantile(latencies, 0.5) < within(0.050), latencies
         records = await rec.wait_for(6)
         assert [r.outcome.value for r in records[1:]] == ["client_disconnect"] * 5
