@@ -153,7 +153,11 @@ def script_for(route: str, model: str, n: int, include_usage: bool, seq: int) ->
     m = _j(model)
     now = str(int(time.time())).encode()
     words = [w.encode() + b" " for w in WORDS]
-    text = "".join(WORDS[i % len(WORDS)] + " " for i in range(n))
+    # The words over and over (a multiplication: a flood of 400,000 tokens in a
+    # few ms, not the 70 ms a join per token kept the mock's event loop from
+    # noticing hang-ups, which a chaos campaign timed as the gateway's).
+    cycle = "".join(w + " " for w in WORDS)
+    text = cycle * (n // len(WORDS)) + "".join(w + " " for w in WORDS[: n % len(WORDS)])
     usage_p, usage_c = 8, n
     bad = b'data: {"id": this is not json\n\n'
     if route == "messages":
