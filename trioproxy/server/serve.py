@@ -19,6 +19,7 @@ Hypercorn's multi-process supervisor.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import math
 import os
@@ -189,6 +190,7 @@ async def _serve_until_signal(config: Config, reload: ConfigFile | None) -> None
                     "no upstream configured: serving the built-in mock upstream at %s",
                     gw.mock.base_url,
                 )
+            freeze_startup_objects()
             announce(config, gw.url)
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -308,7 +310,19 @@ def worker_app() -> Gateway:
     setup_logging(config.log_level)  # a fresh interpreter: it logs as the supervisor does
     host, port = parse_bind(config.bind)
     announce(config, f"http://{host}:{port}", f"trioproxy worker {os.getpid()}")
-    return Gateway(config)
+    app = Gateway(config)
+    freeze_startup_objects()
+    return app
+
+
+def freeze_startup_objects() -> None:
+    """Collect what starting left behind, then move every object alive now
+    (modules, config, tables) out of the collector's reach: a full collection
+    while serving walks only what serving made. Without it, the first full
+    collections of a fresh process took 80-100 ms (the event loop stopped,
+    every stream waiting), measured in a chaos campaign."""
+    gc.collect()
+    gc.freeze()
 
 
 def _start_mock_thread(config: Config) -> Config:
