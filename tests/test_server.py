@@ -390,3 +390,38 @@ async def test_a_redis_outage_is_one_log_line_and_its_end_another(
     assert log.count("unavailable") == 1, log
     assert log.count("answers again") == 1, log
     assert "NoneType: None" not in log and "Traceback" not in log, log
+
+
+async def test_sighup_with_workers_starts_each_workers_own_state_over(
+    tmp_path: pathlib.Path,
+) -> None:
+    """As docs/operations.md says: without Redis, a key's rpm window lives in
+    each worker, and SIGHUP with --workers N starts new workers, so a key that
+    used up its rpm is served again within the same minute."""
+    from trioproxy.admission.auth import new_key
+
+    alice, block = new_key("alice")
+    config = tmp_path / "gateway.toml"
+    config.write_text("receipts = false\n" + block.replace("rpm = 0", "rpm = 1"))
+    proc, url, _ = _serve_config(config, "--workers", "2")
+    headers = [("authorization", f"Bearer {alice}")]
+
+    async def status() -> int:
+        return (await request(url, "POST", "/v1/chat/completions", chat("m"), headers)).status
+
+    try:
+        await _wait_ready(url)
+        served = [await status() for _ in range(16)]  # new connections: both workers asked
+        assert served.count(200) == 2 and served.count(429) == 14  # one a minute per worker
+        proc.send_signal(signal.SIGHUP)
+
+        async def served_again() -> bool:
+            try:
+                return await status() == 200
+            except (OSError, h11.ProtocolError):  # between the old workers and the new ones
+                return False
+
+        await eventually(served_again, timeout=30, poll=0.2)  # well inside the minute
+        assert await _sigterm(proc) == 0
+    finally:
+        _kill(proc)
