@@ -12,6 +12,7 @@ roughly: ``autojump_clock`` makes the test take no time.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import math
@@ -49,14 +50,18 @@ Step = tuple[float, bytes]  # wait this long, then the upstream sends these byte
 
 
 class ScriptedBody(httpx.AsyncByteStream):
-    def __init__(self, steps: list[Step]) -> None:
+    def __init__(self, steps: list[Step], closed: list[float]) -> None:
         self.steps = steps
+        self.closed = closed  # when the relay closed it (the upstream's view)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for delay, data in self.steps:
             await trio.sleep(delay)
             yield data
         await trio.sleep_forever()  # an upstream that never ends the stream
+
+    async def aclose(self) -> None:
+        self.closed.append(trio.current_time())
 
 
 class Client:
@@ -88,12 +93,24 @@ class Client:
         return b"".join(m.get("body", b"") for _, m in self.messages[1:])
 
 
-async def _send_chunks(stream: trio.abc.Stream, steps: list[Step]) -> None:
+async def _send_chunks(stream: trio.abc.Stream, steps: list[Step], closed: list[float]) -> None:
+    """The upstream's end of the socket: sends ``steps``; notes in ``closed``
+    when it sees the relay's end close (an EOF or a reset, read at once)."""
+
+    async def watch() -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            while await stream.receive_some(4096):
+                pass
+        closed.append(trio.current_time())
+        nursery.cancel_scope.cancel()
+
     try:
-        for delay, data in steps:
-            await trio.sleep(delay)
-            await stream.send_all(b"%x\r\n%b\r\n" % (len(data), data))
-        await trio.sleep_forever()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            for delay, data in steps:
+                await trio.sleep(delay)
+                await stream.send_all(b"%x\r\n%b\r\n" % (len(data), data))
+            await trio.sleep_forever()
     except trio.BrokenResourceError:  # the relay closed the upstream
         pass
     finally:
@@ -131,22 +148,30 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def _relay(steps: list[Step], client: Client, kind: str, **options: Any) -> Exchange:
+async def _relay(
+    steps: list[Step], client: Client, kind: str, closed: list[float] | None = None, **options: Any
+) -> Exchange:
+    """``closed``: when the upstream saw its connection closed, from its end."""
     config = Config(bind="127.0.0.1:0", **options)
     async with trio.open_nursery() as nursery:
-        ex = await _relay_in(nursery, steps, client, kind, config)
+        ex = await _relay_in(nursery, steps, client, kind, config, [] if closed is None else closed)
         nursery.cancel_scope.cancel()
     return ex
 
 
 async def _relay_in(
-    nursery: trio.Nursery, steps: list[Step], client: Client, kind: str, config: Config
+    nursery: trio.Nursery,
+    steps: list[Step],
+    client: Client,
+    kind: str,
+    config: Config,
+    closed: list[float],
 ) -> Exchange:
     async def upstream(request: httpx.Request) -> httpx.Response:
         await trio.sleep(0)
         headers = {"content-type": "text/event-stream"}
         if kind == "httpx":
-            return httpx.Response(200, headers=headers, stream=ScriptedBody(steps))
+            return httpx.Response(200, headers=headers, stream=ScriptedBody(steps, closed))
         ours, theirs = trio.socket.socketpair()
         near: trio.abc.Stream = trio.SocketStream(ours)
         far: trio.abc.Stream = trio.SocketStream(theirs)
@@ -154,7 +179,7 @@ async def _relay_in(
             server, client = _tls()
             far = trio.SSLStream(far, server, server_side=True)
             near = trio.SSLStream(near, client, server_hostname="up")
-        nursery.start_soon(_send_chunks, far, steps)
+        nursery.start_soon(_send_chunks, far, steps, closed)
         head = Head(200, list(headers.items()), None, True, True)  # type: ignore[arg-type]
         conn = Conn(near, (b"http", b"up", 80))
         body = UpstreamBody(lambda conn, reusable: conn.close(), conn, head)
@@ -266,8 +291,10 @@ async def test_a_hang_up_ends_the_relay_at_once(
         await trio.sleep(2.5)
         client.gone.set()
 
+    closed: list[float] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(hang_up)
-        ex = await _relay([(1, EVENT)] * 10, client, kind)
+        ex = await _relay([(1, EVENT)] * 10, client, kind, closed)
     assert ex.outcome is Outcome.CLIENT_DISCONNECT
-    assert ex.disconnected_at == ex.upstream_closed_at == 2.5
+    assert ex.disconnected_at == 2.5
+    assert closed[:1] == [2.5]  # seen closed by the upstream itself, at once
