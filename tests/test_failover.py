@@ -284,6 +284,27 @@ async def test_round_robin_spreads_and_sticky_sessions_stay() -> None:
             assert homes == {0, 1}  # and sessions are spread over both
 
 
+async def test_a_backup_tier_serves_only_what_the_primary_cannot() -> None:
+    """primary (priority 0) and backup (priority 1, weight 1000): every request
+    goes to the primary; one it fails moves to the backup within the request."""
+    async with open_mocks(Fault(tokens=2), Fault(tokens=2)) as (m1, m2):
+        providers = (
+            provider("primary", m1, aliases={"m": HEALTHY, "bad": "mock-e500"}),
+            provider("backup", m2, priority=1, weight=1000, aliases={"m": HEALTHY, "bad": HEALTHY}),
+        )
+        async with running(providers=providers, eject_after=100) as (gw, recorder):
+            for _ in range(20):
+                ok = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
+                assert ok.status == 200
+            assert (m1.statistics().requests_total, m2.statistics().requests_total) == (20, 0)
+            moved = await request(gw.url, "POST", "/v1/chat/completions", chat("bad"))
+            assert moved.status == 200 and events_of(moved.body)[-1] == b"data: [DONE]"
+            record = (await recorder.wait_for(21))[-1]
+            assert record.provider == "backup" and record.failovers == (
+                ("primary", "upstream_broken"),
+            )
+
+
 async def test_a_lone_providers_429_is_relayed_and_never_made_up_for_others() -> None:
     """A 429 may concern one model or one key: the next request still reaches the provider."""
     async with (

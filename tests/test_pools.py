@@ -148,3 +148,45 @@ def test_a_reload_keeps_the_state_of_unchanged_providers_only() -> None:
     assert new.providers[0] is a
     assert new.providers[1] is not b and new.providers[1].ejections == 0
     assert [p.name for p in new.providers] == ["a", "b", "c"]
+
+
+def test_a_lower_tier_is_planned_only_after_every_provider_above_it() -> None:
+    """Two primaries share tier 0 by weight; the backup (priority 1) comes last in
+    every plan, whatever its weight: never first, as weights 1000:1 once were."""
+    router = _router(
+        {"name": "p1", "weight": 2},
+        {"name": "p2"},
+        {"name": "backup", "priority": 1, "weight": 999},
+    )
+    plans = [
+        [m.provider.name for m in router.pool("openai", "m").plan()._order] for _ in range(300)
+    ]
+    assert collections.Counter(p[0] for p in plans) == {"p1": 200, "p2": 100}
+    assert all(p[2] == "backup" for p in plans)
+    sticky = [m.provider.name for m in router.pool("openai", "m").plan(b"user-7")._order]
+    assert sticky[2] == "backup"  # sessions stick within a tier too
+
+
+def test_the_backup_tier_serves_when_the_primaries_fail_or_are_ejected() -> None:
+    router = _router({"name": "p1"}, {"name": "p2"}, {"name": "backup", "priority": 1})
+    p1, p2, backup = router.providers
+    plan = router.pool("openai", "m").plan()
+    tried = [plan.take(0), plan.take(0), plan.take(0)]  # each fails in turn
+    names = [m.provider.name for m in tried if m is not None]
+    assert sorted(names[:2]) == ["p1", "p2"] and names[2] == "backup"
+    for m in tried:
+        assert m is not None
+        m.provider.end(0, None, 5, 30.0)
+    p1.ejected_until = p2.ejected_until = 60.0
+    first = router.pool("openai", "m").plan().take(1)
+    assert first is not None and first.provider is backup  # not a panic: a tier still admits
+    first.provider.end(1, None, 5, 30.0)
+    backup.ejected_until = 60.0
+    panic = router.pool("openai", "m").plan().take(2)
+    assert panic is not None and panic.provider.spec.priority == 0  # panic: the first tier
+
+
+def test_priority_is_an_integer_from_0_to_100() -> None:
+    for bad in (-1, 101, 1.5, "1", True):
+        with pytest.raises(ConfigError, match="priority must be an integer from 0 to 100"):
+            _router({"name": "a", "priority": bad})

@@ -5,10 +5,17 @@ Rules:
   whose ``models``/``aliases`` serve the name, with the name it knows it by.
   Resolutions are cached (bounded: clients choose model names); an empty pool is
   a 404 in the route's dialect.
+- Priority tiers: a provider's ``priority`` (default 0) is its tier; a plan
+  holds the lowest tier's providers first, then the next tier's, and so on.
+  Weights, strategies and sticky sessions order the providers within a tier.
+  So a lower tier is tried only once every provider above it has failed this
+  request or does not admit one (ejected, inside a 429's Retry-After window,
+  at its ``max_streams``).
 - :meth:`Pool.plan` gives the order of providers to try for one request. It is
   computed once per request and costs O(pool size):
-  ``round_robin`` (default) walks a smooth weighted rotation (nginx's);
-  ``least_in_flight`` prefers the provider with the fewest streams per weight.
+  ``round_robin`` (default) walks a smooth weighted rotation (nginx's) in each
+  tier; ``least_in_flight`` prefers the provider with the fewest streams per
+  weight.
 - Sticky routing: a request with a session key (the ``x-session-id`` header, or
   the OpenAI ``user`` field when ``sticky_user_field`` is on) is planned by
   rendezvous hashing (highest weighted random score of key and provider name):
@@ -17,7 +24,8 @@ Rules:
 - Providers that are ejected, full, or inside a 429's Retry-After window are
   skipped when a candidate is taken (:meth:`Plan.take`), not when the plan is
   made: health can change between two attempts of one request. A pool whose
-  providers are all ejected or rate limited still serves, see :meth:`Plan.take`.
+  providers are all ejected or rate limited still serves (panic), and then from
+  its first tier, see :meth:`Plan.take`.
 """
 
 from __future__ import annotations
@@ -67,6 +75,31 @@ def _score(session: bytes, member: Member) -> float:
     return -member.provider.spec.weight / math.log(u)
 
 
+class _Tier:
+    """The providers of one priority in a pool, and its round-robin turn."""
+
+    __slots__ = ("members", "rotation", "turn")
+
+    def __init__(self, members: list[Member]) -> None:
+        self.members = members
+        weights = tuple(m.provider.spec.weight for m in members)
+        self.rotation = _smooth_rotation(weights) if len(members) > 1 else (0,)
+        self.turn = 0
+
+    def order(self, strategy: str, session: bytes | None) -> list[Member]:
+        members = self.members
+        if len(members) == 1:
+            return members
+        if session is not None:
+            return sorted(members, key=lambda m: _score(session, m), reverse=True)
+        start = self.rotation[self.turn % len(self.rotation)]
+        self.turn += 1
+        rotated = members[start:] + members[:start]
+        if strategy == "least_in_flight":
+            rotated.sort(key=lambda m: m.provider.in_flight / m.provider.spec.weight)
+        return rotated
+
+
 class Pool:
     def __init__(
         self,
@@ -81,22 +114,16 @@ class Pool:
         self.model = model
         self.members = members
         self.strategy = strategy
-        weights = tuple(m.provider.spec.weight for m in members)
-        self._rotation = _smooth_rotation(weights) if len(members) > 1 else (0,)
-        self._turn = 0
+        priorities = sorted({m.provider.spec.priority for m in members})
+        self._tiers = [
+            _Tier([m for m in members if m.provider.spec.priority == p]) for p in priorities
+        ]
 
     def plan(self, session: bytes | None = None) -> Plan:
-        members = self.members
-        if len(members) == 1:
-            return Plan(self, members)
-        if session is not None:
-            return Plan(self, sorted(members, key=lambda m: _score(session, m), reverse=True))
-        start = self._rotation[self._turn % len(self._rotation)]
-        self._turn += 1
-        rotated = members[start:] + members[:start]
-        if self.strategy == "least_in_flight":
-            rotated.sort(key=lambda m: m.provider.in_flight / m.provider.spec.weight)
-        return Plan(self, rotated)
+        tiers = self._tiers
+        if len(tiers) == 1:
+            return Plan(self, tiers[0].order(self.strategy, session))
+        return Plan(self, [m for tier in tiers for m in tier.order(self.strategy, session)])
 
 
 class Plan:

@@ -5,7 +5,8 @@ Rules:
   ``anthropic``), ``base_url``, ``api_key_env`` (the credential is read from
   that environment variable at start-up, never from the file), ``models``
   (names or ``*`` patterns), ``aliases`` (``client_name = "upstream_name"``),
-  ``weight``, ``max_streams``, extra ``headers`` and ``forward_headers``: the
+  ``weight``, ``priority`` (the tier: lower first), ``max_streams``, extra
+  ``headers`` and ``forward_headers``: the
   client headers that choose what the credential is billed for
   (``anthropic-beta``, ``openai-organization``, ``openai-project``), which
   reach this provider only when listed there; ``on_client_disconnect``
@@ -39,9 +40,10 @@ __all__ = ["Provider", "ProviderSpec", "ProviderStatistics", "legacy_specs", "pa
 
 KINDS = ("openai", "anthropic")
 MAX_WEIGHT = 1000  # round robin unrolls one period of sum(weights) turns per pool
+MAX_PRIORITY = 100
 _OPTIONS = frozenset(
-    {"name", "kind", "base_url", "api_key_env", "models", "aliases", "weight", "max_streams",
-     "headers", "forward_headers", "on_client_disconnect", "drain_max_seconds", "drain_max_bytes"}
+    {"name", "kind", "base_url", "api_key_env", "models", "aliases", "weight", "priority",
+     "max_streams", "headers", "forward_headers", "on_client_disconnect", "drain_max_seconds", "drain_max_bytes"}
 )  # fmt: skip
 DISCONNECT_POLICIES = ("cancel", "drain")
 # Headers a provider's config may not set: hop-by-hop ones and those the gateway owns.
@@ -68,6 +70,7 @@ class ProviderSpec:
     models: tuple[str, ...] = ("*",)
     aliases: Mapping[str, str] = field(default_factory=dict)
     weight: int = 1
+    priority: int = 0  # the tier: a pool tries lower numbers first
     max_streams: int = 0
     headers: Mapping[str, str] = field(default_factory=dict)
     forward_headers: frozenset[str] = frozenset()  # billing headers the client may set
@@ -154,6 +157,9 @@ def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...
                 models=_strings(label, "models", entry.get("models", ["*"])),
                 aliases=_table(label, "aliases", entry.get("aliases", {})),
                 weight=_positive_int(label, "weight", entry.get("weight", 1), 1, MAX_WEIGHT),
+                priority=_positive_int(
+                    label, "priority", entry.get("priority", 0), 0, MAX_PRIORITY
+                ),
                 max_streams=_positive_int(label, "max_streams", entry.get("max_streams", 0), 0),
                 headers={k.lower(): v for k, v in headers.items()},
                 forward_headers=frozenset(forwarded),
