@@ -7,10 +7,11 @@ from contextlib import aclosing
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import chat, running
+from tests.conftest import chat, open_mocks, provider, running
 from trioproxy.admission.auth import new_key
 from trioproxy.config import load_config
 from trioproxy.observe.metrics import MAX_MODEL_LABELS
+from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.rawclient import RawClient, request
 
 KEY, BLOCK = new_key("tenant")
@@ -42,8 +43,10 @@ async def test_metrics_count_a_scripted_sequence() -> None:
         provider = gw.mock.base_url.removeprefix("http://") + "/openai" if gw.mock else ""
 
         def requests(model: str, outcome: str, prov: str = provider) -> float:
-            labels = (("model", model), ("outcome", outcome), ("provider", prov), ("route", "chat"))
-            return samples.get(("trioproxy_requests_total", labels), 0.0)
+            served = model if prov != "none" else ""
+            labels = (("model", model), ("outcome", outcome), ("provider", prov), ("route", "chat"),
+                      ("upstream_model", served))  # fmt: skip
+            return samples.get(("trioproxy_requests_total", tuple(sorted(labels))), 0.0)
 
         assert requests("mock-t3-i5", "done") == 2
         assert requests("", "bad_request", "none") == 1
@@ -73,14 +76,17 @@ async def test_model_label_is_bounded() -> None:
             assert served.status == 200
         await recorder.wait_for(MAX_MODEL_LABELS + 5)
         scraped = await request(gw.url, "GET", "/metrics")
-    counts = {
-        s.labels["model"]: s.value
+    requests = [
+        s
         for family in text_string_to_metric_families(scraped.body.decode())
         for s in family.samples
         if s.name == "trioproxy_requests_total"
-    }
+    ]
+    counts = {s.labels["model"]: s.value for s in requests}
     assert len(counts) == MAX_MODEL_LABELS + 1 and counts["other"] == 5, sorted(counts)
     assert counts["mock-t1-i0-x0"] == 1 and "mock-t1-i0-x204" not in counts
+    # The model that answered is named by the upstream: bounded the same way.
+    assert len({s.labels["upstream_model"] for s in requests}) == MAX_MODEL_LABELS + 1
 
 
 async def test_a_key_cannot_fill_the_model_labels_with_names_it_may_not_use(
@@ -108,3 +114,33 @@ async def test_a_key_cannot_fill_the_model_labels_with_names_it_may_not_use(
         if s.name == "trioproxy_requests_total"
     }
     assert models == {"", "mock-t2-i0"}
+
+
+async def test_requests_are_labelled_with_the_provider_and_model_that_served_them() -> None:
+    """A request for ``m`` that failed over from provider a (``m`` is an alias
+    for a failing model there) to b (``m`` is ``mock-t3-i0`` there) counts
+    under model m, upstream_model mock-t3-i0, provider b."""
+    async with open_mocks(Fault()) as (mock,):
+        providers = (
+            provider("a", mock, models=["x"], aliases={"m": "mock-e500"}),
+            provider("b", mock, models=["x"], aliases={"m": "mock-t3-i0"}),
+        )
+        async with running(providers=providers, metrics=True) as (gw, recorder):
+            served = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
+            assert served.status == 200
+            await recorder.wait_for(1)
+            scraped = await request(gw.url, "GET", "/metrics")
+    labels = [
+        (s.labels["model"], s.labels["upstream_model"], s.labels["provider"], s.labels["outcome"])
+        for family in text_string_to_metric_families(scraped.body.decode())
+        for s in family.samples
+        if s.name == "trioproxy_requests_total"
+    ]
+    assert labels == [("m", "mock-t3-i0", "b", "done")]
+    failovers = [
+        s.labels
+        for family in text_string_to_metric_families(scraped.body.decode())
+        for s in family.samples
+        if s.name == "trioproxy_failovers_total"
+    ]
+    assert failovers == [{"provider": "a", "reason": "upstream_broken"}]

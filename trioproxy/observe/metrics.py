@@ -10,7 +10,8 @@ work, pending receipts) are read from the ``statistics()`` records when
 ``/metrics`` is scraped. The ``model`` label is bounded: only a request that
 passed authorization and routing (a provider was tried) labels its model, and
 after ``MAX_MODEL_LABELS`` distinct names further ones are counted as ``other``
-(clients choose model names; labels must not grow without bound).
+(clients choose model names; labels must not grow without bound); so is the
+``upstream_model`` label (the model that answered, as its upstream names it).
 """
 
 from __future__ import annotations
@@ -156,8 +157,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "trioproxy_requests", "Requests by route, model, provider and outcome",
-            ["route", "model", "provider", "outcome"], registry=r,
+            "trioproxy_requests",
+            "Requests by route, model asked for, model that answered, provider and outcome",
+            ["route", "model", "upstream_model", "provider", "outcome"], registry=r,
         )  # fmt: skip
         self.ttft = Histogram(
             "trioproxy_ttft_seconds", "Request start to first upstream event", ["route"],
@@ -199,15 +201,20 @@ class Metrics:
         r.register(self.gaps)
         r.register(_StateCollector(gauges, providers))
         self._models: set[str] = set()
+        self._upstream_models: set[str] = set()  # named by upstreams: bounded apart
 
-    def _model(self, model: str | None) -> str:
-        if model is None:
+    @staticmethod
+    def _bounded(value: str | None, seen: set[str]) -> str:
+        """``value`` as a label while fewer than ``MAX_MODEL_LABELS`` were seen,
+        else ``other`` (each is at most 256 characters: a client's model name
+        longer is a 400, an upstream's is cut when read)."""
+        if value is None:
             return ""
-        if model in self._models:
-            return model
-        if len(self._models) < MAX_MODEL_LABELS:
-            self._models.add(model)
-            return model
+        if value in seen:
+            return value
+        if len(seen) < MAX_MODEL_LABELS:
+            seen.add(value)
+            return value
         return "other"
 
     def observe(self, record: CompletionRecord, stream: StreamMetrics | None) -> None:
@@ -222,8 +229,10 @@ class Metrics:
         provider = record.provider or "none"
         # Only a model that passed authorization and routing names a label: any
         # key could otherwise fill the label slots with names it may not use.
-        model = self._model(record.model) if record.provider is not None else ""
-        self.requests.labels(route, model, provider, record.outcome).inc()
+        served = record.provider is not None
+        model = self._bounded(record.model, self._models) if served else ""
+        upstream = self._bounded(record.upstream_model, self._upstream_models) if served else ""
+        self.requests.labels(route, model, upstream, provider, record.outcome).inc()
         self.duration.labels(route).observe(record.duration_ms / 1000)
         if record.ttft_ms is not None:
             self.ttft.labels(route).observe(record.ttft_ms / 1000)
