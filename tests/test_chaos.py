@@ -159,6 +159,26 @@ def test_an_upstream_request_begun_after_its_client_left_is_timed_from_its_start
     assert "10 upstream requests began after their client had left" in format_report(report)
 
 
+def test_a_hang_up_that_came_after_the_fault_began_may_end_as_the_fault() -> None:
+    """A client meant to leave well before a drop was slow to (a busy machine):
+    the mock had begun the drop when it left, so upstream_error is as right as
+    client_disconnect. A client that left well before the fault began may not
+    end as the fault."""
+    (run,) = [
+        r for r in plan(400, 3, LIMITS)
+        if r.fault == "drop" and r.behaviour == "disconnect_after" and r.expected == {"client_disconnect"}
+    ][:1]  # fmt: skip
+    for closed, fault_began, ok in ((10.0, 9.99, True), (10.0, 10.02, True), (10.0, 10.5, False)):
+        observed = _healthy([run])
+        observed.records[0]["outcome"] = "upstream_error"
+        observed.faults.append((run.model, fault_began))
+        result = RunResult(run, closed_mono=closed)
+        (match,) = [
+            i for i in check_invariants([run], observed, [result]) if i.name == "outcomes_match"
+        ]
+        assert match.ok is ok, (closed, fault_began, match.detail)
+
+
 # A campaign's p99 bound, with the suite's slack for a busy machine.
 P99_MS = within(100.0)
 

@@ -32,6 +32,8 @@ async def test_mock_streams_faults_and_counts_connections() -> None:
                 pass
             stats = (await client.get("/mock/stats")).json()
             assert stats["requests_total"] == 4
+            faults = (await client.get("/mock/faults")).json()
+            assert [model for model, _ in faults] == ["mock-t5-drop2"]  # when the drop began
             assert stats["streams_active"] == 0
         await eventually(lambda: mock.statistics().open_connections == 0, timeout=2)
         assert mock.statistics().connections_total == 2  # keep-alive reused, drop closed

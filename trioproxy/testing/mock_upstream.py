@@ -90,6 +90,9 @@ class MockUpstream:
         self.transcripts: dict[str, bytes] = {}  # response id -> SSE bytes sent
         self.first_sent: dict[str, float] = {}  # response id -> first event sent at
         self.sent_times: dict[str, list[float]] = {}  # response id -> each write, recorded
+        # When a stream's fault began (drop, stall, bad event, heartbeats only), by model:
+        # a campaign tells a hang-up that raced the fault from one that came first.
+        self.faults: collections.deque[tuple[str, float]] = collections.deque(maxlen=10_000)
 
     @property
     def base_url(self) -> str:
@@ -138,6 +141,9 @@ class MockUpstream:
         self.last_header_list = header_list
         if path == "/mock/stats":
             await _send_json(stream, 200, asdict(self.statistics()), keep)
+            return keep
+        if path == "/mock/faults":  # [model, time.monotonic()] of each fault begun
+            await _send_json(stream, 200, list(self.faults), keep)
             return keep
         if path == "/mock/streams":  # the model of every stream started (newest 10,000)
             await _send_json(stream, 200, list(self.streams_started), keep)
@@ -206,6 +212,8 @@ class MockUpstream:
                 nursery.cancel_scope.cancel()
         finally:
             self._streams -= 1
+            if emit.fault_at is not None:
+                self.faults.append((model, emit.fault_at))
             if emit.transcript is not None:
                 _put(self.transcripts, script.id, b"".join(emit.transcript))
                 _put(self.sent_times, script.id, emit.times)
@@ -248,7 +256,8 @@ class _Emitter:
     byte-fidelity checks) and when each write began (for latency checks)."""
 
     __slots__ = (
-        "first_sent", "last_write", "on_first", "requested", "stream", "times", "transcript",
+        "fault_at", "first_sent", "last_write", "on_first", "requested", "stream", "times",
+        "transcript",
     )  # fmt: skip
 
     def __init__(
@@ -258,6 +267,7 @@ class _Emitter:
         stream ends: a fast client may read everything before that)."""
         self.stream = stream
         self.requested = time.monotonic()  # made once the request is read
+        self.fault_at: float | None = None  # time.monotonic() when its fault began
         self.first_sent: float | None = None
         self.last_write: float | None = None
         self.on_first = on_first
@@ -287,6 +297,8 @@ async def _stream(emit: _Emitter, script: Script, fault: Fault) -> bool:
         await trio.sleep(fault.ttft_ms / 1000)
     itl = fault.itl_ms / 1000
     for i in range(fault.tokens + 1):
+        if i in (fault.stall_after, fault.drop_after, fault.heartbeat_after, fault.bad_after):
+            emit.fault_at = time.monotonic()
         if i == fault.stall_after:
             await trio.sleep_forever()
         if i == fault.drop_after:

@@ -260,6 +260,7 @@ async def _campaign(
         records=await _records(url),
         mock_stats=dict(await _get(mock_url, "/mock/stats")),
         peer_closes=list(await _get(mock_url, "/mock/peer-closes")),
+        faults=[tuple(f) for f in await _get(mock_url, "/mock/faults")],
     )
     report = build_report(
         seed, planned, results, observed, duration, concurrency, drain, cancel_p99_ms

@@ -30,6 +30,8 @@ __all__ = [
     "BEHAVIOURS",
     "CLIENTS",
     "FAULTS",
+    "FAULT_OUTCOME",
+    "RACE_S",
     "Limits",
     "Run",
     "RunResult",
@@ -67,6 +69,7 @@ FAULT_OUTCOME = {
 # after its request may lose the race against them.
 _FAST = {"e500", "e429", "drop"}
 _RACE_MS = 25
+RACE_S = _RACE_MS / 1000
 _HEAD_EVENTS = {"chat": 1, "messages": 3}  # data events before the first token
 _TAIL_EVENTS = {"chat": 2, "messages": 3}
 
