@@ -8,7 +8,8 @@ while a stream is paused. Each streaming response runs with a watcher blocked on
 
 Routes: POST /v1/chat/completions, /v1/completions, /v1/responses,
 /v1/embeddings, /v1/messages; GET /v1/models; GET /mock/stats (counters as JSON), GET /mock/streams (models of the streams
-started), GET /mock/peer-closes[?tag=N] (mid-stream hang-ups seen).
+started), GET /mock/peer-closes[?tag=N] (mid-stream hang-ups seen), GET /mock/faults (when
+each fault began).
 Faults are chosen per request by the model name (see :mod:`trioproxy.testing.mock_scripts`).
 """
 
@@ -17,16 +18,15 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-import socket
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
 import trio
 
-from .mock_scripts import Fault, FaultSpecError, Script, parse_fault, script_for, shaped
+from .mock_scripts import Fault, FaultSpecError, parse_fault, script_for, shaped
+from .mock_stream import Emitter, write_stream
 
 __all__ = ["MockStatistics", "MockUpstream", "serve_mock"]
 
@@ -42,10 +42,6 @@ _ROUTES = {
     "/v1/messages": "messages",
     "/v1/embeddings": "embeddings",
 }
-_SSE_HEAD = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-    b"transfer-encoding: chunked\r\n\r\n"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +197,12 @@ class MockUpstream:
         self._streams += 1
         self.streams_started.append(model)
         ok = False
-        emit = _Emitter(stream, self.record, lambda at: _put(self.first_sent, script.id, at))
+        emit = Emitter(stream, self.record, lambda at: _put(self.first_sent, script.id, at))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_peer, stream, buf, emit, model, nursery.cancel_scope)
                 try:
-                    ok = await _stream(emit, script, fault)
+                    ok = await write_stream(emit, script, fault)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self._peer_gone(model, emit)
                 nursery.cancel_scope.cancel()
@@ -219,7 +215,7 @@ class MockUpstream:
                 _put(self.sent_times, script.id, emit.times)
         return ok and keep
 
-    def _peer_gone(self, model: str, emit: _Emitter) -> None:
+    def _peer_gone(self, model: str, emit: Emitter) -> None:
         now = trio.current_time()
         close = PeerClose(now, time.monotonic(), model, emit.last_write, emit.requested)
         self.peer_closes.append(close)
@@ -230,7 +226,7 @@ class MockUpstream:
         self,
         stream: trio.SocketStream,
         buf: bytearray,
-        emit: _Emitter,
+        emit: Emitter,
         model: str,
         scope: trio.CancelScope,
     ) -> None:
@@ -244,82 +240,6 @@ class MockUpstream:
                 scope.cancel()
                 return
             buf += data  # a pipelined request: keep it for later
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-class _Emitter:
-    """Sends events as HTTP chunks; notes when the first went out and when the
-    last write completed and, when the mock records, every event's bytes (for
-    byte-fidelity checks) and when each write began (for latency checks)."""
-
-    __slots__ = (
-        "fault_at", "first_sent", "last_write", "on_first", "requested", "stream", "times",
-        "transcript",
-    )  # fmt: skip
-
-    def __init__(
-        self, stream: trio.SocketStream, record: bool, on_first: Callable[[float], None]
-    ) -> None:
-        """``on_first``: told when the first event is sent (at once, not when the
-        stream ends: a fast client may read everything before that)."""
-        self.stream = stream
-        self.requested = time.monotonic()  # made once the request is read
-        self.fault_at: float | None = None  # time.monotonic() when its fault began
-        self.first_sent: float | None = None
-        self.last_write: float | None = None
-        self.on_first = on_first
-        self.transcript: list[bytes] | None = [] if record else None
-        self.times: list[float] = []
-
-    async def __call__(self, *events: bytes) -> None:
-        now = trio.current_time()
-        if self.first_sent is None:
-            self.first_sent = now
-            self.on_first(now)
-        if self.transcript is not None:
-            self.transcript.extend(events)
-            self.times.extend(now for _ in events)
-        if len(events) == 1:
-            await self.stream.send_all(_chunk(events[0]))
-        else:
-            await self.stream.send_all(b"".join(_chunk(e) for e in events))
-        self.last_write = trio.current_time()
-
-
-async def _stream(emit: _Emitter, script: Script, fault: Fault) -> bool:
-    """Send one SSE response; False when the connection must not be reused."""
-    stream = emit.stream
-    await stream.send_all(_SSE_HEAD)
-    if fault.ttft_ms:
-        await trio.sleep(fault.ttft_ms / 1000)
-    itl = fault.itl_ms / 1000
-    for i in range(fault.tokens + 1):
-        if i in (fault.stall_after, fault.drop_after, fault.heartbeat_after, fault.bad_after):
-            emit.fault_at = time.monotonic()
-        if i == fault.stall_after:
-            await trio.sleep_forever()
-        if i == fault.drop_after:
-            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-            return False
-        if i == fault.heartbeat_after:
-            while True:
-                await trio.sleep(fault.ping_ms / 1000)
-                await stream.send_all(_chunk(b": ping\n\n"))
-        if i == 0 and script.head:  # after the checks: "stall0" sends no data at all
-            await emit(*script.head)
-        if i == fault.tokens:
-            break
-        if i == fault.bad_after:
-            await emit(script.bad)
-        if itl and i:
-            await trio.sleep(itl)
-        await emit(script.token(i))
-    await emit(*script.tail)
-    await stream.send_all(b"0\r\n\r\n")
-    return True
 
 
 _KEEP = 1000  # bounded memory for the per-response logs
