@@ -43,7 +43,8 @@ MAX_WEIGHT = 1000  # round robin unrolls one period of sum(weights) turns per po
 MAX_PRIORITY = 100
 _OPTIONS = frozenset(
     {"name", "kind", "base_url", "api_key_env", "models", "aliases", "weight", "priority",
-     "max_streams", "headers", "forward_headers", "on_client_disconnect", "drain_max_seconds", "drain_max_bytes"}
+     "max_streams", "headers", "forward_headers", "on_client_disconnect", "drain_max_seconds",
+     "drain_max_bytes"}
 )  # fmt: skip
 DISCONNECT_POLICIES = ("cancel", "drain")
 # Headers a provider's config may not set: hop-by-hop ones and those the gateway owns.

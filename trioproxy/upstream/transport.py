@@ -146,27 +146,31 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
     async def _connect(self, origin: Origin) -> Conn:
         scheme, host, port = origin
         where = f"{host.decode()}:{port}"
-        stream: trio.abc.Stream | None = None
         try:
             with trio.fail_after(self._connect_timeout):
-                stream = await open_tcp(host.decode(), port)
+                stream: trio.abc.Stream = await open_tcp(host.decode(), port)
                 if scheme == b"https":
-                    tls = trio.SSLStream(stream, self._tls(), server_hostname=host.decode())
-                    await tls.do_handshake()
-                    stream = tls
-        except BaseException as exc:
-            if stream is not None:  # connected, the handshake failed: close the socket now
-                await trio.aclose_forcefully(stream)
-            if isinstance(exc, trio.TooSlowError):
-                raise UpstreamUnreachable(f"timed out connecting to upstream {where}") from None
-            if isinstance(exc, (*STREAM_ERRORS, ssl.SSLError)):
-                # trio wraps a failed handshake's SSLError (certificate, protocol) in a
-                # BrokenResourceError whose own text is empty: the reason is the cause.
-                reason = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
-                raise UpstreamUnreachable(f"cannot connect to upstream {where}: {reason}") from None
-            raise
+                    stream = await self._handshake(stream, host.decode())
+        except trio.TooSlowError:
+            raise UpstreamUnreachable(f"timed out connecting to upstream {where}") from None
+        except (*STREAM_ERRORS, ssl.SSLError) as exc:
+            # trio wraps a failed handshake's SSLError (certificate, protocol) in a
+            # BrokenResourceError whose own text is empty: the reason is the cause.
+            reason = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+            raise UpstreamUnreachable(f"cannot connect to upstream {where}: {reason}") from None
         self._opened += 1
         return Conn(stream, origin)
+
+    async def _handshake(self, stream: trio.abc.Stream, host: str) -> trio.abc.Stream:
+        """TLS over ``stream``; a handshake that fails (or is cancelled, or
+        times out) closes the socket at once."""
+        tls = trio.SSLStream(stream, self._tls(), server_hostname=host)
+        try:
+            await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return tls
 
     # -- exchange -------------------------------------------------------------
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -275,27 +275,6 @@ async def execute_all(
     gateway's latency."""
     results: list[RunResult] = []
     limiter = trio.CapacityLimiter(concurrency)
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        await _execute_all(planned, url, limits, peer_closed, limiter, results, done)
-    finally:
-        if enabled:
-            gc.enable()
-    results.sort(key=lambda r: r.run.index)
-    return results
-
-
-async def _execute_all(
-    planned: list[Run],
-    url: str,
-    limits: Limits,
-    peer_closed: Any,
-    limiter: trio.CapacityLimiter,
-    results: list[RunResult],
-    done: Callable[[RunResult], None] | None,
-) -> None:
 
     async def one(run: Run) -> None:
         async with limiter:
@@ -303,9 +282,18 @@ async def _execute_all(
             if done is not None:
                 done(results[-1])
 
-    async with trio.open_nursery() as nursery:
-        for run in planned:
-            nursery.start_soon(one, run, name=f"chaos-run-{run.index}")
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        async with trio.open_nursery() as nursery:
+            for run in planned:
+                nursery.start_soon(one, run, name=f"chaos-run-{run.index}")
+    finally:
+        if enabled:
+            gc.enable()
+    results.sort(key=lambda r: r.run.index)
+    return results
 
 
 def poll_peer_closed(get: Callable[[str, str], Awaitable[Any]], mock_url: str) -> Any:
