@@ -130,18 +130,39 @@ class Recorder:
         return self.records
 
 
+async def signed_receipt(url: str, ref: str, timeout: float = 10) -> dict[str, Any]:
+    """The signed receipt document of ``ref`` (a receipt or completion id), once stored."""
+    from trioproxy.testing.rawclient import request
+
+    with trio.fail_after(timeout):
+        while True:
+            response = await request(url, "GET", f"/v1/signature/{ref}")
+            if response.status == 200:
+                return dict(response.json())
+            assert response.status == 202, response.body
+            assert response.headers[b"retry-after"] == b"1"
+            await trio.sleep(0.05)
+
+
 class MovableClock:
     """Trio's clock plus an offset the test moves: the gateway's health and rpm
     clock in tests of cooldowns and windows (the relay's timers keep real time)."""
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self.slept: list[float] = []
 
     def __call__(self) -> float:
         return trio.current_time() + self.offset
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """The gateway's waits between retries: noted, and passed at once."""
+        self.slept.append(seconds)
+        self.offset += seconds
+        await trio.lowlevel.checkpoint()
 
 
 @asynccontextmanager
@@ -150,7 +171,8 @@ async def running(
 ) -> AsyncIterator[tuple[RunningGateway, Recorder]]:
     recorder = Recorder()
     config = make_config(**overrides)
-    async with open_gateway(config, [recorder], clock=clock or trio.current_time) as gw:
+    moved = {"clock": clock, "sleep": clock.sleep} if clock is not None else {}
+    async with open_gateway(config, [recorder], **moved) as gw:  # type: ignore[arg-type]
         yield gw, recorder
 
 

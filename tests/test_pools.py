@@ -8,7 +8,7 @@ import pytest
 
 from trioproxy.errors import ConfigError, NotFound, Overloaded
 from trioproxy.routing.pools import MAX_CACHED_POOLS, Router
-from trioproxy.routing.providers import parse_providers
+from trioproxy.routing.providers import Provider, parse_providers
 
 
 def _router(*entries: dict[str, object], strategy: str = "round_robin") -> Router:
@@ -85,17 +85,21 @@ def test_sticky_sessions_stay_and_move_only_off_a_removed_provider() -> None:
     assert moved and all(_first(larger, "m", s) == "e" for s in moved)  # only to the newcomer
 
 
+def _eject(provider: Provider, until: float, model: str = "m") -> None:
+    provider.health.of(model, 0.0).ejected_until = until
+
+
 def test_a_sticky_session_skips_an_ejected_provider_and_comes_back() -> None:
     router = _router({"name": "a"}, {"name": "b"}, {"name": "c"})
     session = b"user-42"
     home = _first(router, "m", session)
     provider = next(p for p in router.providers if p.name == home)
-    provider.ejected_until = 100.0
+    _eject(provider, 100.0)
     plan = router.pool("openai", "m").plan(session)
     member = plan.take(50.0)
     assert member is not None and member.provider.name != home
     member.provider.end(50.0, True, 5, 30.0)
-    provider.ejected_until = 0.0  # recovered
+    _eject(provider, 0.0)  # recovered
     assert router.pool("openai", "m").plan(session).take(101.0).provider is provider  # type: ignore[union-attr]
 
 
@@ -111,14 +115,16 @@ def test_take_skips_full_providers_and_panics_when_none_admits() -> None:
         pool.plan().take(0)
     a.end(0, None, 5, 30.0)
     b.end(0, None, 5, 30.0)
-    a.ejected_until = b.ejected_until = 60.0
+    _eject(a, 60.0)
+    _eject(b, 60.0)
     panic = pool.plan().take(1)
     assert panic is not None  # every provider ejected: serve anyway, no outage
     assert router.unhealthy_pools(1) == (["openai:*"], 1)
     panic.provider.end(1, None, 5, 30.0)
-    a.ejected_until = b.ejected_until = 0.0
-    a.rate_limited(1, 7)
-    b.rate_limited(1, 9)
+    _eject(a, 0.0)
+    _eject(b, 0.0)
+    a.rate_limited(1, 7, "m")
+    b.rate_limited(1, 9, "m")
     assert not pool.plan().has_next(1)  # nobody admits a request...
     chosen = pool.plan().take(1)  # ...but the gateway never makes up a 429: ask anyway
     assert chosen is not None
@@ -177,11 +183,12 @@ def test_the_backup_tier_serves_when_the_primaries_fail_or_are_ejected() -> None
     for m in tried:
         assert m is not None
         m.provider.end(0, None, 5, 30.0)
-    p1.ejected_until = p2.ejected_until = 60.0
+    _eject(p1, 60.0)
+    _eject(p2, 60.0)
     first = router.pool("openai", "m").plan().take(1)
     assert first is not None and first.provider is backup  # not a panic: a tier still admits
     first.provider.end(1, None, 5, 30.0)
-    backup.ejected_until = 60.0
+    _eject(backup, 60.0)
     panic = router.pool("openai", "m").plan().take(2)
     assert panic is not None and panic.provider.spec.priority == 0  # panic: the first tier
 

@@ -6,6 +6,7 @@ import pytest
 
 from trioproxy.config import load_config
 from trioproxy.errors import ConfigError
+from trioproxy.routing.health import MAX_RECORDS
 from trioproxy.routing.providers import Provider, ProviderSpec, parse_providers, read_credential
 
 
@@ -96,12 +97,62 @@ def test_consecutive_failures_eject_for_the_cooldown_then_one_trial_recovers() -
     assert p.state(15) == "healthy" and p.admits(15) and p.ejections == 1
 
 
-def test_a_failed_trial_ejects_again_at_once() -> None:
+def test_a_failed_trial_ejects_again_for_a_backed_off_wait_up_to_the_cooldown() -> None:
     p = Provider(_spec(), None)
     for t in range(3):
         _run(p, t, False)
-    assert _run(p, 12.5, False)  # the trial failed: a second ejection
-    assert p.state(13) == "ejected" and p.admits(22.5) and p.ejections == 2
+    now, waits = 12.0, []
+    for _ in range(6):  # half open: each failed trial waits 1, 2, 4, 8 s, then the cooldown
+        assert _run(p, now, False)
+        until = p.health.of(None, now).ejected_until
+        assert p.state(now) == "ejected" and not p.admits(until - 0.01) and p.admits(until)
+        waits.append(until - now)
+        now = until
+    assert waits == [1.0, 2.0, 4.0, 8.0, COOLDOWN, COOLDOWN] and p.ejections == 7
+    assert not _run(p, now, True) and p.state(now) == "healthy"  # recovered: all forgotten
+    for t in range(3):
+        _run(p, now + t, False)
+    assert p.health.of(None, now).ejected_until == now + 2 + COOLDOWN  # a full cooldown again
+    assert _run(p, now + 2 + COOLDOWN, False)
+    assert p.health.of(None, now).ejected_until == now + 2 + COOLDOWN + 1.0  # and 1 s again
+
+
+def test_health_is_per_model_so_one_models_outage_leaves_the_others_served() -> None:
+    p = Provider(_spec(), None)
+    for t in range(3):
+        p.begin(t, "big")
+        p.end(t, False, EJECT_AFTER, COOLDOWN, "big")
+    assert not p.admits(3, "big") and p.admits(3, "small") and p.admits(3)
+    assert p.statistics(3).state == "ejected" and p.statistics(3).ejected_models == ("big",)
+
+
+def test_a_passing_probe_ends_an_unreachable_ejection_and_hastens_a_failing_ones_trial() -> None:
+    p = Provider(_spec(), None)
+    for model, unreachable in (("a", True), ("b", False)):
+        for t in range(3):
+            p.begin(t, model)
+            p.end(t, False, EJECT_AFTER, COOLDOWN, model, unreachable)
+    p.probed(4)
+    assert p.health.of("a", 4).state(4) == "healthy"  # the server answers again: back
+    assert p.health.of("b", 4).state(4) == "trial"  # the next request finds out about b
+    assert p.admits(4, "a") and p.admits(4, "b")
+
+
+def test_health_records_are_bounded_and_drop_only_idle_ones() -> None:
+    p = Provider(_spec(), None)
+    for n in range(MAX_RECORDS + 50):  # a pattern provider: every name a client makes up
+        p.begin(0, f"m{n}")
+        p.end(0, n % 2 == 0 or None, EJECT_AFTER, COOLDOWN, f"m{n}")
+    assert len(p.health.items()) == MAX_RECORDS + 1  # the records and the shared one
+    p.begin(0, "sick")
+    p.end(0, False, EJECT_AFTER, COOLDOWN, "sick")
+    assert p.health.of("sick", 0).consecutive_failures == 1
+    full = Provider(_spec(), None)
+    for n in range(MAX_RECORDS):  # every record holds a failure: none may be dropped
+        full.begin(0, f"m{n}")
+        full.end(0, False, EJECT_AFTER, COOLDOWN, f"m{n}")
+    assert full.health.of("new", 0) is full.health.of("newer", 0)  # the shared record
+    assert all(full.health.of(f"m{n}", 0).consecutive_failures == 1 for n in range(MAX_RECORDS))
 
 
 def test_a_cancelled_trial_says_nothing_about_health() -> None:

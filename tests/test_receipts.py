@@ -15,24 +15,14 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.conftest import chat, eventually, running, streaming_bodies
+from tests.conftest import chat, eventually, running, signed_receipt, streaming_bodies
 from trioproxy.cli import main as cli
 from trioproxy.receipts.service import KeyError_, Signer
 from trioproxy.receipts.store import MemoryStore, Row, SQLiteStore
 from trioproxy.testing.rawclient import RawClient, request
 
+_receipt = signed_receipt
 BODIES = streaming_bodies("mock-t12-i0")
-
-
-async def _receipt(url: str, key: str, timeout: float = 10) -> dict[str, Any]:
-    with trio.fail_after(timeout):
-        while True:
-            response = await request(url, "GET", f"/v1/signature/{key}")
-            if response.status == 200:
-                return dict(response.json())
-            assert response.status == 202, response.body
-            assert response.headers[b"retry-after"] == b"1"
-            await trio.sleep(0.05)
 
 
 async def test_streamed_receipts_verify_against_the_bytes_received(tmp_path: pathlib.Path) -> None:

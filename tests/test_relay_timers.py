@@ -190,6 +190,7 @@ async def _relay_in(
     request = UpstreamRequest(
         method="POST", path="/chat/completions", headers={}, body=b"{}", body_json=None,
         plan=router.pool("openai", "m").plan(), dialect=Dialect.OPENAI, parse_body=True,
+        router=router, kind="openai", model="m",
     )  # fmt: skip
     ex = Exchange("r", "chat", "POST", trio.current_time(), stream=True, model="m")
     ex.move(Phase.ADMITTED)

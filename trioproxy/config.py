@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from .admission.auth import ApiKey, parse_keys
 from .errors import ConfigError, unknown_options
+from .routing.fallbacks import Fallbacks, parse_fallbacks
 from .routing.pools import STRATEGIES
 from .routing.providers import ProviderSpec, legacy_specs, parse_providers
 
@@ -40,7 +41,16 @@ class Config:
     routing_strategy: str = "round_robin"  # round_robin | least_in_flight
     max_attempts: int = 3  # providers tried per request, before the first byte only
     eject_after: int = 5  # consecutive failures that eject a provider (0 = never)
-    cooldown: float = 30.0  # s an ejected provider is skipped before one trial request
+    cooldown: float = 5.0  # s an ejected provider x model is skipped before one trial request
+    # s from the first attempt to the first byte: every attempt, retry and wait of a
+    # request within it (0: ttft_timeout x max_attempts; request_timeout for a whole answer)
+    first_byte_deadline: float = 0.0
+    fallbacks: Mapping[str, Any] = field(default_factory=dict)  # model = [fallback models]
+    context_window_fallbacks: Mapping[str, Any] = field(default_factory=dict)  # small = "large"
+    # After a cut (reset, stall) past the first byte, ask a provider with accepts_prefill
+    # for the rest of the answer, spliced into the same stream (chat and messages, text only).
+    continue_on_cut: bool = False
+    continue_max: int = 1  # continuations per request
     sticky_header: str = "x-session-id"  # same value -> same provider ("" = off)
     sticky_user_field: bool = False  # also stick on the OpenAI "user" field
     # --- concurrency --------------------------------------------------------
@@ -113,6 +123,7 @@ class Config:
     # here and nowhere else).
     provider_specs: tuple[ProviderSpec, ...] = field(init=False, repr=False, compare=False)
     api_keys: tuple[ApiKey, ...] = field(init=False, repr=False, compare=False)  # [[keys]]
+    fallback_models: Fallbacks = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         parse_bind(self.bind)
@@ -124,6 +135,7 @@ class Config:
             *positive, "max_event_bytes", "max_body_bytes", "max_response_bytes",
             "default_reserved_tokens",
             "max_drains",
+            "continue_max",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -140,6 +152,7 @@ class Config:
             "client_stall_timeout",
             "drain_timeout",
             "cooldown",
+            "first_byte_deadline",
             "redis_timeout",
             "lease_ttl",
         ):
@@ -192,7 +205,16 @@ class Config:
             raise ConfigError("provider names must be unique")
         object.__setattr__(self, "provider_specs", specs)
         object.__setattr__(self, "api_keys", parse_keys(self.keys))
+        fallbacks = parse_fallbacks(self.fallbacks, self.context_window_fallbacks)
+        object.__setattr__(self, "fallback_models", fallbacks)
         object.__setattr__(self, "data_dir", str(_absolute(self.data_dir or _state_dir())))
+
+    @property
+    def first_byte_within(self) -> float:
+        """``first_byte_deadline`` in effect for a stream (seconds; inf: none)."""
+        if self.first_byte_deadline:
+            return self.first_byte_deadline
+        return self.ttft_timeout * self.max_attempts or math.inf
 
     @property
     def has_upstreams(self) -> bool:
@@ -285,9 +307,9 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise ConfigError(f"{name} must be [[{name}]] tables")
         return tuple(value)
-    if name == "mock_options":
+    if name in ("mock_options", "fallbacks", "context_window_fallbacks"):
         if not isinstance(value, dict):
-            raise ConfigError("mock_options must be a table")
+            raise ConfigError(f"{name} must be a table")
         return dict(value)
     raise ConfigError(f"unsupported option {name}")  # pragma: no cover
 

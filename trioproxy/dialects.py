@@ -33,6 +33,8 @@ The table::
     usage-only event     data: {... "choices":[], "usage": ...}     (none)
     credential           Authorization: Bearer KEY                  x-api-key: KEY, anthropic-version
     base URL             ends in /v1                                stops before /v1
+    context too long     400, error.code context_length_exceeded;   400, "prompt is too long: N tokens
+                         vLLM/SGLang: their message (any of 4)      > M maximum"
 """
 
 from __future__ import annotations
@@ -348,3 +350,37 @@ def upstream_path(kind: str, path: str) -> str:
     """A route's path below a provider's base URL: OpenAI base URLs end in
     ``/v1``, Anthropic's stop before it (``GET /v1/models`` is both)."""
     return "/v1" + path if kind == "anthropic" and not path.startswith("/v1/") else path
+
+
+# -- error answers ----------------------------------------------------------------
+# A 400 that says the request is longer than the model's context window, as
+# each server words it (checked against their sources; see tests/test_dialects).
+_CONTEXT_CODES = frozenset({"context_length_exceeded"})  # OpenAI's error.code
+_CONTEXT_MESSAGES = re.compile(
+    r"maximum context length is \d+ tokens"  # OpenAI; vLLM (both wordings)
+    r"|prompt is too long: \d+ tokens > \d+ maximum"  # Anthropic
+    r"|is longer than the model's context length"  # SGLang (input alone)
+    r"|requested token count exceeds the model's maximum context length"  # SGLang
+    r"|is longer than the maximum model length",  # vLLM: the decoder prompt
+    re.IGNORECASE,
+)
+
+
+def context_too_long(status: int, body: bytes) -> bool:
+    """Does an upstream's error answer say the context window was exceeded?
+    The body is parsed as JSON (OpenAI's and Anthropic's ``error`` object,
+    vLLM's and SGLang's ``message``); only its code and message are judged. A
+    content-policy refusal is never one."""
+    if status not in (400, 413):
+        return False
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(obj, dict):
+        return False
+    error = _dict(obj.get("error")) or obj
+    if error.get("code") in _CONTEXT_CODES:
+        return True
+    message = error.get("message")
+    return isinstance(message, str) and _CONTEXT_MESSAGES.search(message[:2000]) is not None

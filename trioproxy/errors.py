@@ -45,6 +45,7 @@ __all__ = [
     "AdminOnly",
     "BadRequest",
     "ConfigError",
+    "ContextWindowExceeded",
     "Outcome",
     "Forbidden",
     "GatewayError",
@@ -60,6 +61,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamIdleTimeout",
     "UpstreamRateLimited",
+    "UpstreamServerError",
     "UpstreamTTFTTimeout",
     "UpstreamUnreachable",
     "config_table",
@@ -230,6 +232,23 @@ class UpstreamUnreachable(UpstreamError):
 
 class UpstreamBroken(UpstreamError):
     code = "upstream_broken"
+
+
+class UpstreamServerError(UpstreamBroken):
+    """The upstream answered 5xx (its body never reaches the client)."""
+
+    def __init__(self, message: str, status: int = 500, wait_hint: int | None = None) -> None:
+        super().__init__(message)
+        self.upstream_status = status
+        self.wait_hint = wait_hint  # its Retry-After, if it sent one (a 503's)
+
+
+class ContextWindowExceeded(BadRequest):
+    """The upstream's 400 says the request is longer than the model's context
+    window (recognised per server in :mod:`trioproxy.dialects`); raised only
+    where a ``context_window_fallbacks`` entry can take the request."""
+
+    code = "context_length_exceeded"
 
 
 class UpstreamRateLimited(UpstreamError):

@@ -162,6 +162,11 @@ def build_receipt(record: CompletionRecord) -> dict[str, Any]:
         "model": record.model,
         "upstream_model": record.upstream_model,
         "provider": record.provider or "none",
+        # every attempt: how many, and the (provider, error code) of each that failed
+        "attempts": record.attempts,
+        "failed_attempts": [list(f) for f in record.failovers],
+        # a continued answer: each attempt that wrote to the client, and its events' hash
+        "continued": [{"provider": p, "upstream_sha256": h} for p, h in record.continued],
         "route": record.route,
         "request_sha256": record.request_sha256,
         "response_sha256": record.response_sha256,

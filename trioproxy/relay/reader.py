@@ -50,8 +50,9 @@ import trio
 
 from ..asgi import DirectWriter
 from ..config import Config
-from ..dialects import USAGE_ONLY
+from ..dialects import USAGE_ONLY, context_too_long
 from ..errors import (
+    ContextWindowExceeded,
     GatewayError,
     Outcome,
     SlowClient,
@@ -61,15 +62,16 @@ from ..errors import (
     UpstreamRateLimited,
     UpstreamTTFTTimeout,
 )
-from ..routing.failover import Target, UpstreamRequest, with_failover
+from ..routing.failover import FailoverLimits, Target, UpstreamRequest, with_failover
 from ..upstream.body import UpstreamBody, body_of
 from ..upstream.client import Upstream
 from ..upstream.http11 import parse_retry_after
+from .continuation import continue_answer, partial_for
 from .drain import Drains
 from .exchange import Exchange, note_event
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
 from .timeline import TRACE_EXTENSION
-from .whole import passed_headers, relay_whole
+from .whole import passed_headers, read_error, relay_whole
 from .writer import Item, Rest, Start, Waiting
 
 __all__ = ["IDLE_TIMER", "UpstreamReader"]
@@ -124,6 +126,8 @@ class UpstreamReader:
         self._wake: trio.CancelScope | None = None  # the read scope, while reading events
         self._resumable = False  # a read cut short can be made again (a plain socket)
         self._delivering: trio.CancelScope | None = None  # a wait for room in the channel
+        # continue_on_cut: the answer so far, for a continuation (relay/continuation.py)
+        self.partial = partial_for(config, ex, request)
 
     def can_drain(self) -> bool:
         """Would a hang-up now hand the upstream to a drain? (An event stream is
@@ -149,10 +153,19 @@ class UpstreamReader:
         ex, config = self.ex, self.config
         try:
             try:
-                ex.upstream_outcome = await with_failover(
-                    self.request, ex, config.max_attempts, config.eject_after, config.cooldown,
-                    self._attempt,
+                each = config.ttft_timeout if ex.stream else config.request_timeout
+                limits = FailoverLimits(
+                    config.max_attempts, config.eject_after, config.cooldown,
+                    config.first_byte_deadline or each * config.max_attempts or math.inf,
                 )  # fmt: skip
+                try:
+                    ex.upstream_outcome = await with_failover(
+                        self.request, ex, limits, self._attempt
+                    )
+                except (UpstreamBroken, UpstreamIdleTimeout) as cut:
+                    if self.partial is None or not ex.committed:
+                        raise
+                    ex.upstream_outcome = await continue_answer(self, cut)
             except GatewayError as err:
                 ex.error = err
                 ex.upstream_outcome = err.outcome
@@ -178,7 +191,9 @@ class UpstreamReader:
         ex, config = self.ex, self.config
         now = trio.current_time()
         timeout = config.ttft_timeout if ex.stream else config.request_timeout
-        first_deadline = now + (timeout or math.inf)
+        # the first-byte deadline is on the router's clock: here, in trio's
+        by = now + (target.deadline - self.request.router.clock())
+        first_deadline = min(now + (timeout or math.inf), by)
         if ex.upstream_sent_at is None:  # the first attempt: time the gateway added
             ex.upstream_sent_at = now
         request = self.request
@@ -205,7 +220,15 @@ class UpstreamReader:
                     raise UpstreamRateLimited(
                         f"provider {target.provider} answered 429", ex.retry_after
                     )
-            await relay_whole(self, response, first_deadline, target)
+            read = None
+            if response.status_code in (400, 413) and target.context_fallback:
+                read = await read_error(response, first_deadline)
+                if context_too_long(response.status_code, read[1]):
+                    await read[0].aclose()
+                    raise ContextWindowExceeded(
+                        f"the request is longer than the context window of {ex.sent_model!r}"
+                    )
+            await relay_whole(self, response, first_deadline, target, read)
             return Outcome.DONE if response.status_code < 400 else Outcome.UPSTREAM_ERROR
         finally:  # the body's aclose never awaits: this runs in a cancelled scope too
             if not self.handed_off:
@@ -298,7 +321,7 @@ class UpstreamReader:
         idle = self.config.idle_timeout or math.inf
         hb_progress = self.config.heartbeat_resets_idle
         arrivals = ex.metrics.arrivals if ex.metrics is not None else None
-        strip = ex.strip_usage
+        strip, partial = ex.strip_usage, self.partial
         started, direct = ex.committed, self.direct
         at_end = body.at_end if type(body) is UpstreamBody else _never
         armed = lazy and ex.first_event_at is not None  # the idle deadline is set
@@ -324,6 +347,8 @@ class UpstreamReader:
                     progress = True
                     if not note_event(ex, block, now) & USAGE_ONLY and kept is not None:
                         kept.append(block)
+                    if partial is not None:
+                        partial.feed(block)
                 if ex.events > before:
                     ex.events_read(ex.events - before, now)
                 if progress and ex.first_event_at is not None:

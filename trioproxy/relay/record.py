@@ -72,6 +72,7 @@ class CompletionRecord:
     usage_source: str | None = None  # upstream | estimated; None: no upstream was reached
     key_id: str | None = None  # the key's id: receipts and usage are owned under it
     drained: str | None = None  # read on after a hang-up (relay/drain.py): how that ended
+    continued: tuple[tuple[str, str], ...] = ()  # (provider, events sha256) of a continued answer
 
     @classmethod
     def from_exchange(cls, ex: Exchange) -> CompletionRecord:
@@ -155,6 +156,7 @@ class CompletionRecord:
             usage_source=source,
             key_id=ex.key_id,
             drained=ex.drained,
+            continued=tuple(ex.continued),
         )
 
     def to_json(self) -> bytes:

@@ -36,13 +36,16 @@ import orjson
 import trio
 
 from ..config import Config
-from ..errors import GatewayError, UpstreamBroken
+from ..errors import GatewayError, UpstreamBroken, UpstreamServerError
 from ..routing.failover import Target, UpstreamRequest
-from ..upstream.body import body_of
+from ..upstream.body import AnyBody, body_of
+from ..upstream.http11 import parse_retry_after
 from .exchange import Exchange
 from .writer import Item, Start
 
-__all__ = ["WholeAnswer", "WholeRelay", "passed_headers", "relay_whole"]
+__all__ = ["WholeAnswer", "WholeRelay", "passed_headers", "read_error", "relay_whole"]
+
+ERROR_READ_BYTES = 64 << 10  # of a 400, read to see whether it says the context is too long
 
 log = logging.getLogger("trioproxy")
 _PASSED_RESPONSE_HEADERS = frozenset({b"retry-after", b"x-request-id", b"openai-processing-ms"})
@@ -61,21 +64,30 @@ class WholeRelay(Protocol):
 
 
 async def relay_whole(
-    reader: WholeRelay, response: httpx.Response, deadline: float, target: Target
+    reader: WholeRelay,
+    response: httpx.Response,
+    deadline: float,
+    target: Target,
+    read: tuple[AnyBody, bytes] | None = None,
 ) -> None:
     """A non-SSE response (non-streaming call, or an upstream error): relayed
     as it arrives (at most ``max_response_bytes``), within ``deadline``; what
     the record needs of it is kept in bounded memory. An upstream 5xx is read
-    (bounded) for the log, never quoted to the client."""
+    (bounded) for the log, never quoted to the client. ``read``: the body and
+    what was already read of it (:func:`read_error`), relayed first."""
     ex, config = reader.ex, reader.config
     status = response.status_code
     content_type = _content_type(response)
-    body = body_of(response)
+    body: AsyncIterator[bytes]
+    if read is None:
+        body = closing = body_of(response)
+    else:
+        closing, body = read[0], _after(read[1], read[0])
     if status >= 500:
         try:
-            raise await _upstream_failed(ex, status, body, deadline, target)
+            raise await _upstream_failed(ex, response, body, deadline, target)
         finally:
-            await body.aclose()
+            await closing.aclose()
     answer = (
         WholeAnswer()
         if status < 400 and reader.request.parse_body and content_type.startswith(b"application/json")
@@ -100,7 +112,7 @@ async def relay_whole(
                     ex.mark("committed")
                 await reader.deliver(chunk)
     finally:
-        await body.aclose()
+        await closing.aclose()
     if scope.cancelled_caught:
         raise reader.first_timeout()
     if answer is not None:
@@ -109,6 +121,28 @@ async def relay_whole(
         await reader.deliver(Start(status, _whole_head(ex, response, content_type)))
         ex.committed = True
         ex.mark("committed")
+
+
+async def read_error(
+    response: httpx.Response, deadline: float, limit: int = ERROR_READ_BYTES
+) -> tuple[AnyBody, bytes]:
+    """The start of an error answer (at most ``limit`` bytes, or what came by
+    ``deadline``), to judge before it is relayed; the body with it."""
+    body = body_of(response)
+    kept = b""
+    with trio.CancelScope(deadline=deadline):
+        async for chunk in body:
+            kept += chunk
+            if len(kept) >= limit:
+                break
+    return body, kept
+
+
+async def _after(first: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in body:
+        yield chunk
 
 
 def _whole_head(
@@ -133,11 +167,17 @@ def _whole_head(
 
 
 async def _upstream_failed(
-    ex: Exchange, status: int, body: AsyncIterator[bytes], deadline: float, target: Target
-) -> UpstreamBroken:
+    ex: Exchange,
+    response: httpx.Response,
+    body: AsyncIterator[bytes],
+    deadline: float,
+    target: Target,
+) -> UpstreamServerError:
     """An upstream 5xx: the operator's log gets the start of its body (which
     may echo what the gateway sent it: the credential is masked there); the
     client a 502 naming the status, never the body."""
+    status = response.status_code
+    wait_hint = parse_retry_after(response.headers.get("retry-after", ""))
     kept = b""
     with trio.move_on_after(0.5), trio.CancelScope(deadline=deadline):
         async for chunk in body:
@@ -153,7 +193,7 @@ async def _upstream_failed(
         "request %s: provider %s answered HTTP %d: %r",
         ex.request_id, target.provider, status, kept,
     )  # fmt: skip
-    return UpstreamBroken(f"upstream returned HTTP {status}")
+    return UpstreamServerError(f"upstream returned HTTP {status}", status, wait_hint)
 
 
 def _content_type(response: httpx.Response) -> bytes:

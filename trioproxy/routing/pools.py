@@ -30,10 +30,12 @@ Rules:
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Mapping
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import trio
@@ -138,7 +140,8 @@ class Plan:
     def has_next(self, now: float) -> bool:
         """Another untried provider would admit a request now."""
         return any(
-            m.provider.name not in self._tried and m.provider.admits(now) for m in self._order
+            m.provider.name not in self._tried and m.provider.admits(now, m.upstream_model)
+            for m in self._order
         )
 
     def take(self, now: float) -> Member | None:
@@ -156,12 +159,12 @@ class Plan:
         at its ``max_streams``.
         """
         untried = [m for m in self._order if m.provider.name not in self._tried]
-        chosen = next((m for m in untried if m.provider.admits(now)), None)
+        chosen = next((m for m in untried if m.provider.admits(now, m.upstream_model)), None)
         if chosen is None and not self._tried:
             chosen = next((m for m in untried if m.provider.has_room()), None)
         if chosen is not None:
             self._tried.add(chosen.provider.name)
-            chosen.provider.begin(now)
+            chosen.provider.begin(now, chosen.upstream_model)
             return chosen
         if self._tried:
             return None
@@ -179,12 +182,15 @@ class Router:
         environ: Mapping[str, str] | None = None,
         previous: Router | None = None,
         clock: Callable[[], float] = trio.current_time,
+        sleep: Callable[[float], Awaitable[None]] = trio.sleep,
+        random: Callable[[], float] = random.random,
     ) -> None:
         """``previous``: a router this one replaces (config reload). A provider
         whose table did not change keeps its state: health, streams in flight.
-        ``clock``: the time health is judged by (cooldowns, Retry-After windows);
-        tests pass one they can move."""
-        self.clock = clock
+        ``clock``: the time health is judged by (cooldowns, Retry-After windows),
+        ``sleep`` the waits between retries, ``random`` their jitter: tests pass
+        ones they can move and read."""
+        self.clock, self.sleep, self.random = clock, sleep, random
         if strategy not in STRATEGIES:
             raise ConfigError(f"routing_strategy must be one of {', '.join(STRATEGIES)}")
         self.strategy = strategy
@@ -241,13 +247,21 @@ class Router:
 
     def unhealthy_pools(self, now: float) -> tuple[list[str], int]:
         """For ``/readyz``: the declared pools (one per model name or pattern in
-        the config, per kind) with no healthy provider, and how many there are."""
-        pools: dict[str, list[Provider]] = {}
+        the config, per kind) with no healthy provider, and how many there are.
+        A provider is unhealthy for a pattern when a model it matches is ejected there."""
+        pools: dict[str, list[bool]] = {}
         for provider in self.providers:
             spec = provider.spec
-            for name in (*spec.models, *spec.aliases):
-                pools.setdefault(f"{spec.kind}:{name}", []).append(provider)
-        unhealthy = [n for n, members in pools.items() if not any(p.healthy(now) for p in members)]
+            names = [(name, name) for name in spec.models]
+            names += [(name, upstream) for name, upstream in spec.aliases.items()]
+            records = provider.health.items()
+            for name, upstream in names:
+                healthy = all(
+                    h.healthy(now) for m, h in records
+                    if m is not None and fnmatch.fnmatchcase(m, upstream)
+                )  # fmt: skip
+                pools.setdefault(f"{spec.kind}:{name}", []).append(healthy)
+        unhealthy = [n for n, members in pools.items() if not any(members)]
         return unhealthy, len(pools)
 
     def statistics(self, now: float) -> list[ProviderStatistics]:

@@ -14,12 +14,13 @@ Rules:
   :mod:`trioproxy.relay.drain`). The legacy
   ``openai_upstreams`` / ``anthropic_upstreams`` lists become providers that
   serve every model (``*``).
-- Health is passive, learnt from real requests (sans-IO: every method takes
-  ``now``). ``eject_after`` consecutive failures (connect error, reset, 5xx,
-  TTFT or idle timeout) eject the provider for ``cooldown`` seconds; then one
-  trial request is let through: success makes it healthy, failure ejects it
-  again. A 429 is not a failure: it sets a "not before" window from its
-  ``Retry-After`` in which the provider is chosen only if no other can be.
+- Same-provider retries (:mod:`trioproxy.routing.retries`): ``retries``
+  (default 0), ``retry_backoff`` (s, default 0.25), ``max_retry_wait`` (s,
+  default 10).
+- Health is kept per provider x model, learnt from real requests
+  (:mod:`trioproxy.routing.health`: ejection, half-open trials, 429 windows),
+  and optionally from an active probe: ``health_check = { interval = 5,
+  path = "/models" }`` (:mod:`trioproxy.server.probes`).
 - ``max_streams`` bounds the streams in flight to one provider (0 = only the
   global limit); a full provider is skipped, not waited for.
 """
@@ -35,16 +36,19 @@ from typing import Any
 
 from ..admission.routes import BILLING_HEADERS
 from ..errors import ConfigError, config_table
+from .health import HealthRecords
 
 __all__ = ["Provider", "ProviderSpec", "ProviderStatistics", "legacy_specs", "parse_providers"]
 
 KINDS = ("openai", "anthropic")
 MAX_WEIGHT = 1000  # round robin unrolls one period of sum(weights) turns per pool
 MAX_PRIORITY = 100
+MAX_RETRIES = 10
 _OPTIONS = frozenset(
     {"name", "kind", "base_url", "api_key_env", "models", "aliases", "weight", "priority",
      "max_streams", "headers", "forward_headers", "on_client_disconnect", "drain_max_seconds",
-     "drain_max_bytes"}
+     "drain_max_bytes", "retries", "retry_backoff", "max_retry_wait", "health_check",
+     "accepts_prefill"}
 )  # fmt: skip
 DISCONNECT_POLICIES = ("cancel", "drain")
 # Headers a provider's config may not set: hop-by-hop ones and those the gateway owns.
@@ -78,6 +82,11 @@ class ProviderSpec:
     on_client_disconnect: str = "cancel"  # cancel | drain (read on for the usage, detached)
     drain_max_seconds: float = 30.0
     drain_max_bytes: int = 1 << 20
+    retries: int = 0  # more attempts on this provider after a retryable failure
+    retry_backoff: float = 0.25  # s: full jitter over retry_backoff x 2^n
+    max_retry_wait: float = 10.0  # s: a longer Retry-After moves on to the next provider
+    health_check: tuple[float, str] | None = None  # (interval s, path): an active probe
+    accepts_prefill: bool = False  # continues a final assistant turn (relay/continuation.py)
 
     def upstream_model(self, model: str) -> str | None:
         """The name this provider knows ``model`` by, or None if it does not serve it."""
@@ -113,6 +122,24 @@ def _seconds(name: str, key: str, value: Any, maximum: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= maximum:
         raise ConfigError(f"{name}: {key} must be a number of seconds above 0, at most {maximum}")
     return float(value)
+
+
+def _flag(name: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: {key} must be true or false")
+    return value
+
+
+def _health_check(name: str, value: Any) -> tuple[float, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"interval", "path"}:
+        raise ConfigError(f"{name}: health_check is a table of interval and path")
+    interval = _seconds(name, "health_check.interval", value.get("interval", 5.0), 3600.0)
+    path = value.get("path", "/models")
+    if not isinstance(path, str) or not re.fullmatch(r"/[!-~]*", path):
+        raise ConfigError(f"{name}: health_check.path must be a path starting with /")
+    return interval, path
 
 
 def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...]:
@@ -171,6 +198,17 @@ def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...
                 drain_max_bytes=_positive_int(
                     label, "drain_max_bytes", entry.get("drain_max_bytes", 1 << 20), 1, 1 << 30
                 ),
+                retries=_positive_int(label, "retries", entry.get("retries", 0), 0, MAX_RETRIES),
+                retry_backoff=_seconds(
+                    label, "retry_backoff", entry.get("retry_backoff", 0.25), 60.0
+                ),
+                max_retry_wait=_seconds(
+                    label, "max_retry_wait", entry.get("max_retry_wait", 10.0), 3600.0
+                ),
+                health_check=_health_check(label, entry.get("health_check")),
+                accepts_prefill=_flag(
+                    label, "accepts_prefill", entry.get("accepts_prefill", False)
+                ),
             )
         )
     if len({s.name for s in specs}) != len(specs):
@@ -203,81 +241,89 @@ def read_credential(spec: ProviderSpec, environ: Mapping[str, str] = os.environ)
 class ProviderStatistics:
     name: str
     kind: str
-    state: str  # healthy | ejected | trial
+    state: str  # healthy | trial | ejected: the worst of its models'
     in_flight: int
-    consecutive_failures: int
+    consecutive_failures: int  # the most of any of its models
     requests: int
     failures: int
     ejections: int
-    retry_after_s: float  # seconds left of a 429's Retry-After window
+    retry_after_s: float  # seconds left of a 429's Retry-After window (the longest)
+    ejected_models: tuple[str, ...] = ()  # models ejected here (at most 16 named)
+
+
+_STATES = {"healthy": 0, "trial": 1, "ejected": 2}
 
 
 class Provider:
-    """One provider's runtime state: streams in flight and passive health."""
+    """One provider's runtime state: streams in flight, and its models' health
+    (:mod:`trioproxy.routing.health`). ``model``: the name the provider knows
+    the model by; None for requests that name none."""
 
     def __init__(self, spec: ProviderSpec, credential: str | None) -> None:
         self.spec = spec
         self.name = spec.name
         self.credential = credential
         self.in_flight = 0
-        self.consecutive_failures = 0
-        self.ejected_until = 0.0  # 0: not ejected
-        self.trial_out = False  # the one trial request after a cooldown is running
-        self.not_before = 0.0  # a 429's Retry-After window ends here
+        self.health = HealthRecords()
         self.requests = 0
         self.failures = 0
         self.ejections = 0
 
     def state(self, now: float) -> str:
-        if not self.ejected_until:
-            return "healthy"
-        return "trial" if now >= self.ejected_until else "ejected"
+        return max((h.state(now) for _, h in self.health.items()), key=_STATES.__getitem__)
 
-    def healthy(self, now: float) -> bool:
-        """Could serve a request (ignoring capacity and Retry-After)."""
-        return not self.ejected_until or (now >= self.ejected_until and not self.trial_out)
+    @property
+    def consecutive_failures(self) -> int:
+        return max(h.consecutive_failures for _, h in self.health.items())
+
+    def healthy(self, now: float, model: str | None = None) -> bool:
+        """Could serve ``model`` (ignoring capacity and Retry-After)."""
+        return self.health.of(model, now).healthy(now)
 
     def has_room(self) -> bool:
         """Below ``max_streams``."""
         return not self.spec.max_streams or self.in_flight < self.spec.max_streams
 
-    def admits(self, now: float) -> bool:
-        """Healthy, outside a 429's Retry-After window, below ``max_streams``."""
-        return self.healthy(now) and now >= self.not_before and self.has_room()
+    def admits(self, now: float, model: str | None = None) -> bool:
+        """Healthy for ``model``, outside a 429's Retry-After window, below ``max_streams``."""
+        return self.has_room() and self.health.of(model, now).admits(now)
 
-    def begin(self, now: float) -> None:
+    def begin(self, now: float, model: str | None = None) -> None:
         """Take a stream on this provider (the caller checked :meth:`admits`,
         or :meth:`has_room` when no provider admits a request)."""
         self.in_flight += 1
         self.requests += 1
-        if self.ejected_until and now >= self.ejected_until:
-            self.trial_out = True  # after the cooldown: this request is the one trial
+        self.health.of(model, now).begin(now)
 
-    def end(self, now: float, ok: bool | None, eject_after: int, cooldown: float) -> bool:
+    def end(
+        self,
+        now: float,
+        ok: bool | None,
+        eject_after: int,
+        cooldown: float,
+        model: str | None = None,
+        unreachable: bool = False,
+    ) -> bool:
         """Release the stream; ``ok`` is None when the request says nothing
-        about health (cancelled, 429, slow client). True if it was ejected now."""
+        about health (cancelled, 429, slow client). True if ``model`` was ejected now."""
         self.in_flight -= 1
-        trial, self.trial_out = self.trial_out, False
-        if ok is None:
-            return False
-        if ok:
-            self.consecutive_failures = 0
-            self.ejected_until = 0.0
-            return False
-        self.failures += 1
-        self.consecutive_failures += 1
-        if trial or (eject_after and self.consecutive_failures >= eject_after):
-            already = self.ejected_until > now  # a stream that began before the ejection
-            self.ejected_until = max(self.ejected_until, now + cooldown)
-            if not already:
-                self.ejections += 1
-                return True
-        return False
+        if ok is False:
+            self.failures += 1
+        ejected = self.health.of(model, now).end(now, ok, eject_after, cooldown, unreachable)
+        self.ejections += ejected
+        return ejected
 
-    def rate_limited(self, now: float, retry_after: float) -> None:
-        self.not_before = max(self.not_before, now + retry_after)
+    def rate_limited(self, now: float, retry_after: float, model: str | None = None) -> None:
+        self.health.of(model, now).rate_limited(now, retry_after)
+
+    def probed(self, now: float) -> None:
+        """An active health check of this provider succeeded."""
+        for _, health in self.health.items():
+            health.probed(now)
 
     def statistics(self, now: float) -> ProviderStatistics:
+        records = self.health.items()
+        ejected = [m or "-" for m, h in records if h.state(now) != "healthy"]
         return ProviderStatistics(
             name=self.name,
             kind=self.spec.kind,
@@ -287,5 +333,6 @@ class Provider:
             requests=self.requests,
             failures=self.failures,
             ejections=self.ejections,
-            retry_after_s=round(max(0.0, self.not_before - now), 3),
+            retry_after_s=round(max(0.0, *(h.not_before - now for _, h in records)), 3),
+            ejected_models=tuple(ejected[:16]),
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -35,7 +36,7 @@ from typing import Any
 import orjson
 import trio
 
-from ..admission.auth import KeyRing
+from ..admission.auth import ApiKey, KeyRing
 from ..admission.bodies import BodyReads
 from ..admission.browser import Hygiene
 from ..admission.forwarded import ForwardedClients
@@ -88,6 +89,7 @@ _RECENT_RECORDS = 20_000
 _RELOADABLE = (
     "providers", "openai_upstreams", "anthropic_upstreams", "routing_strategy", "max_attempts",
     "eject_after", "cooldown", "sticky_header", "sticky_user_field", "keys", "cors_origins",
+    "first_byte_deadline", "fallbacks", "context_window_fallbacks",
 )  # fmt: skip
 _DEBUG_CONFIG = (
     "ttft_timeout", "idle_timeout", "client_stall_timeout", "max_streams", "channel_size",
@@ -114,16 +116,20 @@ class Gateway:
         config: Config,
         hooks: Sequence[CompletionHook] = (),
         clock: Callable[[], float] = trio.current_time,
+        sleep: Callable[[float], Awaitable[None]] = trio.sleep,
     ) -> None:
         """``clock``: the time provider health and per-key rpm are judged by
-        (trio's; tests pass one they can move)."""
+        (trio's; tests pass one they can move), ``sleep`` the waits between
+        retries on that clock."""
         self.config = config
-        self.clock = clock
+        self.clock, self.sleep = clock, sleep
         self.hooks = tuple(hooks)
         self.limiter = StreamLimiter(config.max_streams, config.queue_timeout)
         self.keyring = KeyRing(config.api_keys)
         self.accounts = Accounts(config, clock)  # each key's limits and usage
-        self.router = Router(config.provider_specs, config.routing_strategy, clock=clock)
+        self.router = Router(
+            config.provider_specs, config.routing_strategy, clock=clock, sleep=sleep
+        )
         self._sticky_header = config.sticky_header.lower().encode("latin-1")
         self.upstream: Upstream | None = None
         self.detached: DetachedWork | None = None
@@ -169,8 +175,9 @@ class Gateway:
         table, a missing credential) and then changes nothing.
         """
         router = Router(
-            new.provider_specs, new.routing_strategy, previous=self.router, clock=self.clock
-        )
+            new.provider_specs, new.routing_strategy, previous=self.router, clock=self.clock,
+            sleep=self.sleep,
+        )  # fmt: skip
         changes = {name: getattr(new, name) for name in _RELOADABLE}
         self.router = router
         self.keyring = KeyRing(new.api_keys)
@@ -178,11 +185,8 @@ class Gateway:
         self.hygiene = Hygiene(not new.api_keys, parse_bind(self.config.bind)[0], new.cors_origins)
         self._sticky_header = new.sticky_header.lower().encode("latin-1")
         old, self.config = self.config, self.config.replace(**changes)
-        return [
-            name
-            for name, value in old.options().items()
-            if name not in _RELOADABLE and value != getattr(new, name)
-        ]
+        changed = old.options().items()
+        return [n for n, v in changed if n not in _RELOADABLE and v != getattr(new, n)]
 
     def statistics(self) -> GatewayStatistics:
         return GatewayStatistics(
@@ -235,7 +239,6 @@ class Gateway:
         else:  # websocket: not served
             await send({"type": "websocket.close", "code": 1003})
 
-    # -- lifespan -------------------------------------------------------------
     # -- requests -------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -344,7 +347,7 @@ class Gateway:
             self.keyring.authorize(key, parsed.model)
         output = output_limit(parsed) or self.config.default_reserved_tokens
         await self.accounts.admit(key, ex, len(body) // 4, output)
-        upstream = self._upstream_request(route, scope, body, parsed, ex)
+        upstream = self._upstream_request(route, scope, body, parsed, ex, key)
         assert self.upstream is not None
         await self.limiter.acquire(ex)
         ex.held.append(self.limiter)
@@ -355,17 +358,21 @@ class Gateway:
         return Relay(self.upstream, self.config, upstream, ex, extra, self.drains)
 
     def _upstream_request(
-        self, route: Route, scope: Scope, body: bytes, parsed: ParsedBody, ex: Exchange
-    ) -> UpstreamRequest:
+        self, route: Route, scope: Scope, body: bytes, parsed: ParsedBody, ex: Exchange,
+        key: ApiKey | None,
+    ) -> UpstreamRequest:  # fmt: skip
         strip = False
         if self.config.request_usage and (asked := usage_requested(route, parsed)) is not None:
             parsed = dataclasses.replace(parsed, json=asked)
             body, strip = orjson.dumps(asked), True
         headers = scope["headers"]
         session = session_key(headers, self._sticky_header, parsed, self.config.sticky_user_field)
+        allows = functools.partial(self.keyring.allows, key) if key is not None else None
+        fallbacks, larger = self.config.fallback_models.for_request(parsed.model, headers, allows)
         return upstream_request(
-            self.router, route, headers, body, parsed, ex.request_id, session, strip
-        )
+            self.router, route, headers, body, parsed, ex.request_id, session, strip, fallbacks,
+            larger,
+        )  # fmt: skip
 
     def finish(self, ex: Exchange) -> None:
         """Record the outcome exactly once, log one access line, hand off."""

@@ -4,7 +4,7 @@ Resource handling: the lifespan task owns the upstream sender (:class:`~trioprox
 the Redis client when ``redis_url`` is set (:mod:`trioproxy.shared`), the
 service nursery (detached work: receipts, hooks, usage) and a background
 nursery (the receipt pruner; with Redis, the lease refresher, the Redis probe
-and the receipt spool's copier). On shutdown, after Hypercorn has let in-flight requests
+and the receipt spool's copier; providers' health probes when one has a ``health_check``). On shutdown, after Hypercorn has let in-flight requests
 finish within ``graceful_timeout``, pending detached work is drained (bounded
 by ``drain_timeout``) before the upstream pool and the receipt store close.
 
@@ -31,10 +31,12 @@ from ..receipts.service import KeyError_, ReceiptService, open_signer_and_store
 from ..receipts.store import ReceiptStore, SQLiteStore
 from ..relay.drain import Drains
 from ..relay.exchange import Exchange
+from ..routing.pools import Router
 from ..shared.receipts import RedisReceiptStore, SpooledStore
 from ..shared.redis import SharedRedis, open_shared_redis
 from ..upstream.client import Upstream, open_upstream
 from .accounts import Accounts
+from .probes import probe_forever
 
 __all__ = ["lifespan"]
 
@@ -53,6 +55,7 @@ class Served(Protocol):
     ready: bool
     tracing: Tracing | None
     accounts: Accounts
+    router: Router
 
     def finish(self, ex: Exchange) -> None: ...
 
@@ -97,6 +100,10 @@ async def lifespan(gw: Served, receive: Receive, send: Send) -> None:
                     )  # fmt: skip
                     background.start_soon(
                         gw.receipts.prune_forever, cfg.receipt_ttl_days, name="receipt-pruner"
+                    )
+                if any(s.health_check for s in cfg.provider_specs):
+                    background.start_soon(
+                        probe_forever, lambda: gw.router, upstream, name="health-probes"
                     )
                 if redis is not None:  # every script registered by now
                     await redis.load_scripts()

@@ -27,7 +27,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -139,6 +139,7 @@ async def open_gateway(
     *,
     mock_fault_defaults: Fault | None = None,
     clock: Callable[[], float] = trio.current_time,
+    sleep: Callable[[float], Awaitable[None]] = trio.sleep,
 ) -> AsyncIterator[RunningGateway]:
     """Serve a gateway in this trio run until the block exits (then shut down
     gracefully). With no upstream configured, a mock upstream is started too.
@@ -162,7 +163,7 @@ async def open_gateway(
             config = config.replace(
                 openai_upstreams=(mock.base_url + "/v1",), anthropic_upstreams=(mock.base_url,)
             )
-        app = Gateway(config, hooks, clock)
+        app = Gateway(config, hooks, clock, sleep)
         if mock is not None:
             app.foreign_nurseries.append(mock_nursery)
         shutdown = trio.Event()

@@ -13,6 +13,15 @@ f<MS>     time to first token, milliseconds (float; headers are sent at once)
 stall<K>  stall forever after K tokens (the connection stays open; K=0: no data event)
 drop<K>   close the TCP connection after K tokens, mid-body
 e<CODE>   answer HTTP CODE (e.g. 500, 429) before any byte of the stream
+n<K>      the error (e<CODE> or error-NAME) for the first K requests of this
+          model name only; later ones stream as usual
+ra<S>     send ``Retry-After: S`` with the error (a 429 sends 1 unless told)
+error-E   answer error E as a real server words it (:mod:`trioproxy.testing.shapes.errors`)
+flap<S>   HTTP 500 for S seconds from the first request of this model name, then healthy
+rst1      reset the connection before any byte of an answer
+wait<MS>  send nothing for MS milliseconds (not even the head), then answer
+noprefill1  refuse (400) a request to continue a final assistant message
+(what these answer before a stream: :mod:`trioproxy.testing.mock_answers`)
 bad<K>    send one malformed event (invalid JSON) after K tokens, then go on
 hb<K>     after K tokens send only ``: ping`` comments, forever (K=0: no data event)
 p<MS>     interval of those pings, milliseconds (default 100)
@@ -34,6 +43,7 @@ from dataclasses import dataclass, replace
 import orjson
 
 from .shapes import BUILDERS, build
+from .shapes.errors import ERRORS
 
 __all__ = ["Fault", "FaultSpecError", "Script", "parse_fault", "script_for", "shaped"]
 
@@ -83,9 +93,16 @@ class Fault:
     ping_ms: float = 100.0
     tag: int | None = None
     shape: str | None = None  # a real server's stream (trioproxy.testing.shapes)
+    error_name: str | None = None  # a real server's error answer (shapes/errors.py)
+    error_times: int | None = None  # the error for this many requests of the model, then none
+    retry_after: int | None = None  # Retry-After on the error
+    flap_s: float | None = None  # HTTP 500 this long from the model's first request
+    reset: int = 0  # 1: reset before any byte of an answer
+    head_wait_ms: float = 0.0  # nothing at all this long
+    no_prefill: int = 0  # 1: refuse to continue a final assistant message
 
 
-_OPTION = re.compile(r"(stall|drop|bad|hb|t|i|f|e|p|x)(\d+(?:\.\d+)?)")
+_OPTION = re.compile(r"(stall|drop|bad|hb|ra|flap|rst|wait|noprefill|t|i|f|e|p|x|n)(\d+(?:\.\d+)?)")
 _FIELDS = {
     "t": "tokens",
     "i": "itl_ms",
@@ -97,8 +114,14 @@ _FIELDS = {
     "hb": "heartbeat_after",
     "p": "ping_ms",
     "x": "tag",
+    "n": "error_times",
+    "ra": "retry_after",
+    "flap": "flap_s",
+    "rst": "reset",
+    "wait": "head_wait_ms",
+    "noprefill": "no_prefill",
 }
-_FLOATS = {"itl_ms", "ttft_ms", "ping_ms"}
+_FLOATS = {"itl_ms", "ttft_ms", "ping_ms", "flap_s", "head_wait_ms"}
 
 
 def parse_fault(model: str, defaults: Fault) -> Fault:
@@ -112,6 +135,13 @@ def parse_fault(model: str, defaults: Fault) -> Fault:
             if name not in SHAPE_NAMES:
                 raise FaultSpecError(f"unknown stream shape {name!r}: one of {sorted(SHAPE_NAMES)}")
             changes["shape"] = name
+            continue
+        if part == "error":  # error-NAME: a real server's error answer
+            name = next(parts, "")
+            if name not in ERRORS:
+                raise FaultSpecError(f"unknown error {name!r}: one of {sorted(ERRORS)}")
+            changes["error_name"] = name
+            changes["error_status"] = ERRORS[name][0]
             continue
         m = _OPTION.fullmatch(part)
         if m is None:
@@ -148,8 +178,11 @@ class Script:
         return self.prefix + self.words[i % len(self.words)] + self.suffix
 
 
-def script_for(route: str, model: str, n: int, include_usage: bool, seq: int) -> Script:
-    """Templates for ``route`` (chat, completions, responses, messages)."""
+def script_for(
+    route: str, model: str, n: int, include_usage: bool, seq: int, skip: int = 0
+) -> Script:
+    """Templates for ``route`` (chat, completions, responses, messages); ``skip``:
+    tokens a prefill already holds (the usage then counts the rest, and the prompt them)."""
     m = _j(model)
     now = str(int(time.time())).encode()
     words = [w.encode() + b" " for w in WORDS]
@@ -158,7 +191,7 @@ def script_for(route: str, model: str, n: int, include_usage: bool, seq: int) ->
     # noticing hang-ups, which a chaos campaign timed as the gateway's).
     cycle = "".join(w + " " for w in WORDS)
     text = cycle * (n // len(WORDS)) + "".join(w + " " for w in WORDS[: n % len(WORDS)])
-    usage_p, usage_c = 8, n
+    usage_p, usage_c = 8 + skip, n - skip
     bad = b'data: {"id": this is not json\n\n'
     if route == "messages":
         mid = f"msg_mock{seq:08d}".encode()

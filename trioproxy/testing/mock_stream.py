@@ -65,8 +65,9 @@ class Emitter:
         self.last_write = trio.current_time()
 
 
-async def write_stream(emit: Emitter, script: Script, fault: Fault) -> bool:
-    """Send one SSE response; False when the connection must not be reused."""
+async def write_stream(emit: Emitter, script: Script, fault: Fault, skip: int = 0) -> bool:
+    """Send one SSE response; False when the connection must not be reused.
+    ``skip``: the first tokens are already in a prefill: the stream goes on from there."""
     stream = emit.stream
     await stream.send_all(SSE_HEAD)
     if fault.ttft_ms:
@@ -90,7 +91,9 @@ async def write_stream(emit: Emitter, script: Script, fault: Fault) -> bool:
             break
         if i == fault.bad_after:
             await emit(script.bad)
-        if itl and i:
+        if i < skip:
+            continue
+        if itl and i > skip:
             await trio.sleep(itl)
         await emit(script.token(i))
     await emit(*script.tail)

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 import trio
 
+from .mock_answers import Refusals, err, healthy, prefilled, send_bytes, send_json
 from .mock_scripts import Fault, FaultSpecError, parse_fault, script_for, shaped
 from .mock_stream import Emitter, write_stream
 
@@ -32,9 +33,6 @@ __all__ = ["MockStatistics", "MockUpstream", "serve_mock"]
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 16 << 20
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 411: b"Length Required",
-            413: b"Payload Too Large", 429: b"Too Many Requests", 500: b"Internal Server Error",
-            503: b"Service Unavailable"}  # fmt: skip
 _ROUTES = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
@@ -67,7 +65,7 @@ class _PeerGone(Exception):
 
 
 class MockUpstream:
-    def __init__(self, defaults: Fault) -> None:
+    def __init__(self, defaults: Fault, backup: bool = False) -> None:
         self.defaults = defaults
         self.port = 0
         self.host = "127.0.0.1"
@@ -76,10 +74,15 @@ class MockUpstream:
         self._requests = 0
         self._streams = 0
         self._seq = itertools.count()
+        self.refusals = Refusals()  # errors, resets, silence, refused prefills
+        self.backup = backup  # healthy: every fault spec but the length and pace ignored
         self.peer_closes: collections.deque[PeerClose] = collections.deque(maxlen=10_000)
         self.streams_started: collections.deque[str] = collections.deque(maxlen=10_000)  # models
+        # (model, time.monotonic()) of each stream started: who served when (GET /mock/started)
+        self.started_at: collections.deque[tuple[str, float]] = collections.deque(maxlen=10_000)
         self._peer_close_event = trio.Event()
         self.last_headers: dict[bytes, bytes] = {}
+        self.last_body: bytes | None = None
         # The same, as sent: every line in order, duplicates kept (header hygiene checks).
         self.last_header_list: list[tuple[bytes, bytes]] = []
         self.record = False  # keep what each stream sent (tests, fidelity checks)
@@ -135,14 +138,18 @@ class MockUpstream:
         keep = headers.get(b"connection", b"").lower() != b"close"
         self.last_headers = headers  # what the last request carried (header-hygiene checks)
         self.last_header_list = header_list
+        self.last_body = body
         if path == "/mock/stats":
-            await _send_json(stream, 200, asdict(self.statistics()), keep)
+            await send_json(stream, 200, asdict(self.statistics()), keep)
             return keep
         if path == "/mock/faults":  # [model, time.monotonic()] of each fault begun
-            await _send_json(stream, 200, list(self.faults), keep)
+            await send_json(stream, 200, list(self.faults), keep)
             return keep
         if path == "/mock/streams":  # the model of every stream started (newest 10,000)
-            await _send_json(stream, 200, list(self.streams_started), keep)
+            await send_json(stream, 200, list(self.streams_started), keep)
+            return keep
+        if path == "/mock/started":
+            await send_json(stream, 200, list(self.started_at), keep)
             return keep
         if path.startswith("/mock/peer-closes"):
             _, _, tag = path.partition("?tag=")
@@ -152,28 +159,28 @@ class MockUpstream:
                 for c in self.peer_closes
                 if c.model.endswith(suffix)
             ]
-            await _send_json(stream, 200, closes, keep)
+            await send_json(stream, 200, closes, keep)
             return keep
         if path == "/v1/models" and method == "GET":
             models = [{"id": "mock", "object": "model", "owned_by": "trioproxy"}]
-            await _send_json(stream, 200, {"object": "list", "data": models}, keep)
+            await send_json(stream, 200, {"object": "list", "data": models}, keep)
             return keep
         route = _ROUTES.get(path)
         if route is None or method != "POST":
-            await _send_json(stream, 404, _err(route, f"no route {method} {path}"), keep)
+            await send_json(stream, 404, err(route, f"no route {method} {path}"), keep)
             return keep
         try:
             obj: Any = orjson.loads(body)
             model = obj["model"]
             fault = parse_fault(model, self.defaults)
         except (orjson.JSONDecodeError, KeyError, TypeError, FaultSpecError) as exc:
-            await _send_json(stream, 400, _err(route, f"bad request: {exc}"), keep)
+            await send_json(stream, 400, err(route, f"bad request: {exc}"), keep)
             return keep
-        if fault.error_status is not None:
-            extra = b"retry-after: 1\r\n" if fault.error_status == 429 else b""
-            msg = _err(route, f"mock error {fault.error_status}")
-            await _send_json(stream, fault.error_status, msg, keep, extra)
-            return keep
+        if self.backup:
+            fault = healthy(fault)
+        answered = await self.refusals.answer(stream, route, model, obj, fault, keep)
+        if answered is not None:
+            return answered
         if route == "embeddings":
             inputs = obj.get("input")
             n = len(inputs) if isinstance(inputs, list) else 1
@@ -182,27 +189,29 @@ class MockUpstream:
             ]
             usage = {"prompt_tokens": n, "total_tokens": n}
             out = {"object": "list", "data": data, "model": model, "usage": usage}
-            await _send_json(stream, 200, out, keep)
+            await send_json(stream, 200, out, keep)
             return keep
         opts = obj.get("stream_options")
         usage_on = isinstance(opts, dict) and bool(opts.get("include_usage"))
-        script = script_for(route, model, fault.tokens, usage_on, next(self._seq))
+        skip = prefilled(route, obj) or 0
+        script = script_for(route, model, fault.tokens, usage_on, next(self._seq), skip)
         if fault.shape is not None:
             script = shaped(script, fault.shape, fault.tokens)
         if obj.get("stream") is not True:
             if fault.ttft_ms:
                 await trio.sleep(fault.ttft_ms / 1000)
-            await _send_bytes(stream, 200, b"application/json", script.whole, keep)
+            await send_bytes(stream, 200, b"application/json", script.whole, keep)
             return keep
         self._streams += 1
         self.streams_started.append(model)
+        self.started_at.append((model, time.monotonic()))
         ok = False
         emit = Emitter(stream, self.record, lambda at: _put(self.first_sent, script.id, at))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_peer, stream, buf, emit, model, nursery.cancel_scope)
                 try:
-                    ok = await write_stream(emit, script, fault)
+                    ok = await write_stream(emit, script, fault, skip)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self._peer_gone(model, emit)
                 nursery.cancel_scope.cancel()
@@ -251,29 +260,6 @@ def _put(log: dict[str, Any], key: str, value: Any) -> None:
     log[key] = value
 
 
-def _err(route: str | None, message: str) -> dict[str, Any]:
-    if route == "messages":
-        return {"type": "error", "error": {"type": "api_error", "message": message}}
-    return {"error": {"message": message, "type": "mock_error", "code": None}}
-
-
-async def _send_json(
-    stream: trio.SocketStream, status: int, obj: Any, keep: bool, extra: bytes = b""
-) -> None:
-    await _send_bytes(stream, status, b"application/json", orjson.dumps(obj), keep, extra)
-
-
-async def _send_bytes(
-    stream: trio.SocketStream, status: int, ctype: bytes, body: bytes, keep: bool,
-    extra: bytes = b"",
-) -> None:  # fmt: skip
-    head = b"HTTP/1.1 %d %b\r\ncontent-type: %b\r\ncontent-length: %d\r\n%b%b\r\n" % (
-        status, _REASONS.get(status, b"Status"), ctype, len(body), extra,
-        b"" if keep else b"connection: close\r\n",
-    )  # fmt: skip
-    await stream.send_all(head + body)
-
-
 async def _read_request(
     stream: trio.SocketStream, buf: bytearray
 ) -> tuple[str, str, dict[bytes, bytes], bytes, list[tuple[bytes, bytes]]] | None:
@@ -318,10 +304,12 @@ async def serve_mock(
     port: int = 0,
     defaults: Fault | None = None,
     *,
+    backup: bool = False,
     task_status: trio.TaskStatus[MockUpstream] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the mock until cancelled; ``nursery.start`` returns the server object."""
-    mock = MockUpstream(defaults or Fault())
+    """Serve the mock until cancelled; ``nursery.start`` returns the server object.
+    ``backup``: answer every model healthy (:func:`~.mock_answers.healthy`)."""
+    mock = MockUpstream(defaults or Fault(), backup)
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
     sock = listeners[0].socket
     mock.host, mock.port = sock.getsockname()[:2]

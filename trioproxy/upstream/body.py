@@ -35,6 +35,7 @@ from ..errors import UpstreamBroken
 from .http11 import ChunkedDecoder, Head, ProtocolError
 
 __all__ = [
+    "AnyBody",
     "BODY_EXTENSION",
     "READS",
     "READS_AT_ONCE",
@@ -277,7 +278,10 @@ class _RawBody:
         await self._response.aclose()
 
 
-def body_of(response: httpx.Response) -> UpstreamBody | _RawBody:
+AnyBody = UpstreamBody | _RawBody  # what body_of gives
+
+
+def body_of(response: httpx.Response) -> AnyBody:
     """The body of ``response`` as an async iterator with ``aclose``."""
     body = response.extensions.get(BODY_EXTENSION)
     return body if isinstance(body, UpstreamBody) else _RawBody(response)
