@@ -121,6 +121,20 @@ async def test_without_a_capable_provider_the_cut_ends_with_one_error_event() ->
             assert record.continued == () and record.truncated
 
 
+async def test_a_cut_in_the_middle_of_an_event_is_never_continued() -> None:
+    """The client already holds half an event: anything spliced after it would be
+    read as its other half. One error event instead, and nobody else asked."""
+    async with open_mocks(Fault()) as (mock,):
+        providers = _with_mock(_pair("mock-t60-i1-half40"), mock)
+        async with running(providers=providers, continue_on_cut=True) as (gw, recorder):
+            body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+            response = await request(gw.url, "POST", "/v1/chat/completions", body)
+            assert b'"code":"upstream_broken"' in events_of(response.body)[-1]
+            assert mock.statistics().requests_total == 1
+            (record,) = await recorder.wait_for(1)
+            assert record.continued == ()
+
+
 async def test_continue_max_bounds_the_continuations() -> None:
     async with open_mocks(Fault()) as (mock,):
         tables = (

@@ -10,7 +10,8 @@ from typing import Any
 import trio
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.conftest import chat, eventually, running
+from tests.conftest import chat, eventually, open_mocks, provider, running
+from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.rawclient import RawClient, request
 
 CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -106,6 +107,30 @@ async def test_a_cancelled_request_is_one_span_with_its_attempt_and_its_timeline
     assert attempt.name.startswith("attempt ") and attempt.trace_id == request.trace_id
     # The upstream was told that attempt's span is its parent.
     assert sent_upstream == f"00-{CLIENT_TRACE}-{attempt.span_id.hex()}-01"
+
+
+async def test_every_attempt_of_a_retried_request_is_a_span_of_its_own() -> None:
+    async with _collector() as (collector, url), open_mocks(Fault()) as (mock,):
+        only = provider("a", mock, retries=1, aliases={"m": "mock-e500-n1-t3"})
+        async with running(otlp_endpoint=url, providers=(only,)) as (gw, recorder):
+            assert gw.app.tracing is not None
+            headers = [("x-request-id", "otel-retry")]
+            ok = await request(gw.url, "POST", "/v1/chat/completions", chat("m"), headers)
+            assert ok.status == 200
+            sent_upstream = mock.last_headers[b"traceparent"].decode()
+            await recorder.wait_for(1)
+            await trio.to_thread.run_sync(gw.app.tracing.force_flush)
+            await eventually(lambda: len(collector.spans) >= 3)
+    ids = {_attrs(s).get("trioproxy.request_id") for s in collector.spans}
+    assert "otel-retry" in ids
+    (parent,) = [
+        s for s in collector.spans if _attrs(s).get("trioproxy.request_id") == "otel-retry"
+    ]
+    attempts = [s for s in collector.spans if s.parent_span_id == parent.span_id]
+    attempts.sort(key=lambda s: s.start_time_unix_nano)
+    assert [s.name for s in attempts] == ["attempt a", "attempt a"]
+    assert attempts[0].end_time_unix_nano <= attempts[1].start_time_unix_nano
+    assert sent_upstream.split("-")[2] == attempts[1].span_id.hex()  # the retry's own span
 
 
 async def test_tracing_off_makes_no_spans_and_imports_nothing() -> None:

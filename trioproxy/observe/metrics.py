@@ -106,7 +106,9 @@ class _StateCollector(Collector):
         except RuntimeError:  # registration (auto_describe) runs outside trio
             providers = []
         healthy = GaugeMetricFamily(
-            "trioproxy_provider_healthy", "1 unless ejected", labels=["provider"]
+            "trioproxy_provider_healthy",
+            "1 unless one of its models is ejected",
+            labels=["provider"],
         )
         in_flight = GaugeMetricFamily(
             "trioproxy_provider_in_flight", "Streams in flight", labels=["provider"]

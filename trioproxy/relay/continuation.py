@@ -106,6 +106,7 @@ async def continue_answer(reader: UpstreamReader, cut: GatewayError) -> Outcome:
         ):  # fmt: skip
             break
         ex.failovers.append((ex.provider or "", cut.code))
+        ex.mark(f"failover {cut.code}")
         ex.continued.append((ex.provider or "", partial.digest.hexdigest()))
         splicer = Splicer(request.dialect, _answer_id(ex), partial)
         for member in _capable(request, ex.provider, request.router.clock()):
@@ -152,10 +153,14 @@ async def _continue_on(
     try:
         ex.provider, ex.upstream, ex.attempts = provider.name, target.url, ex.attempts + 1
         ex.sent_model = model
-        ex.mark(f"continue {provider.name}")
+        ex.mark("continue")
+        ex.mark(f"attempt {provider.name}")  # a span of its own in the trace
+        headers = target.headers
+        if ex.trace is not None:
+            headers = {**headers, "traceparent": ex.trace.next_attempt()}
         deadline = trio.current_time() + (config.ttft_timeout or math.inf)
         with trio.CancelScope(deadline=deadline) as head:
-            response = await reader.upstream.send("POST", target.url, target.headers, sent)
+            response = await reader.upstream.send("POST", target.url, headers, sent)
         if head.cancelled_caught:
             raise UpstreamTTFTTimeout("continuation sent no event within ttft_timeout")
         try:

@@ -242,7 +242,7 @@ async def with_failover(
     router = request.router
     deadline = router.clock() + limits.first_byte_deadline
     models = [request.model, *request.fallbacks]
-    larger = request.context_fallback
+    larger, grown = request.context_fallback, False
     last: GatewayError | None = None
     for n, model in enumerate(models):  # the list grows by a context window fallback
         plan = request.plan
@@ -256,16 +256,16 @@ async def with_failover(
                 continue
             ex.mark(f"fallback {model}")
         left = models[n + 1 :]
-        way = _Way(deadline, bool(left), larger is not None and larger not in models)
+        grow = larger is not None and not grown and model != larger
+        way = _Way(deadline, bool(left), grow)
         try:
             return await _through_plan(request, plan, ex, limits, way, last, attempt)
         except ContextWindowExceeded as err:
-            larger = request.context_fallback
-            if larger is None or larger in models:
+            if not grow:
                 raise
-            del models[n + 1 :]
-            models.append(larger)  # only the larger window is worth a try now
-            last = err
+            assert larger is not None
+            models[n + 1 :] = [larger]  # only the larger window is worth a try now
+            grown, last = True, err
         except Overloaded as err:  # every provider of this model at its max_streams
             last = last or err
         except GatewayError as err:

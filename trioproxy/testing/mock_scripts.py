@@ -12,6 +12,7 @@ i<MS>     inter-token latency, milliseconds (float)
 f<MS>     time to first token, milliseconds (float; headers are sent at once)
 stall<K>  stall forever after K tokens (the connection stays open; K=0: no data event)
 drop<K>   close the TCP connection after K tokens, mid-body
+half<K>   after K tokens send half of the next event, then reset the connection
 e<CODE>   answer HTTP CODE (e.g. 500, 429) before any byte of the stream
 n<K>      the error (e<CODE> or error-NAME) for the first K requests of this
           model name only; later ones stream as usual
@@ -87,6 +88,7 @@ class Fault:
     ttft_ms: float = 0.0
     stall_after: int | None = None
     drop_after: int | None = None
+    half_after: int | None = None  # send half an event after this many tokens, then reset
     error_status: int | None = None
     bad_after: int | None = None
     heartbeat_after: int | None = None
@@ -102,13 +104,16 @@ class Fault:
     no_prefill: int = 0  # 1: refuse to continue a final assistant message
 
 
-_OPTION = re.compile(r"(stall|drop|bad|hb|ra|flap|rst|wait|noprefill|t|i|f|e|p|x|n)(\d+(?:\.\d+)?)")
+_OPTION = re.compile(
+    r"(stall|drop|half|bad|hb|ra|flap|rst|wait|noprefill|t|i|f|e|p|x|n)(\d+(?:\.\d+)?)"
+)
 _FIELDS = {
     "t": "tokens",
     "i": "itl_ms",
     "f": "ttft_ms",
     "stall": "stall_after",
     "drop": "drop_after",
+    "half": "half_after",
     "e": "error_status",
     "bad": "bad_after",
     "hb": "heartbeat_after",

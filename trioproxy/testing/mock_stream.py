@@ -74,11 +74,17 @@ async def write_stream(emit: Emitter, script: Script, fault: Fault, skip: int = 
         await trio.sleep(fault.ttft_ms / 1000)
     itl = fault.itl_ms / 1000
     for i in range(fault.tokens + 1):
-        if i in (fault.stall_after, fault.drop_after, fault.heartbeat_after, fault.bad_after):
+        if i in (
+            fault.stall_after, fault.drop_after, fault.heartbeat_after, fault.bad_after,
+            fault.half_after,
+        ):  # fmt: skip
             emit.fault_at = time.monotonic()
         if i == fault.stall_after:
             await trio.sleep_forever()
-        if i == fault.drop_after:
+        if i == fault.half_after:
+            event = script.token(i)
+            await stream.send_all(chunk(event[: len(event) // 2]))
+        if i in (fault.drop_after, fault.half_after):
             stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
             return False
         if i == fault.heartbeat_after:
