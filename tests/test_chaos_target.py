@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import hypercorn.config
-import hypercorn.trio
 import pytest
 import trio
 
 from tests.conftest import running, within
 from trioproxy.testing.mock_scripts import Fault
 from trioproxy.testing.mock_upstream import MockUpstream, serve_mock
-from trioproxy.testing.naive_relay import READ_TIMEOUT, NaiveRelay
+from trioproxy.testing.naive_relay import READ_TIMEOUT, serve_naive_relay
 
 pytestmark = pytest.mark.slow  # not in `make quick`: campaigns
 
@@ -66,15 +63,10 @@ async def test_trioproxy_as_a_target_holds_every_invariant() -> None:
 )
 async def test_a_relay_that_reads_on_after_a_hang_up_fails_the_open_upstream_invariant() -> None:
     async with _mock() as mock, trio.open_nursery() as nursery:
-        config = hypercorn.config.Config()
-        config.bind = ["127.0.0.1:0"]
-        config.read_timeout = None
-        config.graceful_timeout = 0.5
-        serve = functools.partial(hypercorn.trio.serve, NaiveRelay(mock.base_url), config)
-        binds = await nursery.start(serve)  # type: ignore[arg-type]
+        relay = await nursery.start(serve_naive_relay, mock.base_url)
         timeouts = f"{READ_TIMEOUT},{READ_TIMEOUT},{READ_TIMEOUT},3"
         code, text = await _cli(
-            "--target", binds[0], "--mock", mock.base_url, "--runs", str(RUNS),
+            "--target", relay, "--mock", mock.base_url, "--runs", str(RUNS),
             "--seed", str(SEED), "--target-timeouts", timeouts,
         )  # fmt: skip
         nursery.cancel_scope.cancel()

@@ -37,12 +37,14 @@ from .server.serve import StartupError, run_gateway
 __all__ = ["main"]
 
 
-async def _run_mock(host: str, port: int, fault: Fault) -> None:
+async def _run_mock(host: str, port: int, fault: Fault, backup: bool = False) -> None:
     from .testing.mock_upstream import serve_mock
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            mock = await nursery.start(serve_mock, host, port, fault)
+            mock = await nursery.start(
+                functools.partial(serve_mock, backup=backup), host, port, fault
+            )
             print(f"trioproxy mock upstream on {mock.base_url} "
                   f"(OpenAI base {mock.base_url}/v1)", flush=True)  # fmt: skip
             async for _ in signals:
@@ -54,6 +56,9 @@ def _chaos(args: argparse.Namespace) -> int:
     from .testing.chaos.campaign import CampaignError, run_campaign, write_report
     from .testing.chaos.report import format_report
 
+    if args.routing:
+        return _chaos_routing(args)
+    args.runs = 300 if args.runs is None else args.runs
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     print(f"chaos: seed {seed} (replay with --seed {seed})", file=sys.stderr, flush=True)
 
@@ -92,6 +97,30 @@ def _chaos(args: argparse.Namespace) -> int:
     if args.report:
         write_report(report, args.report)
     return 0 if report["passed"] else 1
+
+
+def _chaos_routing(args: argparse.Namespace) -> int:
+    from .testing.chaos.routing import format_routing_report, run_routing
+
+    if args.target and not args.mock:
+        print("trioproxy chaos --routing: --target needs --mock", file=sys.stderr)
+        return 2
+    runs = 3 if args.runs is None else args.runs
+
+    def progress(line: str) -> None:
+        print(f"chaos --routing: {line}", file=sys.stderr, flush=True)
+
+    report = trio.run(
+        functools.partial(
+            run_routing, args.target, args.mock, args.backup_mock, runs, progress=progress
+        )
+    )
+    text = format_routing_report(report)
+    print(text)
+    if args.report:
+        with open(args.report, "w") as f:
+            f.write(text + "\n")
+    return 1 if report["fail"] else 0
 
 
 def _trace(args: argparse.Namespace) -> int:
@@ -206,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except FaultSpecError as exc:
                     print(f"trioproxy: {exc}", file=sys.stderr)
                     return 2
-            trio.run(_run_mock, host, port, fault)
+            trio.run(_run_mock, host, port, fault, args.backup)
             return 0
         flags = {
             "bind": args.bind,

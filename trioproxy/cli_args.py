@@ -66,7 +66,11 @@ def _chaos(sub: Any) -> None:
                        help="a running gateway (debug_endpoints on, upstream a mock-upstream); "
                        "default: start both here")  # fmt: skip
     chaos.add_argument(
-        "--runs", type=int, default=300, metavar="N", help="requests in the campaign (default 300)"
+        "--runs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests in the campaign (default 300; with --routing: runs a family, default 3)",
     )
     chaos.add_argument(
         "--concurrency",
@@ -114,6 +118,12 @@ def _chaos(sub: Any) -> None:
     chaos.add_argument("--redis", action="store_true",
                        help="without --gateway: keep the gateway's receipts and usage in a "
                        "redis-server started here and killed at random (default: no Redis)")  # fmt: skip
+    chaos.add_argument("--routing", action="store_true",
+                       help="the routing campaign instead: 15 fault families plus a flapping "
+                       "primary, each judged pass/safe/fail (--runs a family, default 3)")  # fmt: skip
+    chaos.add_argument("--backup-mock", metavar="URL",
+                       help="with --routing --target: the backup mock-upstream (--backup) the "
+                       "target falls back to, if it has one")  # fmt: skip
     chaos.add_argument("--providers", type=int, default=1, metavar="N",
                        help="without --gateway: N providers of each kind on the one mock, to "
                             "fail over and eject under chaos (default 1)")  # fmt: skip
@@ -195,6 +205,12 @@ def _mock(sub: Any) -> None:
         metavar="SPEC",
         help="fault for every model not named mock-*, in the model-name syntax "
         "without 'mock-': e.g. e503, stall0, drop3, f2000-t5 (default: none)",
+    )
+    mock.add_argument(
+        "--backup",
+        action="store_true",
+        help="answer every model healthy, whatever fault its name asks for (the backup of "
+        "a routing campaign; it still continues prefills, unless noprefill1)",
     )
 
 

@@ -12,13 +12,14 @@ ends its stream with a cut, not an error event.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
 import httpx
 import trio
 
-__all__ = ["NaiveRelay", "whole_body"]
+__all__ = ["NaiveRelay", "serve_naive_relay", "whole_body"]
 
 READ_TIMEOUT = 2.0
 
@@ -63,15 +64,24 @@ class NaiveRelay:
                 await send({"type": "http.response.body", "body": b""})
 
 
-async def _main(upstream: str, port: int) -> None:
+async def serve_naive_relay(
+    upstream: str, port: int = 0, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve the relay on Hypercorn's trio worker until cancelled; ``nursery.start``
+    returns its URL."""
     import hypercorn.config
     import hypercorn.trio
 
     config = hypercorn.config.Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.read_timeout = None
-    await hypercorn.trio.serve(NaiveRelay(upstream), config)  # type: ignore[arg-type]
+    config.graceful_timeout = 0.5
+    app: Any = NaiveRelay(upstream)
+    serve = functools.partial(hypercorn.trio.serve, app, config)
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(serve)
+        task_status.started(binds[0])
 
 
 if __name__ == "__main__":
-    trio.run(_main, sys.argv[1], int(sys.argv[2]))
+    trio.run(serve_naive_relay, sys.argv[1], int(sys.argv[2]))

@@ -128,15 +128,32 @@ async def open_local_gateway(
             tables = tables.replace('base_url = "{mock}"\n', 'base_url = "{mock}"\n' + policy)
         for i in range(providers):
             f.write(tables.format(mock=mock_url, i=i))
-    procs: list[trio.Process] = []
     try:
         mock_cmd = [*python, "mock-upstream", "--bind", f"127.0.0.1:{mock_port}"]
         gw_cmd = [*python, "serve", "--config", f.name, "--bind", f"127.0.0.1:{gw_port}"]
-        for cmd in (mock_cmd, gw_cmd):
-            procs.append(await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL))
-        await _wait_ready(mock_url, "/mock/stats", procs[0])
-        await _wait_ready(gw_url, "/readyz", procs[1])
-        yield gw_url
+        ready = [(mock_url, "/mock/stats"), (gw_url, "/readyz")]
+        async with open_children([mock_cmd, gw_cmd], ready):
+            yield gw_url
+    finally:
+        os.unlink(f.name)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@asynccontextmanager
+async def open_children(
+    commands: list[list[str]], ready: list[tuple[str, str]], quiet: bool = False
+) -> AsyncIterator[list[trio.Process]]:
+    """Child processes, each started once the one before answers (url, path)
+    with a 200; terminated at the end (killed past 10 s). ``quiet``: their
+    stderr too is discarded."""
+    procs: list[trio.Process] = []
+    stderr = subprocess.DEVNULL if quiet else None
+    try:
+        for cmd, (url, path) in zip(commands, ready, strict=True):
+            proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
+            procs.append(proc)
+            await _wait_ready(url, path, proc)
+        yield procs
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -146,8 +163,6 @@ async def open_local_gateway(
         for proc in procs:
             if proc.returncode is None:
                 proc.kill()
-        os.unlink(f.name)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def _settle(url: str) -> dict[str, Any]:
