@@ -121,6 +121,22 @@ async def test_without_a_capable_provider_the_cut_ends_with_one_error_event() ->
             assert record.continued == () and record.truncated
 
 
+async def test_a_capable_provider_that_fails_first_leaves_the_clean_error_event() -> None:
+    async with open_mocks(Fault()) as (mock,):
+        tables = (
+            {"name": "a", "aliases": {"m": "mock-t60-i1-drop40"}},
+            {"name": "b", "priority": 1, "accepts_prefill": True, "aliases": {"m": "mock-e503"}},
+        )
+        providers = _with_mock(tables, mock)
+        async with running(providers=providers, continue_on_cut=True) as (gw, recorder):
+            body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+            response = await request(gw.url, "POST", "/v1/chat/completions", body)
+            events = events_of(response.body)
+            assert b'"code":"upstream_broken"' in events[-1] and b"[DONE]" not in events[-2]
+            (record,) = await recorder.wait_for(1)
+            assert record.continued == () and record.attempts == 2 and record.truncated
+
+
 async def test_a_cut_in_the_middle_of_an_event_is_never_continued() -> None:
     """The client already holds half an event: anything spliced after it would be
     read as its other half. One error event instead, and nobody else asked."""

@@ -120,10 +120,11 @@ def _chaos(sub: Any) -> None:
                        "redis-server started here and killed at random (default: no Redis)")  # fmt: skip
     chaos.add_argument("--routing", action="store_true",
                        help="the routing campaign instead: 15 fault families plus a flapping "
-                       "primary, each judged pass/safe/fail (--runs a family, default 3)")  # fmt: skip
+                       "primary, each judged pass/safe/fail (--runs a family, default 3; "
+                       "default: off)")  # fmt: skip
     chaos.add_argument("--backup-mock", metavar="URL",
                        help="with --routing --target: the backup mock-upstream (--backup) the "
-                       "target falls back to, if it has one")  # fmt: skip
+                       "target falls back to, if it has one (default: none)")  # fmt: skip
     chaos.add_argument("--providers", type=int, default=1, metavar="N",
                        help="without --gateway: N providers of each kind on the one mock, to "
                             "fail over and eject under chaos (default 1)")  # fmt: skip
@@ -210,7 +211,7 @@ def _mock(sub: Any) -> None:
         "--backup",
         action="store_true",
         help="answer every model healthy, whatever fault its name asks for (the backup of "
-        "a routing campaign; it still continues prefills, unless noprefill1)",
+        "a routing campaign; it still continues prefills, unless noprefill1; default: off)",
     )
 
 

@@ -123,7 +123,9 @@ async def continue_answer(reader: UpstreamReader, cut: GatewayError) -> Outcome:
                 break
             ex.continued.append((ex.provider or "", partial.digest.hexdigest()))
             return Outcome.DONE
-        else:
+        else:  # nobody could continue: no continued answer unless one already wrote
+            if len(ex.continued) == 1:
+                ex.continued.clear()
             break
     raise cut
 

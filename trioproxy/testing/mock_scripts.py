@@ -88,7 +88,6 @@ class Fault:
     ttft_ms: float = 0.0
     stall_after: int | None = None
     drop_after: int | None = None
-    half_after: int | None = None  # send half an event after this many tokens, then reset
     error_status: int | None = None
     bad_after: int | None = None
     heartbeat_after: int | None = None
@@ -102,6 +101,7 @@ class Fault:
     reset: int = 0  # 1: reset before any byte of an answer
     head_wait_ms: float = 0.0  # nothing at all this long
     no_prefill: int = 0  # 1: refuse to continue a final assistant message
+    half_after: int | None = None  # send half an event after this many tokens, then reset
 
 
 _OPTION = re.compile(
