@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
@@ -99,6 +100,7 @@ def _serve_config(
              "--bind", f"127.0.0.1:{port}", *args],
             stdout=log, stderr=log, cwd=config.parent,
             env={**os.environ, "XDG_STATE_HOME": str(config.parent)},
+            start_new_session=True,  # its own group: _kill reaches its workers too
         )  # fmt: skip
     return proc, f"http://127.0.0.1:{port}", log_path
 
@@ -110,10 +112,11 @@ async def _sigterm(proc: subprocess.Popen[bytes]) -> int:
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    """Whatever the test did, no gateway process outlives it."""
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    """Whatever the test did, no gateway process outlives it (nor, with
+    ``--workers``, its workers: they share its process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 async def _serve_and_sigterm(*args: str) -> tuple[int, str]:
