@@ -157,7 +157,8 @@ async def test_ejection_then_recovery_after_the_cooldown() -> None:
 
 async def test_every_provider_ejected_still_serves_and_readyz_names_the_pool() -> None:
     async with open_mocks(Fault(error_status=500)) as (mock,):
-        overrides = {"providers": (provider("only", mock, models=["gpt-*"]),), "eject_after": 1}
+        named = provider("only", mock, models=["gpt-x"])
+        overrides = {"providers": (named,), "eject_after": 1}
         async with running(**overrides) as (gw, _):
             for _ in range(3):
                 response = await request(gw.url, "POST", "/v1/chat/completions", chat("gpt-x"))
@@ -165,7 +166,29 @@ async def test_every_provider_ejected_still_serves_and_readyz_names_the_pool() -
             assert mock.statistics().requests_total == 3  # panic: still tried
             ready = await request(gw.url, "GET", "/readyz")
             assert ready.status == 503  # nothing at all can be served
-            assert ready.json()["unhealthy_pools"] == ["openai:gpt-*"]
+            assert ready.json()["unhealthy_pools"] == ["openai:gpt-x"]
+    unreachable = {"name": "only", "base_url": _closed_port_url(), "models": ["gpt-*"]}
+    async with running(providers=(unreachable,), eject_after=1) as (gw, _):
+        response = await request(gw.url, "POST", "/v1/chat/completions", chat("gpt-y"))
+        assert response.status == 502
+        ready = await request(gw.url, "GET", "/readyz")
+        assert ready.status == 503 and ready.json()["unhealthy_pools"] == ["openai:gpt-*"]
+
+
+async def test_a_client_inventing_failing_models_cannot_make_the_gateway_unready() -> None:
+    """The attack: under a pattern, names the upstream answers with 5xx, until
+    they are ejected. Requests for them fail; the gateway stays ready for a load
+    balancer, and the other models under the pattern are still served."""
+    async with open_mocks(Fault()) as (mock,):
+        overrides = {"providers": (provider("only", mock, models=["mock-*"]),), "eject_after": 1}
+        async with running(**overrides) as (gw, _):
+            for n in range(5):
+                bad = chat(f"mock-e500-x{n}")
+                assert (await request(gw.url, "POST", "/v1/chat/completions", bad)).status == 502
+            ready = await request(gw.url, "GET", "/readyz")
+            assert ready.status == 200 and ready.json()["unhealthy_pools"] == []
+            ok = await request(gw.url, "POST", "/v1/chat/completions", chat(HEALTHY))
+            assert ok.status == 200
 
 
 async def test_header_hygiene_and_provider_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

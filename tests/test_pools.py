@@ -86,7 +86,8 @@ def test_sticky_sessions_stay_and_move_only_off_a_removed_provider() -> None:
 
 
 def _eject(provider: Provider, until: float, model: str = "m") -> None:
-    provider.health.of(model, 0.0).ejected_until = until
+    health = provider.health.of(model, 0.0)
+    health.ejected_until, health.unreachable = until, True
 
 
 def test_a_sticky_session_skips_an_ejected_provider_and_comes_back() -> None:

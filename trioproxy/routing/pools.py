@@ -248,7 +248,11 @@ class Router:
     def unhealthy_pools(self, now: float) -> tuple[list[str], int]:
         """For ``/readyz``: the declared pools (one per model name or pattern in
         the config, per kind) with no healthy provider, and how many there are.
-        A provider is unhealthy for a pattern when a model it matches is ejected there."""
+        A provider is unhealthy for a model it names when that model is ejected
+        there; for a pattern only when a model it matches was ejected because
+        the server could not be reached: under a pattern, any model name may be
+        a client's invention, and its failures must not make the gateway look
+        unready to a load balancer."""
         pools: dict[str, list[bool]] = {}
         for provider in self.providers:
             spec = provider.spec
@@ -256,8 +260,9 @@ class Router:
             names += [(name, upstream) for name, upstream in spec.aliases.items()]
             records = provider.health.items()
             for name, upstream in names:
+                pattern = any(c in upstream for c in "*?[")
                 healthy = all(
-                    h.healthy(now) for m, h in records
+                    h.healthy(now) or (pattern and not h.unreachable) for m, h in records
                     if m is not None and fnmatch.fnmatchcase(m, upstream)
                 )  # fmt: skip
                 pools.setdefault(f"{spec.kind}:{name}", []).append(healthy)
