@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import socket
 
+import orjson
 import trio
 
 from tests.conftest import MovableClock, chat, eventually, open_mocks, provider, running
@@ -99,3 +100,35 @@ async def test_a_health_check_brings_an_unreachable_provider_back_without_traffi
                     assert a.state(trio.current_time()) == "ejected"
                     assert mock.statistics().requests_total == 0
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_one_token_probe_brings_a_failing_model_back_without_traffic() -> None:
+    """``request = true``: the ejected model itself is asked (one token); its answer
+    ends the ejection. A path probe only makes the next request the model's trial."""
+    for check, after in (({"request": True}, "healthy"), ({"path": "/models"}, "trial")):
+        async with open_mocks(WELL, WELL) as (sick, other):
+            fails_twice = f"mock-e500-n2-t3-x{len(after)}"
+            a = provider("a", sick, models=[], aliases={"m": fails_twice},
+                         health_check={"interval": 0.05, **check})  # fmt: skip
+            b = provider("b", other, priority=1, aliases={"m": "mock-t3"})
+            overrides = {"providers": (a, b), "eject_after": 2, "cooldown": 3600.0}
+            async with running(**overrides) as (gw, recorder):
+                for _ in range(2):
+                    ok = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
+                    assert ok.status == 200  # a's 500, then b
+                first, _ = gw.app.router.providers
+                assert first.state(trio.current_time()) == "ejected"
+                await eventually(functools.partial(_state_is, first, after))
+                probe = sick.last_body or b""
+                if after == "healthy":
+                    assert sick.statistics().requests_total == 3  # two attempts and the probe
+                    assert orjson.loads(probe)["max_tokens"] == 1  # the model, one token
+                    served = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
+                    assert served.status == 200
+                    assert (await recorder.wait_for(3))[-1].provider == "a"
+                else:
+                    assert probe == b""  # a GET of the path: the model itself was not asked
+
+
+def _state_is(p: Provider, state: str) -> bool:
+    return p.state(trio.current_time()) == state

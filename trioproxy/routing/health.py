@@ -18,7 +18,8 @@ Rules:
   can be.
 - An active probe that succeeds (``health_check``, see
   :mod:`trioproxy.server.probes`) ends an ejection caused by unreachability
-  at once, and makes the next request the trial of any other ejection.
+  at once, and makes the next request the trial of any other ejection; a
+  one-token request that the model itself answers ends its ejection.
 
 Every method takes ``now`` (the router's clock); nothing here waits or reads a clock.
 """
@@ -104,6 +105,12 @@ class Health:
 
     def rate_limited(self, now: float, retry_after: float) -> None:
         self.not_before = max(self.not_before, now + retry_after)
+
+    def answered(self, now: float) -> None:
+        """The model answered a probe request: healthy again."""
+        self.consecutive_failures = self.failed_trials = 0
+        self.ejected_until = 0.0
+        self.unreachable = False
 
     def probed(self, now: float) -> None:
         """An active probe of the provider succeeded."""

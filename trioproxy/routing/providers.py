@@ -20,7 +20,8 @@ Rules:
 - Health is kept per provider x model, learnt from real requests
   (:mod:`trioproxy.routing.health`: ejection, half-open trials, 429 windows),
   and optionally from an active probe: ``health_check = { interval = 5,
-  path = "/models" }`` (:mod:`trioproxy.server.probes`).
+  path = "/models" }``, or ``request = true`` for a one-token request per
+  ejected model (:mod:`trioproxy.server.probes`).
 - ``max_streams`` bounds the streams in flight to one provider (0 = only the
   global limit); a full provider is skipped, not waited for.
 """
@@ -38,7 +39,14 @@ from ..admission.routes import BILLING_HEADERS
 from ..errors import ConfigError, config_table
 from .health import HealthRecords
 
-__all__ = ["Provider", "ProviderSpec", "ProviderStatistics", "legacy_specs", "parse_providers"]
+__all__ = [
+    "HealthCheck",
+    "Provider",
+    "ProviderSpec",
+    "ProviderStatistics",
+    "legacy_specs",
+    "parse_providers",
+]
 
 KINDS = ("openai", "anthropic")
 MAX_WEIGHT = 1000  # round robin unrolls one period of sum(weights) turns per pool
@@ -85,7 +93,7 @@ class ProviderSpec:
     retries: int = 0  # more attempts on this provider after a retryable failure
     retry_backoff: float = 0.25  # s: full jitter over retry_backoff x 2^n
     max_retry_wait: float = 10.0  # s: a longer Retry-After moves on to the next provider
-    health_check: tuple[float, str] | None = None  # (interval s, path): an active probe
+    health_check: HealthCheck | None = None  # an active probe while a model is ejected
     accepts_prefill: bool = False  # continues a final assistant turn (relay/continuation.py)
 
     def upstream_model(self, model: str) -> str | None:
@@ -130,16 +138,27 @@ def _flag(name: str, key: str, value: Any) -> bool:
     return value
 
 
-def _health_check(name: str, value: Any) -> tuple[float, str] | None:
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """``health_check = { interval = 5, path = "/models" }``, or ``request = true``:
+    a one-token request for each ejected model instead of the path's GET."""
+
+    interval: float = 5.0
+    path: str = "/models"
+    request: bool = False
+
+
+def _health_check(name: str, value: Any) -> HealthCheck | None:
     if value is None:
         return None
-    if not isinstance(value, dict) or set(value) - {"interval", "path"}:
-        raise ConfigError(f"{name}: health_check is a table of interval and path")
+    if not isinstance(value, dict) or set(value) - {"interval", "path", "request"}:
+        raise ConfigError(f"{name}: health_check is a table of interval, path and request")
     interval = _seconds(name, "health_check.interval", value.get("interval", 5.0), 3600.0)
     path = value.get("path", "/models")
     if not isinstance(path, str) or not re.fullmatch(r"/[!-~]*", path):
         raise ConfigError(f"{name}: health_check.path must be a path starting with /")
-    return interval, path
+    request = _flag(name, "health_check.request", value.get("request", False))
+    return HealthCheck(interval, path, request)
 
 
 def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...]:
@@ -316,10 +335,17 @@ class Provider:
     def rate_limited(self, now: float, retry_after: float, model: str | None = None) -> None:
         self.health.of(model, now).rate_limited(now, retry_after)
 
-    def probed(self, now: float) -> None:
-        """An active health check of this provider succeeded."""
+    def probed(self, now: float, model: str | None = None) -> None:
+        """An active health check of this provider (or of ``model`` on it,
+        answered by the model itself) succeeded."""
+        if model is not None:
+            self.health.of(model, now).answered(now)
+            return
         for _, health in self.health.items():
             health.probed(now)
+
+    def ejected_models(self, now: float) -> list[str]:
+        return [m for m, h in self.health.items() if m and h.state(now) == "ejected"]
 
     def statistics(self, now: float) -> ProviderStatistics:
         records = self.health.items()
