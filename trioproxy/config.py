@@ -210,13 +210,6 @@ class Config:
         object.__setattr__(self, "data_dir", str(_absolute(self.data_dir or _state_dir())))
 
     @property
-    def first_byte_within(self) -> float:
-        """``first_byte_deadline`` in effect for a stream (seconds; inf: none)."""
-        if self.first_byte_deadline:
-            return self.first_byte_deadline
-        return self.ttft_timeout * self.max_attempts or math.inf
-
-    @property
     def has_upstreams(self) -> bool:
         return bool(self.providers or self.openai_upstreams or self.anthropic_upstreams)
 
