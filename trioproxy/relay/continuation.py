@@ -114,7 +114,7 @@ async def continue_answer(reader: UpstreamReader, cut: GatewayError) -> Outcome:
             try:
                 await _continue_on(reader, member, body, splicer)
             except (UpstreamUnreachable, UpstreamBroken, UpstreamTTFTTimeout) as err:
-                if ex.events_spliced:
+                if splicer.sent:
                     cut = err  # it sent something, then broke: a new cut
                     break
                 continue  # nothing sent: the next provider
@@ -151,7 +151,7 @@ async def _continue_on(
     sent = continuation_body(body, splicer.partial, provider.spec.kind, model)
     provider.begin(clock(), model)
     verdict: bool | None = None
-    ex.events_spliced = 0
+    splicer.sent = 0
     try:
         ex.provider, ex.upstream, ex.attempts = provider.name, target.url, ex.attempts + 1
         ex.sent_model = model
@@ -204,7 +204,7 @@ async def _splice(
                     note_event(ex, new, now)
                     partial.note(new)
                     out.append(new)
-                    ex.events_spliced += 1
+                    splicer.sent += 1
                     scope.deadline = now + idle
                 if out:
                     await reader.deliver(b"".join(out))
@@ -214,7 +214,7 @@ async def _splice(
         await body.aclose()
         ex.partial_event = framer.buffered > 0
     if scope.cancelled_caught:
-        if not ex.events_spliced:
+        if not splicer.sent:
             raise UpstreamTTFTTimeout("continuation sent no event within ttft_timeout")
         raise UpstreamIdleTimeout(f"continuation sent no event for {config.idle_timeout} s")
     if not ex.final_event:

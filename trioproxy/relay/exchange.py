@@ -139,9 +139,8 @@ class Exchange:
     attempts: int = 0  # providers tried
     failovers: list[tuple[str, str]] = field(default_factory=list)  # (provider, error code)
     # A continued answer (relay/continuation.py): (provider, sha256 of its events) of
-    # every attempt that wrote to the client, in order; events the current one spliced.
+    # every attempt that wrote to the client, in order.
     continued: list[tuple[str, str]] = field(default_factory=list)
-    events_spliced: int = 0
     committed: bool = False  # the response head is in the channel: no more failover
     retry_after: int | None = None  # an upstream 429's Retry-After (seconds)
     upstream_status: int = 0

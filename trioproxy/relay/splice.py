@@ -154,7 +154,7 @@ def continuation_body(
 class Splicer:
     """The continuation's events, as the client's stream goes on."""
 
-    __slots__ = ("before", "completion_id", "dialect", "partial", "prompt")
+    __slots__ = ("before", "completion_id", "dialect", "partial", "prompt", "sent")
 
     def __init__(self, dialect: Dialect, completion_id: str | None, partial: PartialAnswer) -> None:
         self.dialect = dialect
@@ -162,6 +162,7 @@ class Splicer:
         self.partial = partial
         self.before = partial.tokens  # sent before this continuation
         self.prompt: int | None = None  # the continuation's prompt tokens (Anthropic's start)
+        self.sent = 0  # events the current continuation wrote to the client
 
     def rewrite(self, block: bytes) -> bytes | None:
         """The event to send the client for ``block``, or None to drop it."""

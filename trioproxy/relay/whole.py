@@ -82,7 +82,7 @@ async def relay_whole(
     if read is None:
         body = closing = body_of(response)
     else:
-        closing, body = read[0], _after(read[1], read[0])
+        closing, body = read[0], _Prefixed(read[1], read[0])
     if status >= 500:
         try:
             raise await _upstream_failed(ex, response, body, deadline, target)
@@ -138,11 +138,23 @@ async def read_error(
     return body, kept
 
 
-async def _after(first: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    async for chunk in body:
-        yield chunk
+class _Prefixed:
+    """A body whose first bytes were already read: those, then the rest (no
+    generator: nothing is left suspended when the read stops early)."""
+
+    __slots__ = ("_body", "_first")
+
+    def __init__(self, first: bytes, body: AsyncIterator[bytes]) -> None:
+        self._first, self._body = first, body
+
+    def __aiter__(self) -> _Prefixed:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first:
+            first, self._first = self._first, b""
+            return first
+        return await self._body.__anext__()
 
 
 def _whole_head(
