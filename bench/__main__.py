@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import report, rig, sustained
+from . import headline, report, rig, sustained
 from .idle import run_idle
 from .procs import (
     CORES,
@@ -24,6 +24,7 @@ from .procs import (
     Proc,
     start_floor,
     start_hyper_floor,
+    start_litellm,
     start_mock,
     start_naive,
     start_nginx,
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="also trioproxy with this many worker processes, on every core "
                              "(shared with the mock and the client)")  # fmt: skip
+    parser.add_argument("--litellm", metavar="PATH",
+                        help="also LiteLLM's proxy: its `litellm` command (installed in a venv of its own)")  # fmt: skip
     parser.add_argument("--ladder", help="sustained: the concurrencies to try, e.g. 50,100,200")
     parser.add_argument("--out", default="bench/out", type=Path)
     args = parser.parse_args(argv)
@@ -92,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
                 naive = start_naive(mock.url)
                 procs.append(naive)
                 targets["naive relay"] = (naive, naive.url)
+            if args.litellm:
+                litellm = start_litellm(mock.url, args.litellm)
+                procs.append(litellm)
+                targets["litellm"] = (litellm, litellm.url)
             nginx = None if args.no_nginx else start_nginx(mock.url)
             if nginx is not None:
                 procs.append(nginx)
@@ -102,9 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             else "one core: nothing pinned"
         )
         print(machine, file=sys.stderr)
+        command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
         results: dict[str, Any] = {
-            "machine": machine, "scenarios": {}, "sweep": {}, "sustained": {}, "rig": {},
+            "machine": machine, "command": command, "scenarios": {}, "sweep": {}, "sustained": {},
+            "rig": {},
         }  # fmt: skip
+
+        def serves(target: str, api: str) -> bool:
+            proc = targets[target][0]
+            return proc is None or api in proc.apis
 
         def shaped(sc: Scenario) -> Scenario:
             changes: dict[str, Any] = {}
@@ -140,22 +153,26 @@ def main(argv: list[str] | None = None) -> int:
             results["scenarios"][name] = {}
             if sc.stall:
                 for target, (proc, url) in targets.items():
+                    if not serves(target, sc.api):
+                        continue
                     _progress(f"{name}: {target}")
                     results["scenarios"][name][target] = run_idle(
                         proc, url, sc.model(), sc.concurrency
                     )
                 continue
             # Repeats take turns: a slow spell of the machine lands on every target.
-            runs: dict[str, list[dict[str, Any]]] = {target: [] for target in targets}
+            runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets if serves(t, sc.api)}
             wakes = []
             for i in range(args.repeats):
                 _progress(f"{name}: the rig's cross-core wake, round {i + 1}")
                 wakes.append(rig.wake())
-                for target, (proc, url) in targets.items():
+                for target in runs:
+                    proc, url = targets[target]
                     _progress(f"{name}: {target} repeat {i + 1}/{args.repeats}")
-                    runs[target].append(
-                        measure(proc, url, sc, sc.requests, sc.concurrency, sc.warmup)
-                    )
+                    mock_cpu = mock.cpu_seconds()
+                    run = measure(proc, url, sc, sc.requests, sc.concurrency, sc.warmup)
+                    run["mock_cpu_s"] = mock.cpu_seconds() - mock_cpu  # 0 for a --mock URL
+                    runs[target].append(run)
             for target, target_runs in runs.items():
                 results["scenarios"][name][target] = median_repeat(target_runs)
             results["rig"][name] = rig.summary(
@@ -174,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"load client ceiling (client -> mock, throughput shape): {results['client_ceiling']}"
         )
+        print(headline.table(results))
+        for line in headline.target_lines(results):
+            print(f"target: {line}")
         files = report.write(results, args.out)
         print(f"wrote {', '.join(files)} to {args.out}/")
     finally:

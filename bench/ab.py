@@ -31,29 +31,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, required=True, help="the other checkout's root")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument(
+        "--warmup", type=int, help="unmeasured requests first (default: the scenario's)"
+    )
     parser.add_argument("--scenario", choices=["throughput", "paced", "overhead", "requests"],
                         default="throughput", help="the shape of each run")  # fmt: skip
     parser.add_argument("--out", default="bench/out", type=Path)
     args = parser.parse_args(argv)
-    sc = dataclasses.replace(SCENARIOS[args.scenario], requests=args.requests)
+    summary = compare(args.base, args.scenario, args.rounds, args.requests, args.warmup)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ab.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def compare(
+    base: Path, scenario: str, rounds: int, requests: int, warmup: int | None = None
+) -> dict[str, Any]:
+    """``rounds`` interleaved runs of the ``base`` tree and this one; their summary."""
+    sc = dataclasses.replace(SCENARIOS[scenario], requests=requests)
+    if warmup is not None:
+        sc = dataclasses.replace(sc, warmup=warmup)
     procs: list[Proc] = []
     runs: dict[str, list[dict[str, Any]]] = {"base": [], "this": []}
     try:
         mock = start_mock()
         procs.append(mock)
         gateways = {
-            "base": start_trioproxy(mock.url, tree=args.base.resolve()),
+            "base": start_trioproxy(mock.url, tree=base.resolve()),
             "this": start_trioproxy(mock.url, tree=Path(__file__).parent.parent.resolve()),
         }
         procs += gateways.values()
-        for i in range(args.rounds):
+        for i in range(rounds):
             for label in ("base", "this") if i % 2 == 0 else ("this", "base"):
                 proc = gateways[label]
                 result = measure(proc, proc.url, sc, sc.requests, sc.concurrency, sc.warmup)
                 result.pop("ttft_all_ms", None)
                 runs[label].append(result)
                 print(
-                    f"round {i + 1}/{args.rounds} {label}: {result['tokens_per_s']:,.0f} tokens/s",
+                    f"round {i + 1}/{rounds} {label}: {result['tokens_per_s']:,.0f} tokens/s",
                     file=sys.stderr,
                 )
     finally:
@@ -75,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         a["tokens_per_s"] / b["tokens_per_s"]
         for a, b in zip(runs["this"], runs["base"], strict=True)
     ]
-    summary = {
-        "rounds": args.rounds,
-        "requests_per_run": args.requests,
+    return {
+        "scenario": scenario,
+        "rounds": rounds,
+        "requests_per_run": requests,
+        "warmup_per_run": sc.warmup,
         "tokens_per_s": {k: med(k, "tokens_per_s") for k in runs},
         "cpu_s_per_1k_tokens": {k: med(k, "proxy_cpu_s_per_1k_tokens") for k in runs},
         "cpu_ms_per_request": {k: med(k, "proxy_cpu_ms_per_request") for k in runs},
@@ -87,14 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         "ttft_p99_ms_all": each("ttft_ms.p99", 1),
         "gap_p99_ms_all": each("gap_ms.p99", 1),
         "cpu_s_per_1k_tokens_all": each("proxy_cpu_s_per_1k_tokens", 4),
+        "cpu_ms_per_request_all": each("proxy_cpu_ms_per_request", 3),
         "this_over_base_paired_median": round(statistics.median(paired), 4),
         "this_over_base_paired": [round(r, 3) for r in paired],
         "tokens_per_s_all": each("tokens_per_s", 0),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ab.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
-    return 0
 
 
 if __name__ == "__main__":

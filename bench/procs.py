@@ -51,6 +51,7 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
     extra_pids: list[int] = field(default_factory=list)
+    apis: frozenset[str] = frozenset({"chat", "messages"})  # what the target can serve
 
     @property
     def pids(self) -> list[int]:
@@ -220,3 +221,31 @@ def start_nginx(mock_url: str) -> Proc | None:
     wait_port(port)
     time.sleep(0.2)
     return Proc("nginx", f"http://127.0.0.1:{port}", popen, workdir, _children(popen.pid))
+
+
+LITELLM_CONF = """model_list:
+  - model_name: "*"
+    litellm_params:
+      model: "openai/*"
+      api_base: "{mock_url}/v1"
+      api_key: "sk-bench"
+general_settings:  # loopback only, and the load client sends no key
+  dangerously_permit_weak_or_unset_master_key: true
+"""
+
+
+def start_litellm(mock_url: str, binary: str) -> Proc:
+    """LiteLLM's proxy (``binary``: its ``litellm`` command, from a venv of its own) on the
+    proxy core, one worker, every model name passed to the mock as an OpenAI model."""
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="litellm-bench-"))
+    conf = workdir / "config.yaml"
+    conf.write_text(LITELLM_CONF.format(mock_url=mock_url))
+    popen = subprocess.Popen(
+        [binary, "--config", str(conf), "--host", "127.0.0.1", "--port", str(port),
+         "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: _pin(PROXY_CORES), cwd=workdir,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},  # no fetch at start-up
+    )  # fmt: skip
+    wait_port(port, timeout=120)
+    return Proc("litellm", f"http://127.0.0.1:{port}", popen, workdir, apis=frozenset({"chat"}))

@@ -1,4 +1,4 @@
-"""Benchmark output: terminal table, results.json, results.md, PNG plots."""
+"""Benchmark output: terminal table, ``latest.json``, a page per scenario, PNG plots."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from . import rig, sustained
+from . import headline, rig, sustained
 
 
 def _f(value: Any, digits: int = 1) -> str:
@@ -82,28 +82,44 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def markdown(results: dict[str, Any]) -> str:
-    lines = [f"# Benchmark results\n\n{results['machine']}\n", "| " + " | ".join(HEADER) + " |"]
-    lines.append("|" + "---|" * len(HEADER))
-    lines += ["| " + " | ".join(r) + " |" for r in rows(results)]
-    if results.get("rig"):
-        lines += ["", "## What the rig can show", ""]
-        lines += [f"- {line}" for line in rig_lines(results)]
+def _rows_md(results: dict[str, Any], scenario: str) -> list[str]:
+    mine = {"scenarios": {scenario: results["scenarios"][scenario]}}
+    lines = ["| " + " | ".join(HEADER[1:]) + " |", "|" + "---|" * (len(HEADER) - 1)]
+    return lines + ["| " + " | ".join(r[1:]) + " |" for r in rows(mine)]
+
+
+def scenario_pages(results: dict[str, Any]) -> dict[str, str]:
+    """One markdown page per scenario of the run (and the headline), by file name."""
+    head = f"{results['machine']}\n\nCommand: `{results.get('command', 'python -m bench')}`\n"
+    pages = {}
+    for name, shape in results["scenarios"].items():
+        lines = [f"# {name}\n", head, *_rows_md(results, name)]
+        rig_figures = results.get("rig", {}).get(name)
+        if rig_figures:
+            direct = shape.get("direct")
+            lines += ["", "What the rig can show: " + rig.describe(
+                name, rig_figures, direct["tokens_per_s"] if direct else None)]  # fmt: skip
+        if name == "throughput":
+            lines += ["", f"Load client ceiling (direct): {results.get('client_ceiling')}"]
+        pages[f"{name}.md"] = "\n".join(lines) + "\n"
     if results.get("sweep"):
-        lines += ["", "## Sweep (throughput shape)", "", "| target | C | tokens/s | TTFT p99 ms | failures |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines = ["# sweep (throughput shape)\n", head, "| target | C | tokens/s | TTFT p99 ms | failures |",
+                 "|---|---|---|---|---|"]  # fmt: skip
         for target, points in results["sweep"].items():
             for c, r in sorted(points.items(), key=lambda kv: int(kv[0])):
                 lines.append(
                     f"| {target} | {c} | {r['tokens_per_s']:,.0f} | {r['ttft_ms']['p99']:.1f} | {r['failures']} |"
                 )
+        pages["sweep.md"] = "\n".join(lines) + "\n"
     if results.get("sustained"):
-        lines += ["", "## Streams sustained", "", sustained.table(results["sustained"])]
-    lines += [
-        "",
-        f"Load client ceiling (direct, throughput shape): {results.get('client_ceiling')}",
-    ]
-    return "\n".join(lines) + "\n"
+        pages["sustained.md"] = (
+            "\n".join(["# streams sustained\n", head, sustained.table(results["sustained"])]) + "\n"
+        )
+    lines = ["# headline\n", head, headline.table(results), "", "Targets:", ""]
+    pages["headline.md"] = (
+        "\n".join(lines + [f"- {t}" for t in headline.target_lines(results)]) + "\n"
+    )
+    return pages
 
 
 def plots(results: dict[str, Any], out: Path) -> list[str]:
@@ -128,7 +144,7 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
         ax.set_title(f"TTFT CDF: {scenario}")
         ax.legend()
         ax.grid(alpha=0.3)
-        path = out / f"ttft_cdf_{scenario}.png"
+        path = out / f"{scenario}_ttft_cdf.png"
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -165,11 +181,14 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
 
 def write(results: dict[str, Any], out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_bytes(
+    (out / "latest.json").write_bytes(
         orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
     )
-    (out / "results.md").write_text(markdown(results))
-    made = ["results.json", "results.md", *plots(results, out)]
+    made = ["latest.json"]
+    for name, text in scenario_pages(results).items():
+        (out / name).write_text(text)
+        made.append(name)
+    made += plots(results, out)
     if results.get("sustained") and sustained.plot(
         results["sustained"], str(out / "sustained.png")
     ):

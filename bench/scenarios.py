@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import statistics
 import subprocess
 import sys
@@ -83,13 +84,16 @@ def run_load(
            str(concurrency), "--warmup", str(warmup)]  # fmt: skip
     import os
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         cmd,
         capture_output=True,
         check=True,
         preexec_fn=lambda: os.sched_setaffinity(0, OTHER_CORES),
     )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result: dict[str, Any] = orjson.loads(out.stdout)
+    result["client_cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return result
 
 
@@ -116,8 +120,10 @@ def measure(
     sampler.join()
     result = summarise(raw)
     result["elapsed_s"] = elapsed
+    result["client_cpu_s"] = raw["client_cpu_s"]  # the load client's own share of the machine
     if proc is not None:
         result["proxy_peak_rss_mb"] = peak[0] / 2**20
+        result["proxy_cpu_s"] = cpu  # warm-up included, as client_cpu_s and elapsed_s
         # The load includes warm-up requests: scale CPU by measured/total requests.
         share = requests / (requests + warmup) if requests + warmup else 1.0
         result["proxy_cpu_s_per_1k_tokens"] = (

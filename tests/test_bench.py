@@ -24,18 +24,19 @@ def test_bench_harness_runs_end_to_end(tmp_path: pathlib.Path) -> None:
            "--requests", "20", "--warmup", "2", "--concurrency", "5", "--no-nginx",
            "--hypercorn-floor", "--out", str(tmp_path))  # fmt: skip
     assert "load client ceiling" in stdout
-    results = orjson.loads((tmp_path / "results.json").read_bytes())
+    results = orjson.loads((tmp_path / "latest.json").read_bytes())
     throughput = results["scenarios"]["throughput"]
     assert set(throughput) == {"direct", "trio floor", "hypercorn floor", "trioproxy"}
     assert all(r["failures"] == 0 and r["tokens"] == 20 * 100 for r in throughput.values())
-    assert "proxy CPU µs/token" in (tmp_path / "results.md").read_text()
+    page = (tmp_path / "throughput.md").read_text()
+    assert "proxy CPU µs/token" in page and "python -m bench --scenario throughput" in page
     rig = results["rig"]["throughput"]  # measured before the (one) round of repeats
     assert len(rig["cross_core_rtt_p50_us"]) == 1 and rig["cross_core_rtt_p50_us"][0] > 0
     assert rig["direct_load_held"] is None  # unpaced: no demand to hold
-    assert "throughput: cross-core round trip p50" in (tmp_path / "results.md").read_text()
+    assert "throughput: cross-core round trip p50" in page
     idle = results["scenarios"]["idle"]["trioproxy"]
     assert idle["streams_open"] == 5 and idle["proxy_rss_mb"] > 0
-    assert (tmp_path / "results.md").exists()
+    assert (tmp_path / "idle.md").exists() and (tmp_path / "headline.md").exists()
 
 
 def test_a_saturated_rig_is_said_beside_its_scenario() -> None:
@@ -73,7 +74,7 @@ def test_metrics_cost_runs_both_gateways(tmp_path: pathlib.Path) -> None:
 def test_sustained_ladder_reports_each_target(tmp_path: pathlib.Path) -> None:
     _run("bench", "--scenario", "sustained", "--ladder", "2,4", "--no-nginx", "--naive",
          "--out", str(tmp_path))  # fmt: skip
-    sustained = orjson.loads((tmp_path / "results.json").read_bytes())["sustained"]
+    sustained = orjson.loads((tmp_path / "latest.json").read_bytes())["sustained"]
     assert set(sustained) == {"direct", "trio floor", "trioproxy", "naive relay"}
     for name, target in sustained.items():
         if (
@@ -83,4 +84,57 @@ def test_sustained_ladder_reports_each_target(tmp_path: pathlib.Path) -> None:
             assert [p["streams"] for p in target["points"]] == [4, 8]
         assert all(p["failed"] == 0 for p in target["points"])  # every frame, every stream
     assert sustained["trioproxy"]["points"][0]["cpu_us_per_frame"] > 0
-    assert "Streams sustained" in (tmp_path / "results.md").read_text()
+    assert "streams sustained" in (tmp_path / "sustained.md").read_text()
+
+
+def _run_of(**figures: dict[str, float]) -> dict[str, object]:
+    """A run's results with the headline's lines for each target named."""
+    scenarios: dict[str, dict[str, object]] = {"overhead": {}, "paced": {}, "throughput": {}}
+    sustained = {}
+    for target, f in figures.items():
+        scenarios["overhead"][target] = {"ttft_ms": {"p50": 1.0 + f["added"]}}
+        scenarios["paced"][target] = {"ttft_ms": {"p99": 150.0},
+                                      "proxy_cpu_s_per_1k_tokens": f["cpu_us"] / 1000}  # fmt: skip
+        scenarios["throughput"][target] = {"tokens_per_s": f["full"]}
+        sustained[target] = {"sustained": f["sustained"]}
+    scenarios["overhead"]["direct"] = {"ttft_ms": {"p50": 1.0}}
+    return {"scenarios": scenarios, "sustained": sustained}
+
+
+def test_the_headline_checks_each_target_against_its_reference_in_the_same_run() -> None:
+    from bench import headline
+
+    refs = {"nginx": {"added": 0.1, "cpu_us": 30, "full": 20_000, "sustained": 100},
+            "trio floor": {"added": 0.1, "cpu_us": 80, "full": 18_000, "sustained": 100},
+            "hypercorn floor": {"added": 1.0, "cpu_us": 170, "full": 9_000, "sustained": 100}}  # fmt: skip
+    within = {"added": 1.19, "cpu_us": 160, "full": 16_000, "sustained": 100}
+    assert [met for _, _, met in headline.targets(_run_of(trioproxy=within, **refs))] == [True] * 4
+    # Each bound broken by a little: 1.21x the floor's TTFT, fewer streams than the floor's
+    # / 1.2, 2.01x the trio floor's CPU, 0.79x nginx.
+    past = {"added": 1.21, "cpu_us": 161, "full": 15_800, "sustained": 50}
+    verdicts = headline.targets(_run_of(trioproxy=past, **refs))
+    assert [met for _, _, met in verdicts] == [False] * 4
+    assert verdicts[0][1] == "1.21x" and verdicts[3][1] == "0.79x"
+    alone = headline.targets(_run_of(trioproxy=within))  # no references: nothing checked
+    assert [met for _, _, met in alone] == [None] * 4
+    table = headline.table(_run_of(trioproxy=within, **refs))
+    assert (
+        table.splitlines()[0]
+        == "| same run | direct | nginx | trio floor | hypercorn floor | trioproxy |"
+    )
+    assert (
+        "| one paced stream, TTFT added p50 | - | +0.1 ms | +0.1 ms | +1.0 ms | +1.2 ms |" in table
+    )
+    assert "| full speed, tokens/s | - | 20.0k | 18.0k | 9.0k | 16.0k |" in table
+
+
+def test_a_guards_base_tree_lacks_that_guard_and_only_it(tmp_path: pathlib.Path) -> None:
+    from bench.guards import SHAPES, tree_without
+    from trioproxy.server.hypercorn import GUARDS
+
+    assert set(SHAPES) == set(GUARDS) and all(SHAPES.values())  # every guard priced
+    tree_without("accept_what_is_queued", tmp_path)
+    code = "from trioproxy.server.hypercorn import GUARDS; print(','.join(GUARDS))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)  # fmt: skip
+    assert out.stdout.strip().split(",") == [g for g in GUARDS if g != "accept_what_is_queued"]
