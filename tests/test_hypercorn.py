@@ -61,37 +61,11 @@ def _protocol(sent: list[Any]) -> H11Protocol:
     proto.config = hypercorn.config.Config()
     proto.keep_alive_requests = 0
     proto.send = send
-    proto.stream = None  # as before its stream is made: guard 8 leaves it to guard 3
+    proto.stream = None  # as before its stream is made: guard 6 leaves it to h11
     proto.connection = h11.Connection(h11.SERVER)
     proto.connection.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
     assert isinstance(proto.connection.next_event(), h11.Request)
     return proto
-
-
-@pytest.mark.fault(raises=(AssertionError,))
-async def test_the_head_goes_out_in_one_write_with_the_first_body_bytes(hypercorn_as: str) -> None:
-    sent: list[Any] = []
-    proto = _protocol(sent)
-    await proto.stream_send(
-        Response(stream_id=1, headers=[(b"content-type", b"text/event-stream")], status_code=200)
-    )
-    assert sent == []  # held until the first bytes
-    await proto.stream_send(Body(stream_id=1, data=b"data: 1\n\n"))
-    await proto.stream_send(Body(stream_id=1, data=b"data: 2\n\n"))
-    await proto.stream_send(EndBody(stream_id=1))
-    writes = [e.data for e in sent if isinstance(e, RawData)]
-    assert len(writes) == 3
-    assert writes[0].startswith(b"HTTP/1.1 200 ") and writes[0].endswith(b"data: 1\n\n\r\n")
-    assert b"data: 2" in writes[1] and writes[2] == b"0\r\n\r\n"
-
-
-async def test_an_error_response_without_a_body_still_goes_out() -> None:
-    guard_install.install_hypercorn_guards()
-    sent: list[Any] = []
-    proto = _protocol(sent)
-    await proto._send_error_response(400)
-    (write,) = [e.data for e in sent if isinstance(e, RawData)]
-    assert write.startswith(b"HTTP/1.1 400 ") and write.endswith(b"\r\n\r\n")
 
 
 @pytest.mark.fault(raises=(OSError, trio.BusyResourceError))
@@ -132,7 +106,7 @@ async def test_closed_keep_alive_connections_do_not_linger(hypercorn_as: str) ->
 
 
 def _timer_tasks() -> int:
-    """Keep-alive timer tasks: Hypercorn's (one per idle connection) or guard 6's."""
+    """Keep-alive timer tasks: Hypercorn's (one per idle connection) or guard 4's."""
     names = task_names()
     return names.get("_idle_timeout", 0) + names.get("keep-alive-timer", 0)
 
@@ -145,7 +119,6 @@ def test_an_untested_hypercorn_release_is_refused_with_one_line() -> None:
 
 
 def test_uninstall_puts_hypercorn_back() -> None:
-    from hypercorn.trio.tcp_server import TCPServer
 
     guard_install.install_hypercorn_guards()
     patched = (TCPServer.run, H11Protocol._send_h11_event)
@@ -186,47 +159,6 @@ async def test_connections_past_max_connections_are_closed_at_once(
             assert ok.status == 200
     finally:
         guards.CONNECTIONS.limit = 4096
-
-
-@pytest.mark.fault(raises=(AssertionError,))
-async def test_a_write_the_socket_can_take_does_not_wait_for_the_scheduler(
-    hypercorn_as: str,
-) -> None:
-    """Found profiling paced streams: Hypercorn took a lock and called send_all
-    for every chunk, two trips through the scheduler each. Here a write the
-    socket can take returns before any other task runs."""
-    ours, theirs = trio.socket.socketpair()
-    server = SimpleNamespace(send_lock=trio.Lock(), stream=trio.SocketStream(ours))
-    ran: list[int] = []
-
-    async def other_task() -> None:
-        ran.append(1)
-
-    with theirs:
-        async with server.stream, trio.open_nursery() as nursery:
-            nursery.start_soon(other_task)
-            await TCPServer.protocol_send(server, RawData(data=b"data: 1\n\n"))
-            assert ran == []  # no trip through the scheduler
-        assert await theirs.recv(100) == b"data: 1\n\n"
-
-
-async def test_what_a_slow_client_socket_cannot_take_goes_the_waiting_way_in_order() -> None:
-    """A client that reads slowly: the part the socket did not take is sent by
-    Hypercorn's own shielded send_all, after what went at once; nothing is lost."""
-    guard_install.install_hypercorn_guards()
-    async with running() as (gw, _):
-        client = await RawClient.connect(gw.url)
-        client.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        direct, waited = guards.WRITES.direct, guards.WRITES.waited
-        await client.send_request("POST", "/v1/chat/completions", chat("mock-t20000-i0"))
-        await eventually(lambda: guards.WRITES.waited > waited)  # the socket was full
-        response = await client.read_response()
-        await client.close()
-        read_at_once = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t20000-i0"))
-    assert response.status == 200 and response.body.endswith(b"data: [DONE]\n\n")
-    events = response.body.count(b"\n\ndata: ")
-    assert events == read_at_once.body.count(b"\n\ndata: ") > 20000
-    assert guards.WRITES.direct > direct  # the stream's earlier writes went at once
 
 
 class _SpawnCounter(trio.abc.Instrument):
@@ -300,7 +232,7 @@ async def test_a_burst_of_connections_is_taken_in_a_few_scheduler_passes(hyperco
 
 
 def _timed_connection() -> SimpleNamespace:
-    """What guard 6's timer reads of its TCPServer; ``closed`` records when it closed."""
+    """What guard 4's timer reads of its TCPServer; ``closed`` records when it closed."""
     conn = SimpleNamespace(closed=[])
     conn.config = SimpleNamespace(keep_alive_timeout=75.0)
     conn.context = SimpleNamespace(terminated=trio.Event())
@@ -395,7 +327,7 @@ async def test_a_body_hypercorn_has_queued_is_read_without_awaiting_receive() ->
 
 
 def _on_stream(proto: H11Protocol, method: str) -> H11Protocol:
-    """Give the protocol the HTTP stream of a ``method`` request (all guard 8 reads of it)."""
+    """Give the protocol the HTTP stream of a ``method`` request (all guard 6 reads of it)."""
     stream = HTTPStream.__new__(HTTPStream)
     stream.scope = cast(Any, {"method": method})
     proto.stream = stream
@@ -452,7 +384,7 @@ async def test_a_plain_response_is_checked_once_and_its_chunks_skip_h11(
     head, *chunks, end = _client_reads(b"".join(writes))
     assert head.status_code == 200 and (b"x-probe", b"1") in head.headers
     assert [c.data for c in chunks] == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
-    assert type(end) is h11.EndOfMessage and len(writes) == 4  # the head went with data: 0
+    assert type(end) is h11.EndOfMessage and len(writes) == 5  # head, three chunks, end
     assert proto.connection.our_state is h11.DONE
     assert len(checks) + guards.HEADS.plain - plain == 1  # stock: 4
     assert data_sends == []  # stock: one h11 Data event per chunk
@@ -498,55 +430,6 @@ async def test_the_relays_streams_take_the_plain_way_and_keep_alive_goes_on() ->
         assert response.status == 200 and response.body.endswith(b"data: [DONE]\n\n")
         assert response.body.count(b"data: ") == 8  # role, 5 tokens, finish, [DONE]
     assert guards.HEADS.plain == plain + 2 and guards.HEADS.chunks > chunks
-
-
-@pytest.mark.fault(raises=(AssertionError,))
-async def test_a_responses_last_bytes_and_its_end_go_out_in_one_write(
-    hypercorn_as: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Found counting a one-token stream's system calls: its last bytes and the
-    chunked end (``0\\r\\n\\r\\n``) went out in two socket writes. Guarded: one,
-    and a chunk before the last is never held (the client reads it while the app
-    still waits to send the last)."""
-    writes: list[bytes] = []
-    protocol_send = TCPServer.protocol_send  # guard 5's or Hypercorn's
-
-    async def recording(self: Any, event: Any) -> None:
-        if type(event) is RawData:
-            writes.append(bytes(event.data))
-        await protocol_send(self, event)
-
-    monkeypatch.setattr(TCPServer, "protocol_send", recording)
-    first_read, ends = trio.Event(), guards.HEADS.ends
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            raise RuntimeError("no lifespan")  # Hypercorn serves on without it
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
-        await first_read.wait()
-        await send({"type": "http.response.body", "body": b"data: 2\n\n"})
-
-    config = hypercorn.config.Config()
-    config.bind, config.accesslog, config.errorlog = ["127.0.0.1:0"], None, None
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(hypercorn.trio.serve, app, config)
-        host, port = binds[0].removeprefix("http://").split(":")
-        async with await trio.open_tcp_stream(host, int(port)) as stream:
-            await stream.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            data = b""
-            with trio.fail_after(5):
-                while b"data: 1" not in data:
-                    data += await stream.receive_some(4096)
-                first_read.set()
-                while not data.endswith(b"0\r\n\r\n"):
-                    data += await stream.receive_some(4096)
-        nursery.cancel_scope.cancel()
-    head, *chunks, end = _client_reads(data)
-    assert head.status_code == 200 and type(end) is h11.EndOfMessage
-    assert [c.data for c in chunks] == [b"data: 1\n\n", b"data: 2\n\n"]
-    assert writes[-1] == b"9\r\ndata: 2\n\n\r\n0\r\n\r\n"  # stock: the end alone
-    assert guards.HEADS.ends == ends + 1
 
 
 async def _trickle_head(url: str, seconds: float) -> float | None:

@@ -1,4 +1,4 @@
-"""Guard 8's response head: the bytes and decisions are h11's own, checked once.
+"""Guard 6's response head: the bytes and decisions are h11's own, checked once.
 
 Each case runs the same request through two h11 connections: one sends the head
 h11's way, the other through :func:`plain_head`. Where ``plain_head`` takes the

@@ -47,7 +47,7 @@ def _no_direct_writer(send: Send) -> DirectWriter | None:
 
 
 # What a relay uses to write from its reader; the Hypercorn guards put theirs in
-# (guard 9); under another server, or with the guards out, there is none.
+# (guard 7); under another server, or with the guards out, there is none.
 direct_writer: Callable[[Send], DirectWriter | None] = _no_direct_writer
 
 

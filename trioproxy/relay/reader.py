@@ -83,10 +83,6 @@ _STREAM_HEADERS = [
 ]
 
 
-def _never() -> bool:
-    return False
-
-
 @dataclass
 class IdleTimerPaths:
     """Lazy idle deadlines of this process: passed with events since, the read went on."""
@@ -323,7 +319,6 @@ class UpstreamReader:
         arrivals = ex.metrics.arrivals if ex.metrics is not None else None
         strip, partial = ex.strip_usage, self.partial
         started, direct = ex.committed, self.direct
-        at_end = body.at_end if type(body) is UpstreamBody else _never
         armed = lazy and ex.first_event_at is not None  # the idle deadline is set
         async for chunk in body:
             now = trio.current_time()
@@ -370,9 +365,7 @@ class UpstreamReader:
                 send_ch.send_nowait(Start(200, headers))  # the channel is empty
                 ex.committed = True  # from here on, no failover
                 ex.mark("committed")
-            elif direct is not None and waiting.now and not at_end():
-                # The writer waits with nothing in hand. (A last chunk that came with
-                # the body's end goes to the writer: out with the end, one write.)
+            elif direct is not None and waiting.now:  # the writer waits with nothing in hand
                 rest = direct.write_now(chunk)
                 if rest is not None:
                     ex.sent(chunk)

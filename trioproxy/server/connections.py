@@ -1,6 +1,6 @@
 """Which client connections the gateway takes: a cap per process and per peer.
 
-Guards 4 and 7 of :mod:`trioproxy.server.hypercorn` use what is here; nothing
+Guards 3 and 5 of :mod:`trioproxy.server.hypercorn` use what is here; nothing
 here touches Hypercorn.
 
 Rules:
@@ -13,7 +13,7 @@ Rules:
   a second (:meth:`ConnectionCap.take`); one taken is given back when it ends
   (:meth:`ConnectionCap.give_back`). Memory: one small count per peer with an
   open connection.
-- A connection taken from the listening socket's queue by guard 7 runs in a
+- A connection taken from the listening socket's queue by guard 5 runs in a
   task of the same name trio gives its own (``_run_handler``), so task counts
   read the same whichever took it.
 """
@@ -93,7 +93,7 @@ def peer_address(stream: Any) -> str | None:
 
 
 async def _run_handler(server: Any) -> None:
-    """A connection taken by guard 7, run as trio's listener runs one (same task name)."""
+    """A connection taken by guard 5, run as trio's listener runs one (same task name)."""
     try:
         await server.run()
     finally:

@@ -6,7 +6,7 @@ Rules:
   with nothing in hand (the reader checks the channel), that trip buys nothing:
   :meth:`DirectChunks.write_now` writes the chunk from the reader's own step.
 - It never waits. It writes only when the connection is ready for it (Hypercorn
-  guard 9 decides: a chunked body whose head guard 8 framed and sent, no write
+  guard 7 decides: a chunked body whose head guard 6 framed and sent, no write
   in progress, the stream open) and only what one non-blocking ``os.write``
   takes. What the socket did not take is the caller's to hand to the writer,
   which sends it (:meth:`DirectChunks.write_rest`) Hypercorn's waiting way,

@@ -33,7 +33,7 @@ def install_hypercorn_guards(
     trusted_proxies: tuple[str, ...] = (),
 ) -> None:
     """Install the named guards (all by default), once each per process;
-    ``max_connections``, ``per_ip`` and ``trusted_proxies`` set guard 4's caps.
+    ``max_connections``, ``per_ip`` and ``trusted_proxies`` set guard 3's caps.
 
     Error handling: raises :class:`~trioproxy.server.hypercorn_version.UnsupportedHypercorn`
     for an untested release.

@@ -1,7 +1,7 @@
 """What the Hypercorn guards count, process-wide (the connections they take:
-:mod:`trioproxy.server.connections`): socket writes made at once or the waiting way (guard 5)
-and the relay's chunks written from its reader (guard 9), response heads and
-chunks framed by guard 8 or by h11, and which guards are installed. Plain
+:mod:`trioproxy.server.connections`): the relay's chunks written from its reader,
+response heads and chunks framed by the plain-response guard or by h11, and which
+guards are installed. Plain
 counters, read by the tests (no endpoint shows them); the guards live in
 :mod:`trioproxy.server.hypercorn`."""
 
@@ -20,11 +20,9 @@ INSTALLED: dict[str, Patch] = {}
 
 @dataclass
 class WritePaths:
-    """Socket writes of this process: made at once, or (in part) the waiting way."""
+    """Relayed chunks this process wrote from the relay's reader."""
 
-    direct: int = 0  # the socket took all of it without waiting
-    waited: int = 0  # some or all of it went through Hypercorn's lock and send_all
-    from_reader: int = 0  # relayed chunks the reader wrote itself (guard 9)
+    from_reader: int = 0  # relayed chunks the reader wrote itself
     rest: int = 0  # of those, ones the socket took only part of (the writer sent the rest)
 
 
@@ -35,10 +33,9 @@ WRITES = WritePaths()
 class FramedHeads:
     """HTTP/1.1 response heads of this process: checked once here, or h11's way."""
 
-    plain: int = 0  # guard 8 checked the headers and told h11 of a head without them
+    plain: int = 0  # checked here once; h11 was told of a head without them
     h11: int = 0  # h11 decided (a framing header, HEAD, HTTP/1.0, a header it may refuse)
-    chunks: int = 0  # body pieces framed by guard 8
-    ends: int = 0  # of those, last pieces written with the end of the body (guard 10)
+    chunks: int = 0  # body pieces framed here, not by h11
 
 
 HEADS = FramedHeads()

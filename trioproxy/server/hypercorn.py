@@ -8,30 +8,28 @@ Rules:
   (:func:`trioproxy.server.guard_install.install_hypercorn_guards`), after
   :func:`check_hypercorn_version` refused a release they were not read against
   (``TESTED_HYPERCORN``; bounded in ``pyproject.toml``).
-- Each guard but 9 has a strict-xfail twin in ``tests/test_hypercorn.py``: without the guard
+- Each guard but 7 has a strict-xfail twin in ``tests/test_hypercorn.py``: without the guard
   the fault shows; when a release fixes it, the twin passes, fails the suite: the guard can go.
+- A guard for speed stays only while it pays: ``python -m bench.guards`` prices each one
+  with and without it (docs/hypercorn-guards.md has the ledger).
 
 The guards (what each fixes and how it was found: its docstring):
 
 1. ``_end_idle_wait_on_eof``: a closed idle connection lingered (chaos).
 2. ``_contain_connection_errors``: Hypercorn #225, one connection stopped the worker.
-3. ``_coalesce_head_with_first_body``: a head went out in a write of its own.
-4. ``_cap_connections``: no cap on open connections (``max_connections``).
-5. ``_write_without_waiting``: two scheduler trips per write the socket can take.
-6. ``_keep_alive_without_a_task_per_request``: a timer task started per request.
-7. ``_accept_what_is_queued``: one accept per scheduler pass in a burst.
-8. ``_frame_plain_responses_here``: a head checked five times, chunks through h11.
-9. ``_write_chunks_from_the_reader``: no fault, the relay's fast path (no twin).
-10. ``_end_with_the_last_chunk``: a response's last bytes and its end in two writes.
-11. ``_bound_request_heads``: a request head trickled in for ``keep_alive_timeout``.
+3. ``_cap_connections``: no cap on open connections (``max_connections``).
+4. ``_keep_alive_without_a_task_per_request``: a timer task started per request.
+5. ``_accept_what_is_queued``: one accept per scheduler pass in a burst.
+6. ``_frame_plain_responses_here``: a head checked five times, chunks through h11.
+7. ``_write_chunks_from_the_reader``: no fault, the relay's fast path (no twin).
+8. ``_bound_request_heads``: a request head trickled in for ``keep_alive_timeout``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, cast
 
 import h11
@@ -40,7 +38,7 @@ import trio
 from .. import asgi
 from .connections import ACCEPT_BATCH, CONNECTIONS, peer_address, run_handler
 from .direct_write import DirectChunks
-from .guard_stats import HEADS, INSTALLED, WRITES, Patch, WritePaths
+from .guard_stats import HEADS, WRITES, Patch, WritePaths
 from .hypercorn_version import TESTED_HYPERCORN, UnsupportedHypercorn, check_hypercorn_version
 from .keepalive import KeepAliveTimer
 from .response_head import frame_chunk, is_chunked, plain_head
@@ -67,7 +65,7 @@ def _end_idle_wait_on_eof() -> Patch:
     async def _read_data(self: Any) -> None:
         await read_data(self)
         idle = self.idle_task
-        if isinstance(idle, KeepAliveTimer):  # guard 6's timer: stop is "busy", end is the end
+        if isinstance(idle, KeepAliveTimer):  # guard 4's timer: stop is "busy", end is the end
             idle.end()
         else:
             await idle.stop()
@@ -94,43 +92,8 @@ def _contain_connection_errors() -> Patch:
     return TCPServer, "run", guarded_run
 
 
-def _coalesce_head_with_first_body() -> Patch:
-    """3. One socket write for a response's head and its first body bytes (Hypercorn
-    wrote the head alone). The relay sends a head with its first bytes, so the head
-    is held until the connection's next h11 event and written with it. Error
-    handling: as Hypercorn's own, a ``LocalProtocolError`` after the peer's error
-    state sends nothing more than the held head."""
-    from hypercorn.events import RawData
-    from hypercorn.protocol.h11 import H11Protocol
-
-    send_event = H11Protocol._send_h11_event
-
-    async def _send_h11_event(self: Any, event: Any) -> None:
-        head: bytes | None = getattr(self, "_trioproxy_head", None)
-        if isinstance(event, h11.Response) and head is None:
-            try:
-                self._trioproxy_head = self.connection.send(event)
-            except h11.LocalProtocolError:
-                if self.connection.their_state != h11.ERROR:
-                    raise
-            return
-        if head is None:
-            await send_event(self, event)
-            return
-        self._trioproxy_head = None
-        try:
-            data = self.connection.send(event) or b""
-        except h11.LocalProtocolError:
-            if self.connection.their_state != h11.ERROR:
-                raise
-            data = b""
-        await self.send(RawData(data=head + data))
-
-    return H11Protocol, "_send_h11_event", _send_h11_event
-
-
 def _cap_connections() -> Patch:
-    """4. ``_cap_connections``: Hypercorn's trio worker accepts connections without
+    """3. ``_cap_connections``: Hypercorn's trio worker accepts connections without
     bound (its ``backlog`` only queues them), so a flood of idle or trickling
     connections costs a task and buffers each. Past ``max_connections`` a new
     connection is closed at once, counted, and logged (at most once a second); so is
@@ -153,40 +116,8 @@ def _cap_connections() -> Patch:
     return TCPServer, "run", capped_run
 
 
-def _write_without_waiting() -> Patch:
-    """5. ``protocol_send`` took the send lock and called ``send_all`` for every write
-    (two trips through the scheduler per chunk). With the lock free (no write in
-    progress or waiting) on plain TCP, the bytes go out at once with a non-blocking
-    ``os.write``, no await between check and write, so order is kept. What the
-    socket does not take (a slow client), and every error, go Hypercorn's way,
-    shielded, under the lock: slow clients, hang-ups, closed sockets as before."""
-    from hypercorn.events import RawData
-    from hypercorn.trio.tcp_server import TCPServer
-
-    protocol_send = TCPServer.protocol_send
-
-    async def protocol_send_at_once(self: Any, event: Any) -> None:
-        if type(event) is RawData and not self.send_lock.locked():
-            stream = self.stream
-            if type(stream) is trio.SocketStream:  # TLS streams go the usual way
-                data = event.data
-                try:
-                    written = os.write(stream.socket.fileno(), data)
-                except OSError:  # would block, reset, closed: Hypercorn's way decides
-                    written = 0
-                if written == len(data):
-                    WRITES.direct += 1
-                    return
-                if written:
-                    event = RawData(data=data[written:])
-        WRITES.waited += 1
-        await protocol_send(self, event)
-
-    return TCPServer, "protocol_send", protocol_send_at_once
-
-
 def keep_alive_timer(server: Any) -> KeepAliveTimer:
-    """Guard 6's timer for a Hypercorn ``TCPServer`` (what it reads of the server)."""
+    """Guard 4's timer for a Hypercorn ``TCPServer`` (what it reads of the server)."""
     return KeepAliveTimer(
         server.config.keep_alive_timeout,
         server.context.terminated,
@@ -197,7 +128,7 @@ def keep_alive_timer(server: Any) -> KeepAliveTimer:
 
 
 def _keep_alive_without_a_task_per_request() -> Patch:
-    """6. ``_keep_alive_without_a_task_per_request``: Hypercorn keeps a
+    """4. ``_keep_alive_without_a_task_per_request``: Hypercorn keeps a
     connection's keep-alive timer as a ``TrioSingleTask``: a request's end
     starts an ``_idle_timeout`` task (``nursery.start``, under a lock), the next
     request's start takes the lock to cancel it before the app is called. Here a
@@ -216,7 +147,7 @@ def _keep_alive_without_a_task_per_request() -> Patch:
 
 
 def _accept_what_is_queued() -> Patch:
-    """7. ``_accept_what_is_queued``: trio's listener accept checkpoints after each
+    """5. ``_accept_what_is_queued``: trio's listener accept checkpoints after each
     connection, so a burst of N connections is taken one per scheduler pass, and
     each pass is as long as the work of the connections taken before it (200
     streams arriving together: 650 ms before the last request reached the app).
@@ -247,9 +178,9 @@ def _accept_what_is_queued() -> Patch:
 
 
 def _frame_plain_responses_here() -> Patch:
-    """8. A plain head (:mod:`trioproxy.server.response_head` has the rules) is
-    checked once, h11 told of it without the app's headers, and held as guard 3
-    holds one; a chunked body's pieces are framed here. ``HEAD``, HTTP/1.0,
+    """6. A plain head (:mod:`trioproxy.server.response_head` has the rules) is
+    checked once, h11 told of it without the app's headers, and written; a chunked
+    body's pieces are framed here. ``HEAD``, HTTP/1.0,
     WebSocket, a connection's last request (``connection: close``) and every
     head the rules leave out go Hypercorn's way."""
     from hypercorn.events import RawData
@@ -262,15 +193,8 @@ def _frame_plain_responses_here() -> Patch:
     async def send_framed_here(self: Any, event: Any) -> None:
         if type(event) is Body and self.__dict__.get("_trioproxy_chunked") and event.data:
             if self.connection.our_state is h11.SEND_BODY:
-                data, head = frame_chunk(event.data), self._trioproxy_head
-                if head is not None:
-                    self._trioproxy_head, data = None, head + data
                 HEADS.chunks += 1
-                if self.__dict__.get("_trioproxy_last"):  # guard 10: out with h11's end
-                    self._trioproxy_head, self._trioproxy_last = data, False
-                    HEADS.ends += 1
-                    return
-                await self.send(RawData(data=data))
+                await self.send(RawData(data=frame_chunk(event.data)))
                 return
         elif type(event) is Response and event.status_code >= 200:
             self._trioproxy_chunked = False
@@ -280,7 +204,6 @@ def _frame_plain_responses_here() -> Patch:
                 and stream.scope["method"] != "HEAD"
                 and type(self.connection) is h11.Connection
                 and self.keep_alive_requests < self.config.keep_alive_max_requests
-                and self.__dict__.get("_trioproxy_head") is None
             ):
                 headers = [*event.headers, *self.config.response_headers("h11")]
                 try:
@@ -291,10 +214,8 @@ def _frame_plain_responses_here() -> Patch:
                     return
                 if head is not None:
                     HEADS.plain += 1
-                    self._trioproxy_head, self._trioproxy_chunked = head, is_chunked(head)
-                    if "coalesce_head_with_first_body" not in INSTALLED:
-                        await self.send(RawData(data=head))  # no guard 3 to hold it
-                        self._trioproxy_head = None
+                    self._trioproxy_chunked = is_chunked(head)
+                    await self.send(RawData(data=head))
                     return
             HEADS.h11 += 1
         await stream_send(self, event)
@@ -303,8 +224,8 @@ def _frame_plain_responses_here() -> Patch:
 
 
 def _write_chunks_from_the_reader() -> Patch:
-    """9. :func:`trioproxy.asgi.direct_writer` for a plain HTTP/1.1 connection: ready
-    when guard 8 framed the body chunked and sent the head, the lock is free and
+    """7. :func:`trioproxy.asgi.direct_writer` for a plain HTTP/1.1 connection: ready
+    when guard 6 framed the body chunked and sent the head, the lock is free and
     the stream open; the rest goes through ``protocol_send``."""
     from hypercorn.events import RawData
     from hypercorn.protocol.h11 import H11Protocol
@@ -322,11 +243,11 @@ def _write_chunks_from_the_reader() -> Patch:
             return None  # TLS streams go the usual way
 
         def ready() -> bool:
-            held = proto.__dict__
-            if http.closed or server.send_lock.locked() or held.get("_trioproxy_head"):
+            if http.closed or server.send_lock.locked():
                 return False
             return (
-                bool(held.get("_trioproxy_chunked")) and proto.connection.our_state is h11.SEND_BODY
+                bool(proto.__dict__.get("_trioproxy_chunked"))
+                and proto.connection.our_state is h11.SEND_BODY
             )
 
         return DirectChunks(
@@ -336,37 +257,10 @@ def _write_chunks_from_the_reader() -> Patch:
     return asgi, "direct_writer", direct_writer
 
 
-def _end_with_the_last_chunk() -> Patch:
-    """10. A chunked plain response's last bytes (found counting system calls): guard 8 holds
-    them as guard 3 holds a head; guard 3 writes them with h11's end. Only inside ``app_send``
-    for a body without ``more_body``, where ``EndBody`` follows; other messages: no frame."""
-    from hypercorn.protocol.http_stream import HTTPStream
-
-    app_send = HTTPStream.app_send
-
-    async def last_body(self: Any, message: Any, held: dict[str, Any]) -> None:
-        held["_trioproxy_last"] = True
-        try:
-            await app_send(self, message)
-        finally:
-            held["_trioproxy_last"] = False
-
-    def app_send_ending_with_the_last_chunk(self: Any, message: Any) -> Awaitable[None]:
-        if message is None or message.get("more_body") or message["type"] != "http.response.body":
-            return app_send(self, message)  # every other message: no frame of its own
-        held = getattr(self.send, "__self__", self).__dict__  # the H11Protocol's
-        last = message.get("body") and held.get("_trioproxy_chunked") and not (
-            (self.response or {}).get("trailers") or "coalesce_head_with_first_body" not in INSTALLED
-        )  # fmt: skip
-        return last_body(self, message, held) if last else app_send(self, message)
-
-    return HTTPStream, "app_send", app_send_ending_with_the_last_chunk
-
-
 def _bound_request_heads() -> Patch:
-    """11. Found by an outside review: reading a request head was bounded only by
+    """8. Found by an outside review: reading a request head was bounded only by
     ``keep_alive_timeout`` (75 s), so 200 connections trickling heads shut everyone
-    out. The first bytes that reach an idle connection tell guard 6's timer, which
+    out. The first bytes that reach an idle connection tell guard 4's timer, which
     then closes the connection ``header_timeout`` later unless the head is whole."""
     from hypercorn.events import RawData
     from hypercorn.protocol.h11 import H11Protocol
@@ -386,13 +280,10 @@ def _bound_request_heads() -> Patch:
 GUARDS: dict[str, Callable[[], Patch]] = {
     "end_idle_wait_on_eof": _end_idle_wait_on_eof,
     "contain_connection_errors": _contain_connection_errors,
-    "coalesce_head_with_first_body": _coalesce_head_with_first_body,
     "cap_connections": _cap_connections,
-    "write_without_waiting": _write_without_waiting,
     "keep_alive_without_a_task_per_request": _keep_alive_without_a_task_per_request,
     "accept_what_is_queued": _accept_what_is_queued,
     "frame_plain_responses_here": _frame_plain_responses_here,
     "write_chunks_from_the_reader": _write_chunks_from_the_reader,
-    "end_with_the_last_chunk": _end_with_the_last_chunk,
     "bound_request_heads": _bound_request_heads,
 }

@@ -1,6 +1,6 @@
 """A connection's keep-alive timer: one task for the connection's life, whose deadline moves.
 
-Guard 6 of :mod:`trioproxy.server.hypercorn` puts one in as a Hypercorn
+Guard 4 of :mod:`trioproxy.server.hypercorn` puts one in as a Hypercorn
 connection's ``idle_task`` (built there by ``keep_alive_timer``, which hands it
 what it needs of the server); nothing here touches Hypercorn.
 
@@ -8,7 +8,7 @@ Rules:
 - ``restart`` (idle from now: the close is due ``timeout`` from now; the first
   call starts the task), ``stop`` (a request started: no close is due),
   :meth:`KeepAliveTimer.end` (the read loop is over, guard 1: the task ends).
-- :meth:`KeepAliveTimer.arrived` (guard 11: bytes came in): the first bytes
+- :meth:`KeepAliveTimer.arrived` (guard 8: bytes came in): the first bytes
   while idle begin a request head, which must be whole ``head_timeout`` after
   them: the close is due then, if that is sooner. A whole head is ``stop``.
 - The task waits for the server to terminate, in a cancel scope whose deadline

@@ -1,7 +1,7 @@
 """A plain HTTP/1.1 response head, checked once; the chunks of its body framed here.
 
 No I/O: over an ``h11.Connection`` that has read a request, through h11's public
-API only. Used by guard 8 of :mod:`trioproxy.server.hypercorn`.
+API only. Used by guard 6 of :mod:`trioproxy.server.hypercorn`.
 
 Rules:
 - h11 checks a response's headers four times on the way out (the ``Response``

@@ -6,7 +6,7 @@ would fake a disconnect), ``backlog`` raised (bursts), ``graceful_timeout`` from
 config (in-flight streams get that long on shutdown), HTTP/1.1 and h2c as
 Hypercorn offers them. Its ``date`` and ``server`` response headers are made
 once a second, not once a response, and it records the listening sockets it
-made, from which Hypercorn guard 7 takes a burst's queued connections
+made, from which Hypercorn guard 5 takes a burst's queued connections
 (:class:`HypercornConfig`).
 
 :func:`open_gateway` starts a gateway (and, when no upstream is configured, the
@@ -67,14 +67,14 @@ class HypercornConfig(hypercorn.config.Config):
     """Hypercorn's config, two public methods changed. ``response_headers``
     (``date``, ``server``) are built once a second: Hypercorn formatted the date
     for every response (1.4 % of a one-token request's CPU); the same bytes.
-    ``create_sockets`` keeps the listening sockets it made, for guard 7
+    ``create_sockets`` keeps the listening sockets it made, for guard 5
     (:mod:`trioproxy.server.hypercorn`) to take a burst's queued connections
     from; they are not pickled to ``workers > 1`` processes, which get their
     sockets from Hypercorn's parent (the guard then does nothing)."""
 
     _cached: tuple[float, str, list[tuple[bytes, bytes]]] = (-1.0, "", [])
-    listening_sockets: tuple[socket.socket, ...] = ()  # what guard 7 takes queued connections from
-    header_timeout: float = math.inf  # s a request head may take once begun (guard 11)
+    listening_sockets: tuple[socket.socket, ...] = ()  # what guard 5 takes queued connections from
+    header_timeout: float = math.inf  # s a request head may take once begun (guard 8)
 
     def create_sockets(self) -> hypercorn.config.Sockets:
         sockets = super().create_sockets()
@@ -103,7 +103,7 @@ def hypercorn_config(config: Config) -> hypercorn.config.Config:
     hc.backlog = config.backlog
     hc.graceful_timeout = config.graceful_timeout
     hc.keep_alive_timeout = 75
-    hc.header_timeout = config.header_timeout or math.inf  # guard 11 reads it
+    hc.header_timeout = config.header_timeout or math.inf  # guard 8 reads it
     hc.workers = config.workers
     hc.worker_class = "trio"
     hc.accesslog = None

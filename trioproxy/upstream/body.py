@@ -234,15 +234,6 @@ class UpstreamBody(httpx.AsyncByteStream):
                 raise UpstreamBroken(f"upstream closed the connection mid-body ({framing.value})")
             conn.buf = data
 
-    def at_end(self) -> bool:
-        """Whether the body is known to have ended, no read needed (its last piece
-        came with its end): the next ``__anext__`` stops without I/O."""
-        if self._framing is _Framing.CHUNKED:
-            return self._decoder is not None and self._decoder.done
-        return self._framing is _Framing.NONE or (
-            self._framing is _Framing.LENGTH and self._left == 0
-        )
-
     @property
     def resumable(self) -> bool:
         """Whether a read cut short by a cancellation can simply be made again: a
