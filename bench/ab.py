@@ -4,11 +4,12 @@
 
 Both gateways run at once, pinned to the proxy core, on one mock upstream; the
 rounds alternate base, this, this, base, ... so the machine's drift hits both
-alike. Each run is the ``throughput`` scenario's shape (``--scenario paced`` or
-``overhead`` for those). Reported: median
-tokens/s, proxy CPU per 1k tokens, TTFT p50 and p99 and gap p99 of each, and
-the median within-round ratio of tokens/s. Used to check that a change costs no throughput (the architecture
-issue's "within 5%"). Writes ``<out>/ab.json``.
+alike. Each run is the ``throughput`` scenario's shape (``--scenario paced``,
+``overhead`` or ``requests`` for those). Reported: median tokens/s, proxy CPU per
+1k tokens and per request, TTFT p50 and p99 and gap p99 of each, and the median
+within-round ratio of tokens/s. Used to check what a change costs (or buys)
+against the machine's noise: run it against an unchanged copy for the A/A line.
+Writes ``<out>/ab.json``.
 """
 
 from __future__ import annotations

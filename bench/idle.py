@@ -21,19 +21,22 @@ async def _hold(url: str, model: str, n: int, opened: trio.Event, release: trio.
 
     async def one() -> None:
         nonlocal ready
-        stream = await trio.open_tcp_stream(host, port)
-        async with stream:
-            await stream.send_all(req)
-            seen = b""
-            while MARKERS["chat"] not in seen:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                seen += data
-            ready += 1
-            if ready == n:
-                opened.set()
-            await release.wait()
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+            async with stream:
+                await stream.send_all(req)
+                seen = b""
+                while MARKERS["chat"] not in seen:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    seen += data
+                ready += 1
+                if ready == n:
+                    opened.set()
+                await release.wait()
+        except (OSError, trio.BrokenResourceError):  # refused or reset: a failed stream
+            return
 
     async with trio.open_nursery() as nursery:
         for _ in range(n):

@@ -144,6 +144,8 @@ def start_trioproxy(
     config.write_text(
         f'openai_upstreams = ["{mock_url}/v1"]\nanthropic_upstreams = ["{mock_url}"]\n'
         "access_log = false\nmax_streams = 4096\ndebug_endpoints = true\n"
+        # The load client is one peer with up to 1,000 connections: lift the per-peer cap.
+        "max_connections_per_ip = 4096\n"
         f"metrics = {'true' if metrics else 'false'}\n"
         f'data_dir = "{workdir}"\nworkers = {workers}\n' + extra_config
     )

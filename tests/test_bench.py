@@ -22,8 +22,9 @@ def _run(*args: str) -> str:
 def test_bench_harness_runs_end_to_end(tmp_path: pathlib.Path) -> None:
     stdout = _run("bench", "--scenario", "throughput", "--scenario", "idle",
            "--requests", "20", "--warmup", "2", "--concurrency", "5", "--no-nginx",
-           "--hypercorn-floor", "--out", str(tmp_path))  # fmt: skip
+           "--out", str(tmp_path))  # fmt: skip
     assert "load client ceiling" in stdout
+    assert "target: full speed ≥ 0.8x nginx: not measured (not checked)" in stdout  # no nginx
     results = orjson.loads((tmp_path / "latest.json").read_bytes())
     throughput = results["scenarios"]["throughput"]
     assert set(throughput) == {"direct", "trio floor", "hypercorn floor", "trioproxy"}
@@ -73,7 +74,7 @@ def test_metrics_cost_runs_both_gateways(tmp_path: pathlib.Path) -> None:
 
 def test_sustained_ladder_reports_each_target(tmp_path: pathlib.Path) -> None:
     _run("bench", "--scenario", "sustained", "--ladder", "2,4", "--no-nginx", "--naive",
-         "--out", str(tmp_path))  # fmt: skip
+         "--no-hypercorn-floor", "--out", str(tmp_path))  # fmt: skip
     sustained = orjson.loads((tmp_path / "latest.json").read_bytes())["sustained"]
     assert set(sustained) == {"direct", "trio floor", "trioproxy", "naive relay"}
     for name, target in sustained.items():
