@@ -77,13 +77,17 @@ LINES = ("full speed, tokens/s", "one paced stream, TTFT added p50", "200 paced 
          "paced, proxy CPU per token", "streams sustained")  # fmt: skip
 
 
-def table(results: dict[str, Any]) -> str:
-    """The README's table: full speed, one paced stream, 200 paced streams, sustained."""
-    cols = columns(results)
+def table(
+    results: dict[str, Any], only: tuple[str, ...] = (), lines: tuple[str, ...] = LINES
+) -> str:
+    """The headline table: full speed, one paced stream, 200 paced streams, CPU per token,
+    streams sustained; ``only`` those targets, ``lines`` those lines."""
+    cols = [t for t in columns(results) if not only or t in only]
     cells = [_cells(results, t) for t in cols]
     out = ["| same run | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for i, label in enumerate(LINES):
-        out.append(f"| {label} | " + " | ".join(c[i] for c in cells) + " |")
+        if label in lines:
+            out.append(f"| {label} | " + " | ".join(c[i] for c in cells) + " |")
     return "\n".join(out)
 
 
@@ -109,7 +113,10 @@ def targets(
                 "not measured" if cpu is None else f"{cpu:.2f}x",
                 None if cpu is None else cpu <= PER_TOKEN))  # fmt: skip
     ours_full, nginx = _get(results, "throughput", target), _get(results, "throughput", "nginx")
-    full = ratio(ours_full and ours_full["tokens_per_s"], nginx and nginx["tokens_per_s"])
+    full = ratio(
+        None if ours_full is None else float(ours_full["tokens_per_s"]),
+        None if nginx is None else float(nginx["tokens_per_s"]),
+    )
     out.append((f"full speed ≥ {FULL_SPEED}x nginx",
                 "not measured" if full is None else f"{full:.2f}x",
                 None if full is None else full >= FULL_SPEED))  # fmt: skip

@@ -72,7 +72,6 @@ HOW = {
     "trioproxy chaos --target http://127.0.0.1:8080 --mock http://127.0.0.1:8000 --runs 300": (
         "test_the_cancellation_study_runs"
     ),
-    "trioproxy trace ID": "test_the_cancellation_study_runs",
     "trioproxy trace REQUEST_ID": "test_the_cancellation_study_runs",
     "make multi-host": (
         "tests/test_examples.py::test_the_multi_host_example_gives_each_host_its_own_data_dir "
