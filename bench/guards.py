@@ -48,6 +48,7 @@ SHAPES: dict[str, tuple[str, ...]] = {
     "frame_plain_responses_here": ("paced", "throughput"),
     "write_chunks_from_the_reader": ("paced", "throughput"),
     "bound_request_heads": ("requests",),
+    "write_without_waiting": ("paced", "throughput"),
 }
 
 

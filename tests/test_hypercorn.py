@@ -161,6 +161,47 @@ async def test_connections_past_max_connections_are_closed_at_once(
         guards.CONNECTIONS.limit = 4096
 
 
+@pytest.mark.fault(raises=(AssertionError,))
+async def test_a_write_the_socket_can_take_does_not_wait_for_the_scheduler(
+    hypercorn_as: str,
+) -> None:
+    """Found profiling paced streams: Hypercorn took a lock and called send_all
+    for every chunk, two trips through the scheduler each. Here a write the
+    socket can take returns before any other task runs."""
+    ours, theirs = trio.socket.socketpair()
+    server = SimpleNamespace(send_lock=trio.Lock(), stream=trio.SocketStream(ours))
+    ran: list[int] = []
+
+    async def other_task() -> None:
+        ran.append(1)
+
+    with theirs:
+        async with server.stream, trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            await TCPServer.protocol_send(server, RawData(data=b"data: 1\n\n"))
+            assert ran == []  # no trip through the scheduler
+        assert await theirs.recv(100) == b"data: 1\n\n"
+
+
+async def test_what_a_slow_client_socket_cannot_take_goes_the_waiting_way_in_order() -> None:
+    """A client that reads slowly: the part the socket did not take is sent by
+    Hypercorn's own shielded send_all, after what went at once; nothing is lost."""
+    guard_install.install_hypercorn_guards()
+    async with running() as (gw, _):
+        client = await RawClient.connect(gw.url)
+        client.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        direct, waited = guards.WRITES.direct, guards.WRITES.waited
+        await client.send_request("POST", "/v1/chat/completions", chat("mock-t20000-i0"))
+        await eventually(lambda: guards.WRITES.waited > waited)  # the socket was full
+        response = await client.read_response()
+        await client.close()
+        read_at_once = await request(gw.url, "POST", "/v1/chat/completions", chat("mock-t20000-i0"))
+    assert response.status == 200 and response.body.endswith(b"data: [DONE]\n\n")
+    events = response.body.count(b"\n\ndata: ")
+    assert events == read_at_once.body.count(b"\n\ndata: ") > 20000
+    assert guards.WRITES.direct > direct  # the stream's earlier writes went at once
+
+
 class _SpawnCounter(trio.abc.Instrument):
     def __init__(self) -> None:
         self.names: list[str] = []

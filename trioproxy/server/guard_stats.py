@@ -1,5 +1,6 @@
 """What the Hypercorn guards count, process-wide (the connections they take:
-:mod:`trioproxy.server.connections`): the relay's chunks written from its reader,
+:mod:`trioproxy.server.connections`): socket writes made at once or the waiting way,
+the relay's chunks written from its reader,
 response heads and chunks framed by the plain-response guard or by h11, and which
 guards are installed. Plain
 counters, read by the tests (no endpoint shows them); the guards live in
@@ -20,9 +21,11 @@ INSTALLED: dict[str, Patch] = {}
 
 @dataclass
 class WritePaths:
-    """Relayed chunks this process wrote from the relay's reader."""
+    """Socket writes of this process: made at once, or (in part) the waiting way."""
 
-    from_reader: int = 0  # relayed chunks the reader wrote itself
+    direct: int = 0  # the socket took all of it without waiting (guard 9)
+    waited: int = 0  # some or all of it went through Hypercorn's lock and send_all
+    from_reader: int = 0  # relayed chunks the reader wrote itself (guard 7)
     rest: int = 0  # of those, ones the socket took only part of (the writer sent the rest)
 
 

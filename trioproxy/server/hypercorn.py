@@ -23,12 +23,14 @@ The guards (what each fixes and how it was found: its docstring):
 6. ``_frame_plain_responses_here``: a head checked five times, chunks through h11.
 7. ``_write_chunks_from_the_reader``: no fault, the relay's fast path (no twin).
 8. ``_bound_request_heads``: a request head trickled in for ``keep_alive_timeout``.
+9. ``_write_without_waiting``: a write yielded first; a closing response could lose its bytes.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -277,6 +279,41 @@ def _bound_request_heads() -> Patch:
     return H11Protocol, "handle", handle_bounding_heads
 
 
+def _write_without_waiting() -> Patch:
+    """9. ``protocol_send`` took the send lock and called ``send_all`` for every write
+    (two trips through the scheduler per chunk). With the lock free (no write in
+    progress or waiting) on plain TCP, the bytes go out at once with a non-blocking
+    ``os.write``, no await between check and write, so order is kept. What the
+    socket does not take (a slow client), and every error, go Hypercorn's way,
+    shielded, under the lock: slow clients, hang-ups, closed sockets as before. Also
+    what keeps a response that closes its connection whole: Hypercorn's own write
+    yields to the scheduler, and the close that follows can run first and discard
+    the response (the request-smuggling test in ``tests/test_front_clients.py``)."""
+    from hypercorn.events import RawData
+    from hypercorn.trio.tcp_server import TCPServer
+
+    protocol_send = TCPServer.protocol_send
+
+    async def protocol_send_at_once(self: Any, event: Any) -> None:
+        if type(event) is RawData and not self.send_lock.locked():
+            stream = self.stream
+            if type(stream) is trio.SocketStream:  # TLS streams go the usual way
+                data = event.data
+                try:
+                    written = os.write(stream.socket.fileno(), data)
+                except OSError:  # would block, reset, closed: Hypercorn's way decides
+                    written = 0
+                if written == len(data):
+                    WRITES.direct += 1
+                    return
+                if written:
+                    event = RawData(data=data[written:])
+        WRITES.waited += 1
+        await protocol_send(self, event)
+
+    return TCPServer, "protocol_send", protocol_send_at_once
+
+
 GUARDS: dict[str, Callable[[], Patch]] = {
     "end_idle_wait_on_eof": _end_idle_wait_on_eof,
     "contain_connection_errors": _contain_connection_errors,
@@ -286,4 +323,5 @@ GUARDS: dict[str, Callable[[], Patch]] = {
     "frame_plain_responses_here": _frame_plain_responses_here,
     "write_chunks_from_the_reader": _write_chunks_from_the_reader,
     "bound_request_heads": _bound_request_heads,
+    "write_without_waiting": _write_without_waiting,
 }
