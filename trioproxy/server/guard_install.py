@@ -5,8 +5,7 @@ Rules:
   called when the guard is installed, never at import, so importing changes nothing.
 - :func:`install` records each original before replacing it, once per guard;
   :func:`uninstall` puts the originals back in reverse order. ``INSTALLED``
-  (:mod:`.guard_stats`) says which guards are in (a guard that needs another
-  one reads it).
+  (:mod:`.guard_stats`) says which guards are in and what each replaced.
 - :func:`install_hypercorn_guards` (the server, as it starts serving) checks the
   Hypercorn release first; :func:`uninstall_hypercorn_guards` (tests) puts
   Hypercorn back as released.

@@ -14,8 +14,8 @@ from typing import Any
 __all__ = ["HEADS", "INSTALLED", "WRITES", "FramedHeads", "Patch", "WritePaths"]
 
 Patch = tuple[Any, str, Any]  # (class or module, name, replacement)
-# The guards in, each with what it replaced: guard -> (owner, name, original). A
-# guard that needs another one reads it (:mod:`trioproxy.server.guard_install`).
+# The guards in, each with what it replaced: guard -> (owner, name, original); what
+# :mod:`trioproxy.server.guard_install` puts back.
 INSTALLED: dict[str, Patch] = {}
 
 
