@@ -97,7 +97,7 @@ async def _relay_loop(events: list[bytes]) -> float:
 
     async def read() -> None:
         async with send_ch:
-            await reader._relay_events(response, ex.started + config.ttft_timeout)
+            await reader._relay_events(response, ex.started + config.ttft_timeout, None)
         ex.upstream_outcome = Outcome.DONE
 
     t0 = time.perf_counter()

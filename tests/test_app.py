@@ -83,8 +83,10 @@ async def test_unknown_route_and_wrong_method() -> None:
 
 
 async def test_route_without_configured_upstream_is_404() -> None:
+    # Chat and messages reach every kind (translated); embeddings only OpenAI's.
     async with running(anthropic_upstreams=("http://127.0.0.1:9/",)) as (gw, _):
-        response = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
+        body = {"model": "m", "input": "hi"}
+        response = await request(gw.url, "POST", "/v1/embeddings", body)
         assert response.status == 404
         assert "no openai provider" in response.json()["error"]["message"]
 

@@ -16,7 +16,11 @@ import pytest
 ROOT = pathlib.Path(__file__).parent.parent / "trioproxy"
 MAX_LINES = 400
 # Sans-IO modules: bytes in, results out; no event loop, no HTTP library.
-SANS_IO = ("relay/sse.py", "upstream/http11.py", "dialects.py", "testing/mock_scripts.py")
+SANS_IO = (
+    "relay/sse.py", "upstream/http11.py", "dialects.py", "testing/mock_scripts.py",
+    *(f"translate/{p.name}" for p in sorted((ROOT / "translate").glob("*.py"))),
+    "testing/mock_gemini.py", "testing/mock_tools.py",
+)  # fmt: skip
 IO_LIBRARIES = {"trio", "httpx", "hypercorn", "anyio", "h11"}
 # The one module allowed to touch Hypercorn's private names.
 HYPERCORN_PATCHES = "server/hypercorn.py"

@@ -17,7 +17,7 @@ def _router(*entries: dict[str, object], strategy: str = "round_robin") -> Route
 
 
 def _first(router: Router, model: str, session: bytes | None = None) -> str:
-    return router.pool("openai", model).plan(session)._order[0].provider.name
+    return router.pool(("openai",), model).plan(session)._order[0].provider.name
 
 
 def test_a_model_resolves_to_the_providers_that_serve_it() -> None:
@@ -26,21 +26,21 @@ def test_a_model_resolves_to_the_providers_that_serve_it() -> None:
         {"name": "b", "models": ["gpt-4o"], "aliases": {"llama-70b": "meta/llama-70b"}},
         {"name": "c", "kind": "anthropic"},
     )
-    pool = router.pool("openai", "llama-70b")
+    pool = router.pool(("openai",), "llama-70b")
     assert [(m.provider.name, m.upstream_model) for m in pool.members] == [
         ("a", "llama-70b"),
         ("b", "meta/llama-70b"),
     ]
-    assert router.pool("openai", "llama-70b") is pool  # cached
-    assert [m.provider.name for m in router.pool("anthropic", "claude").members] == ["c"]
+    assert router.pool(("openai",), "llama-70b") is pool  # cached
+    assert [m.provider.name for m in router.pool(("anthropic",), "claude").members] == ["c"]
     with pytest.raises(NotFound, match="'mistral' is not served"):
-        router.pool("openai", "mistral")
+        router.pool(("openai",), "mistral")
 
 
 def test_the_pool_cache_is_bounded() -> None:
     router = _router({"name": "a"})
     for i in range(MAX_CACHED_POOLS + 10):
-        router.pool("openai", f"m{i}")
+        router.pool(("openai",), f"m{i}")
     assert len(router._pools) == MAX_CACHED_POOLS
 
 
@@ -55,7 +55,7 @@ def test_round_robin_follows_the_weights_and_interleaves() -> None:
     assert collections.Counter(firsts) == {"a": 200, "b": 100, "c": 100}
     assert firsts[:4] == ["a", "b", "c", "a"]  # smooth: never a-a in a row here
     # The rest of a plan is every other provider once: failover candidates.
-    order = [m.provider.name for m in router.pool("openai", "m").plan()._order]
+    order = [m.provider.name for m in router.pool(("openai",), "m").plan()._order]
     assert sorted(order) == ["a", "b", "c"]
 
 
@@ -96,18 +96,18 @@ def test_a_sticky_session_skips_an_ejected_provider_and_comes_back() -> None:
     home = _first(router, "m", session)
     provider = next(p for p in router.providers if p.name == home)
     _eject(provider, 100.0)
-    plan = router.pool("openai", "m").plan(session)
+    plan = router.pool(("openai",), "m").plan(session)
     member = plan.take(50.0)
     assert member is not None and member.provider.name != home
     member.provider.end(50.0, True, 5, 30.0)
     _eject(provider, 0.0)  # recovered
-    assert router.pool("openai", "m").plan(session).take(101.0).provider is provider  # type: ignore[union-attr]
+    assert router.pool(("openai",), "m").plan(session).take(101.0).provider is provider  # type: ignore[union-attr]
 
 
 def test_take_skips_full_providers_and_panics_when_none_admits() -> None:
     router = _router({"name": "a", "max_streams": 1}, {"name": "b", "max_streams": 1})
     a, b = router.providers
-    pool = router.pool("openai", "m")
+    pool = router.pool(("openai",), "m")
     first = pool.plan().take(0)
     second = pool.plan().take(0)
     assert first is not None and second is not None
@@ -136,7 +136,7 @@ def test_take_skips_full_providers_and_panics_when_none_admits() -> None:
 
 def test_a_plan_tries_each_provider_once() -> None:
     router = _router({"name": "a"}, {"name": "b"})
-    plan = router.pool("openai", "m").plan()
+    plan = router.pool(("openai",), "m").plan()
     taken = [plan.take(0), plan.take(0)]
     assert {m.provider.name for m in taken if m} == {"a", "b"}
     assert not plan.has_next(0) and plan.take(0) is None
@@ -166,18 +166,18 @@ def test_a_lower_tier_is_planned_only_after_every_provider_above_it() -> None:
         {"name": "backup", "priority": 1, "weight": 999},
     )
     plans = [
-        [m.provider.name for m in router.pool("openai", "m").plan()._order] for _ in range(300)
+        [m.provider.name for m in router.pool(("openai",), "m").plan()._order] for _ in range(300)
     ]
     assert collections.Counter(p[0] for p in plans) == {"p1": 200, "p2": 100}
     assert all(p[2] == "backup" for p in plans)
-    sticky = [m.provider.name for m in router.pool("openai", "m").plan(b"user-7")._order]
+    sticky = [m.provider.name for m in router.pool(("openai",), "m").plan(b"user-7")._order]
     assert sticky[2] == "backup"  # sessions stick within a tier too
 
 
 def test_the_backup_tier_serves_when_the_primaries_fail_or_are_ejected() -> None:
     router = _router({"name": "p1"}, {"name": "p2"}, {"name": "backup", "priority": 1})
     p1, p2, backup = router.providers
-    plan = router.pool("openai", "m").plan()
+    plan = router.pool(("openai",), "m").plan()
     tried = [plan.take(0), plan.take(0), plan.take(0)]  # each fails in turn
     names = [m.provider.name for m in tried if m is not None]
     assert sorted(names[:2]) == ["p1", "p2"] and names[2] == "backup"
@@ -186,11 +186,11 @@ def test_the_backup_tier_serves_when_the_primaries_fail_or_are_ejected() -> None
         m.provider.end(0, None, 5, 30.0)
     _eject(p1, 60.0)
     _eject(p2, 60.0)
-    first = router.pool("openai", "m").plan().take(1)
+    first = router.pool(("openai",), "m").plan().take(1)
     assert first is not None and first.provider is backup  # not a panic: a tier still admits
     first.provider.end(1, None, 5, 30.0)
     _eject(backup, 60.0)
-    panic = router.pool("openai", "m").plan().take(2)
+    panic = router.pool(("openai",), "m").plan().take(2)
     assert panic is not None and panic.provider.spec.priority == 0  # panic: the first tier
 
 

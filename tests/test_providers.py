@@ -36,7 +36,7 @@ def test_a_provider_table_parses_with_defaults() -> None:
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"kind": "azure"}, "kind must be openai or anthropic"),
+        ({"kind": "azure"}, "kind must be openai, anthropic or gemini"),
         ({"base_url": "ftp://x"}, "base_url must start with http"),
         ({"weight": 0}, "weight must be an integer from 1 to 1000"),
         ({"weight": 10**9}, "weight must be an integer from 1 to 1000"),

@@ -37,9 +37,9 @@ from trioproxy.errors import Outcome
 from trioproxy.relay.exchange import Exchange, Phase
 from trioproxy.relay.reader import IDLE_TIMER
 from trioproxy.relay.run import Relay
-from trioproxy.routing.failover import UpstreamRequest
 from trioproxy.routing.pools import Router
 from trioproxy.routing.providers import parse_providers
+from trioproxy.routing.targets import UpstreamRequest
 from trioproxy.upstream.body import BODY_EXTENSION, Conn, UpstreamBody
 from trioproxy.upstream.client import Upstream
 from trioproxy.upstream.http11 import Head
@@ -189,8 +189,8 @@ async def _relay_in(
     router = Router(parse_providers([{"name": "up", "base_url": "http://up/v1"}]), environ={})
     request = UpstreamRequest(
         method="POST", path="/chat/completions", headers={}, body=b"{}", body_json=None,
-        plan=router.pool("openai", "m").plan(), dialect=Dialect.OPENAI, parse_body=True,
-        router=router, kind="openai", model="m",
+        plan=router.pool(("openai",), "m").plan(), dialect=Dialect.OPENAI, parse_body=True,
+        router=router, kinds=("openai",), model="m",
     )  # fmt: skip
     ex = Exchange("r", "chat", "POST", trio.current_time(), stream=True, model="m")
     ex.move(Phase.ADMITTED)

@@ -32,6 +32,7 @@ The table::
                          Responses: event: error, response.failed
     usage-only event     data: {... "choices":[], "usage": ...}     (none)
     credential           Authorization: Bearer KEY                  x-api-key: KEY, anthropic-version
+                         (Gemini, reached translated: x-goog-api-key: KEY)
     base URL             ends in /v1                                stops before /v1
     context too long     400, error.code context_length_exceeded;   400, "prompt is too long: N tokens
                          vLLM/SGLang: their message (any of 4)      > M maximum"
@@ -343,6 +344,8 @@ def credential_headers(kind: str, credential: str | None) -> dict[str, str]:
         return {}
     if kind == "anthropic":
         return {"x-api-key": credential}
+    if kind == "gemini":
+        return {"x-goog-api-key": credential}
     return {"authorization": f"Bearer {credential}"}
 
 

@@ -157,10 +157,10 @@ def usage_requested(route: Route, parsed: ParsedBody) -> dict[str, Any] | None:
 # Client headers relayed upstream as they are; everything else is dropped:
 # hop-by-hop headers, and the client's credentials (Authorization, x-api-key),
 # which are the gateway's business. The provider's credential is added per
-# attempt (trioproxy.routing.failover.target_for).
+# attempt (trioproxy.routing.targets.target_for).
 # Of those, the ones that choose what the operator's credential is billed for (an
 # organisation, a project, priced beta features) reach only the providers that list
-# them in their ``forward_headers`` (trioproxy.routing.failover.target_for).
+# them in their ``forward_headers`` (trioproxy.routing.targets.target_for).
 BILLING_HEADERS = frozenset({"anthropic-beta", "openai-organization", "openai-project"})
 _FORWARDED = frozenset(
     {b"anthropic-version", b"x-request-id", *(name.encode() for name in BILLING_HEADERS)}

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ..config import Config
 from ..relay.record import CompletionRecord
 from .detached import DetachedWork
+from .document import build_receipt, compatible_text
 from .store import ReceiptStore, Row, open_store
 
 __all__ = [
@@ -146,46 +147,6 @@ class Signer:
             "public_key_pem": pem.decode(),
             "public_key_base64": base64.b64encode(raw).decode(),
         }
-
-
-def build_receipt(record: CompletionRecord) -> dict[str, Any]:
-    """What is signed. Every field comes from the gateway, none from client input
-    but the model name (bounded) and the hashes of what was exchanged."""
-    assert record.receipt_id is not None
-    return {
-        "id": record.receipt_id,
-        "completion_id": record.completion_id,
-        "request_id": record.request_id,
-        "key": record.key,
-        "key_id": record.key_id,
-        "status": record.status,
-        "model": record.model,
-        "upstream_model": record.upstream_model,
-        "provider": record.provider or "none",
-        # every attempt: how many, and the (provider, error code) of each that failed
-        "attempts": record.attempts,
-        "failed_attempts": [list(f) for f in record.failovers],
-        # a continued answer: each attempt that wrote to the client, and its events' hash
-        "continued": [{"provider": p, "upstream_sha256": h} for p, h in record.continued],
-        "route": record.route,
-        "request_sha256": record.request_sha256,
-        "response_sha256": record.response_sha256,
-        "created": record.created,
-        "completed": record.created + record.duration_ms / 1000,
-        "usage": record.usage,
-        "prompt_tokens": record.prompt_tokens,
-        "completion_tokens": record.completion_tokens,
-        "usage_source": record.usage_source,
-        "outcome": record.outcome,
-        "final_event": record.final_event,
-        "truncated": record.truncated,
-    }
-
-
-def compatible_text(receipt: dict[str, Any]) -> str:
-    """The text attested-inference verifiers sign and check:
-    ``<sha256 of the request body>:<sha256 of the response bytes>``."""
-    return f"{receipt['request_sha256']}:{receipt['response_sha256']}"
 
 
 def verify_receipt(document: dict[str, Any], public: Ed25519PublicKey) -> str | None:

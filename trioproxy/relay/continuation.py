@@ -46,8 +46,8 @@ from ..errors import (
     UpstreamTTFTTimeout,
     UpstreamUnreachable,
 )
-from ..routing.failover import UpstreamRequest, target_for
 from ..routing.pools import Member
+from ..routing.targets import UpstreamRequest, target_for
 from ..upstream.body import body_of
 from ..upstream.client import Upstream
 from .exchange import Exchange, note_event
@@ -86,7 +86,10 @@ def partial_for(config: Config, ex: Exchange, request: UpstreamRequest) -> Parti
 
 
 def _capable(request: UpstreamRequest, cut_by: str | None, now: float) -> Iterator[Member]:
-    members = [m for m in request.plan.pool.members if m.provider.spec.accepts_prefill]
+    members = [  # of the route's own kind: a continuation's request is not translated
+        m for m in request.plan.pool.members
+        if m.provider.spec.accepts_prefill and m.provider.spec.kind == request.kinds[0]
+    ]  # fmt: skip
     members.sort(key=lambda m: m.provider.name == cut_by)  # others first
     for member in members:
         if member.provider.admits(now, member.upstream_model):

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import trio
 
 from ..errors import GatewayError
+from ..translate import TranslatingFramer
 from .exchange import Exchange, note_event
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
 
@@ -65,7 +66,11 @@ class Drains:
         self._finish = finish
 
     def submit(
-        self, ex: Exchange, body: _Body, framer: SSEFramer, bounds: tuple[float, int]
+        self,
+        ex: Exchange,
+        body: _Body,
+        framer: SSEFramer | TranslatingFramer,
+        bounds: tuple[float, int],
     ) -> bool:
         """Take over ``body`` (never awaits); False when ``max_drains`` run already."""
         ex.drained = "running"
@@ -76,7 +81,11 @@ class Drains:
         return False
 
     async def _drain(
-        self, ex: Exchange, body: _Body, framer: SSEFramer, bounds: tuple[float, int]
+        self,
+        ex: Exchange,
+        body: _Body,
+        framer: SSEFramer | TranslatingFramer,
+        bounds: tuple[float, int],
     ) -> None:
         seconds, max_bytes = bounds
         how = "shutdown"  # unless the drain ends before the worker does
@@ -93,10 +102,14 @@ class Drains:
             ex.upstream_closed_at = trio.current_time()
             ex.mark("upstream_closed")
             ex.drained = how
+            if isinstance(framer, TranslatingFramer):  # the upstream's bytes, to the last read
+                ex.upstream_sha256 = framer.digest.hexdigest()
             self._finish(ex)
 
 
-async def _read_on(ex: Exchange, body: _Body, framer: SSEFramer, max_bytes: int) -> str:
+async def _read_on(
+    ex: Exchange, body: _Body, framer: SSEFramer | TranslatingFramer, max_bytes: int
+) -> str:
     """Read to the final event, the end, or ``max_bytes``: which one it was."""
     read = 0
     async for chunk in body:
@@ -110,4 +123,7 @@ async def _read_on(ex: Exchange, body: _Body, framer: SSEFramer, max_bytes: int)
             return "final"
         if read >= max_bytes:
             return "bytes"
+    if isinstance(framer, TranslatingFramer):  # the final events a clean end makes
+        for block in framer.close():
+            note_event(ex, block, trio.current_time())
     return "ended"

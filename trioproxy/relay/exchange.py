@@ -142,6 +142,8 @@ class Exchange:
     # every attempt that wrote to the client, in order.
     continued: list[tuple[str, str]] = field(default_factory=list)
     committed: bool = False  # the response head is in the channel: no more failover
+    translated: str | None = None  # "anthropic->openai": the answer was translated (translate/)
+    upstream_sha256: str | None = None  # of the upstream's bytes, when translated
     retry_after: int | None = None  # an upstream 429's Retry-After (seconds)
     upstream_status: int = 0
     # -- timeline (trio clock) --------------------------------------------------------

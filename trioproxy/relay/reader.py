@@ -62,7 +62,9 @@ from ..errors import (
     UpstreamRateLimited,
     UpstreamTTFTTimeout,
 )
-from ..routing.failover import FailoverLimits, Target, UpstreamRequest, with_failover
+from ..routing.failover import FailoverLimits, with_failover
+from ..routing.targets import Target, UpstreamRequest
+from ..translate import TranslatingFramer, Translation
 from ..upstream.body import UpstreamBody, body_of
 from ..upstream.client import Upstream
 from ..upstream.http11 import parse_retry_after
@@ -71,7 +73,8 @@ from .drain import Drains
 from .exchange import Exchange, note_event
 from .sse import SSEFramer, SSEFramingError, is_heartbeat
 from .timeline import TRACE_EXTENSION
-from .whole import passed_headers, read_error, relay_whole
+from .translated import framer_for, relay_answer, send_tail
+from .whole import passed_headers, read_error
 from .writer import Item, Rest, Start, Waiting
 
 __all__ = ["IDLE_TIMER", "UpstreamReader"]
@@ -195,6 +198,7 @@ class UpstreamReader:
         request = self.request
         headers = target.headers
         ex.strip_usage, self.drain = target.strip_usage, target.drain
+        translation = target.translation
         if ex.trace is not None:  # OpenTelemetry on: this attempt's span is the parent
             headers = {**headers, "traceparent": ex.trace.next_attempt()}
         with trio.CancelScope(deadline=first_deadline) as head_scope:
@@ -207,7 +211,7 @@ class UpstreamReader:
             ex.upstream_status = response.status_code
             content_type = response.headers.get("content-type", "")
             if response.status_code == 200 and content_type.startswith("text/event-stream"):
-                await self._relay_events(response, first_deadline)
+                await self._relay_events(response, first_deadline, translation)
                 # The upstream's own error event reached the client: nothing to add.
                 return Outcome.UPSTREAM_ERROR if ex.upstream_error else Outcome.DONE
             if response.status_code == 429:
@@ -224,7 +228,7 @@ class UpstreamReader:
                     raise ContextWindowExceeded(
                         f"the request is longer than the context window of {ex.sent_model!r}"
                     )
-            await relay_whole(self, response, first_deadline, target, read)
+            await relay_answer(self, response, first_deadline, target, read)
             return Outcome.DONE if response.status_code < 400 else Outcome.UPSTREAM_ERROR
         finally:  # the body's aclose never awaits: this runs in a cancelled scope too
             if not self.handed_off:
@@ -260,10 +264,12 @@ class UpstreamReader:
         except trio.WouldBlock:
             await self._deliver_when_room(item)
 
-    async def _relay_events(self, response: httpx.Response, first_deadline: float) -> None:
+    async def _relay_events(
+        self, response: httpx.Response, first_deadline: float, translation: Translation | None
+    ) -> None:
         ex, config = self.ex, self.config
         ex.event_stream = True
-        framer = SSEFramer(config.max_event_bytes)
+        framer = framer_for(ex, config.max_event_bytes, translation)
         end_by = ex.started + config.max_stream_duration if config.max_stream_duration else math.inf
         idle = config.idle_timeout or math.inf
         body = body_of(response)
@@ -281,6 +287,8 @@ class UpstreamReader:
                     self.handed_off = self.drains.submit(ex, body, framer, self.drain)
                     return
                 if not (lazy and read_scope.cancelled_caught and ex.first_event_at is not None):
+                    if isinstance(framer, TranslatingFramer) and not read_scope.cancelled_caught:
+                        await send_tail(self, framer.close(), response, _STREAM_HEADERS)
                     break
                 deadline = min(self.idle_from + idle, end_by)
                 if deadline <= trio.current_time():
@@ -292,7 +300,10 @@ class UpstreamReader:
             self._wake = None
             if not self.handed_off:
                 await body.aclose()  # no checkpoint: runs in a cancelled scope too
-            ex.partial_event = framer.buffered > 0 and not ex.strip_usage
+            # A half event reaches the client only when bytes pass as they come.
+            ex.partial_event = framer.buffered > 0 and not ex.strip_usage and not translation
+            if isinstance(framer, TranslatingFramer):
+                ex.upstream_sha256 = framer.digest.hexdigest()
         if read_scope.cancelled_caught:
             if trio.current_time() >= end_by:
                 raise StreamTooLong("stream exceeded max_stream_duration")
@@ -307,7 +318,7 @@ class UpstreamReader:
         body: AsyncIterator[bytes],
         read_scope: trio.CancelScope,
         end_by: float,
-        framer: SSEFramer,
+        framer: SSEFramer | TranslatingFramer,
         response: httpx.Response,
         lazy: bool,
     ) -> None:
@@ -318,6 +329,7 @@ class UpstreamReader:
         hb_progress = self.config.heartbeat_resets_idle
         arrivals = ex.metrics.arrivals if ex.metrics is not None else None
         strip, partial = ex.strip_usage, self.partial
+        whole_events = strip or type(framer) is TranslatingFramer  # the client gets framed events
         started, direct = ex.committed, self.direct
         armed = lazy and ex.first_event_at is not None  # the idle deadline is set
         async for chunk in body:
@@ -329,7 +341,7 @@ class UpstreamReader:
                 ex.first_chunk_at = now
             ex.chunks += 1
             blocks = framer.feed(chunk)
-            kept: list[bytes] | None = [] if strip else None  # what the client gets, stripping
+            kept: list[bytes] | None = [] if whole_events else None  # what the client gets
             if blocks:
                 progress = False
                 before = ex.events
@@ -340,7 +352,8 @@ class UpstreamReader:
                             kept.append(block)
                         continue
                     progress = True
-                    if not note_event(ex, block, now) & USAGE_ONLY and kept is not None:
+                    flags = note_event(ex, block, now)
+                    if kept is not None and not (strip and flags & USAGE_ONLY):
                         kept.append(block)
                     if partial is not None:
                         partial.feed(block)

@@ -73,6 +73,8 @@ class CompletionRecord:
     key_id: str | None = None  # the key's id: receipts and usage are owned under it
     drained: str | None = None  # read on after a hang-up (relay/drain.py): how that ended
     continued: tuple[tuple[str, str], ...] = ()  # (provider, events sha256) of a continued answer
+    translated: str | None = None  # "anthropic->openai": the upstream spoke another dialect
+    upstream_sha256: str | None = None  # of the bytes the upstream sent, when translated
 
     @classmethod
     def from_exchange(cls, ex: Exchange) -> CompletionRecord:
@@ -157,6 +159,8 @@ class CompletionRecord:
             key_id=ex.key_id,
             drained=ex.drained,
             continued=tuple(ex.continued),
+            translated=ex.translated,
+            upstream_sha256=ex.upstream_sha256,
         )
 
     def to_json(self) -> bytes:

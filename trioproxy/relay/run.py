@@ -38,7 +38,7 @@ import trio
 from .. import asgi
 from ..asgi import Receive, Send
 from ..config import Config
-from ..routing.failover import UpstreamRequest
+from ..routing.targets import UpstreamRequest
 from ..upstream.client import Upstream
 from .drain import Drains
 from .exchange import Exchange, Phase

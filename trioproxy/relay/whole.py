@@ -37,13 +37,21 @@ import trio
 
 from ..config import Config
 from ..errors import GatewayError, UpstreamBroken, UpstreamServerError
-from ..routing.failover import Target, UpstreamRequest
+from ..routing.targets import Target, UpstreamRequest
 from ..upstream.body import AnyBody, body_of
 from ..upstream.http11 import parse_retry_after
 from .exchange import Exchange
 from .writer import Item, Start
 
-__all__ = ["WholeAnswer", "WholeRelay", "passed_headers", "read_error", "relay_whole"]
+__all__ = [
+    "WholeAnswer",
+    "WholeRelay",
+    "passed_headers",
+    "read_error",
+    "relay_whole",
+    "whole_head",
+    "content_type_of",
+]
 
 ERROR_READ_BYTES = 64 << 10  # of a 400, read to see whether it says the context is too long
 
@@ -77,7 +85,7 @@ async def relay_whole(
     what was already read of it (:func:`read_error`), relayed first."""
     ex, config = reader.ex, reader.config
     status = response.status_code
-    content_type = _content_type(response)
+    content_type = content_type_of(response)
     body: AsyncIterator[bytes]
     if read is None:
         body = closing = body_of(response)
@@ -107,7 +115,7 @@ async def relay_whole(
                     answer.feed(chunk)
                 if not started:
                     started = True
-                    await reader.deliver(Start(status, _whole_head(ex, response, content_type)))
+                    await reader.deliver(Start(status, whole_head(ex, response, content_type)))
                     ex.committed = True
                     ex.mark("committed")
                 await reader.deliver(chunk)
@@ -118,7 +126,7 @@ async def relay_whole(
     if answer is not None:
         ex.body_json = answer.summary()
     if not started:  # an empty body
-        await reader.deliver(Start(status, _whole_head(ex, response, content_type)))
+        await reader.deliver(Start(status, whole_head(ex, response, content_type)))
         ex.committed = True
         ex.mark("committed")
 
@@ -157,7 +165,7 @@ class _Prefixed:
         return await self._body.__anext__()
 
 
-def _whole_head(
+def whole_head(
     ex: Exchange, response: httpx.Response, content_type: bytes
 ) -> list[tuple[bytes, bytes]]:
     """A whole answer's head, made as its first bytes arrived and sent with them:
@@ -208,7 +216,7 @@ async def _upstream_failed(
     return UpstreamServerError(f"upstream returned HTTP {status}", status, wait_hint)
 
 
-def _content_type(response: httpx.Response) -> bytes:
+def content_type_of(response: httpx.Response) -> bytes:
     """The upstream's Content-Type as it sent it; one of bytes a client could
     not be sent (anything but visible ASCII) is an upstream error."""
     for name, value in response.headers.raw:

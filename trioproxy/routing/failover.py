@@ -24,11 +24,8 @@ Rules:
   verdict then). Every attempt is in the exchange: ``attempts``, the
   ``failovers`` it moved on from (provider, error code), and a timeline mark.
 
-The target of an attempt (URL, headers, body) is built per provider: the
-dialect's default headers, then the allow-listed client headers (which never
-include the client's own credentials), the provider's extra headers and its
-credential (:mod:`trioproxy.dialects`); an aliased model name is written into
-the body (the only case where the body is re-encoded).
+The target of an attempt (URL, headers, body) is built per provider
+(:mod:`trioproxy.routing.targets`).
 
 What failover writes about its attempts goes through :class:`AttemptLog` (the
 relay's exchange implements it): this module does not know the exchange.
@@ -37,22 +34,10 @@ relay's exchange implements it): this module does not know the exchange.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-import orjson
-
-from .. import dialects
-from ..admission.routes import (
-    BILLING_HEADERS,
-    ParsedBody,
-    Route,
-    forward_headers,
-    usage_requested,
-)
-from ..dialects import Dialect
 from ..errors import (
     ContextWindowExceeded,
     GatewayError,
@@ -65,104 +50,16 @@ from ..errors import (
     UpstreamTTFTTimeout,
     UpstreamUnreachable,
 )
-from .pools import Member, Plan, Router
+from .pools import Member, Plan
 from .retries import retry_wait
+from .targets import Target, UpstreamRequest, target_for
 
-__all__ = [
-    "upstream_request",
-    "AttemptLog",
-    "FailoverLimits",
-    "Target",
-    "UpstreamRequest",
-    "target_for",
-    "with_failover",
-]
+__all__ = ["AttemptLog", "FailoverLimits", "with_failover"]
 
 log = logging.getLogger("trioproxy.routing")
 
 # Errors that say the provider is unwell (counted towards ejection).
 _UNHEALTHY = (UpstreamUnreachable, UpstreamBroken, UpstreamTTFTTimeout, UpstreamIdleTimeout)
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamRequest:
-    """What the client asked for, before a provider is chosen."""
-
-    method: str
-    path: str  # the route's upstream path (the dialect adds a kind's prefix)
-    headers: Mapping[str, str]  # allow-listed client headers (never credentials)
-    body: bytes
-    body_json: dict[str, Any] | None  # the parsed body, for aliased and fallback model names
-    plan: Plan
-    dialect: Dialect
-    parse_body: bool  # parse a non-streaming JSON body once for id/usage
-    router: Router
-    kind: str  # the providers' kind (openai | anthropic)
-    model: str | None  # the client's model
-    session: bytes | None = None  # the sticky key
-    strip_usage: bool = False  # the body asks for usage the client did not: withhold it
-    usage_json: dict[str, Any] | None = None  # the body asking for usage, for drain providers
-    fallbacks: tuple[str, ...] = ()  # models to try, in order, once the model's plan is spent
-    context_fallback: str | None = None  # the model for a request too long for this one
-
-
-def upstream_request(
-    router: Router,
-    route: Route,
-    client_headers: list[tuple[bytes, bytes]],
-    body: bytes,
-    parsed: ParsedBody,
-    request_id: str,
-    session: bytes | None,
-    strip_usage: bool = False,
-    fallbacks: tuple[str, ...] = (),
-    context_fallback: str | None = None,
-) -> UpstreamRequest:
-    """A validated request and its plan of providers (``session``: the sticky key)."""
-    kind = route.upstream_kind
-    if kind == "any":
-        kind = "openai" if router.has("openai") else "anthropic"
-    pool = router.pool(kind, parsed.model)
-    # The parsed body is kept past admission only if a provider or a fallback renames the model.
-    aliased = (
-        any(m.upstream_model not in (None, parsed.model) for m in pool.members)
-        or bool(fallbacks) or context_fallback is not None
-    )  # fmt: skip
-    # A provider that drains on a hang-up reads on to the usage: ask for it.
-    drains = any(m.provider.spec.on_client_disconnect == "drain" for m in pool.members)
-    return UpstreamRequest(
-        method=route.method,
-        path=route.upstream_path,
-        headers=forward_headers(client_headers, parsed.stream, request_id=request_id),
-        body=body,
-        body_json=parsed.json if aliased else None,
-        plan=pool.plan(session),
-        dialect=route.dialect,
-        parse_body=route.parse_response,
-        router=router,
-        kind=kind,
-        model=parsed.model,
-        session=session,
-        strip_usage=strip_usage,
-        usage_json=usage_requested(route, parsed) if drains else None,
-        fallbacks=fallbacks,
-        context_fallback=context_fallback,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One attempt: a request to one provider."""
-
-    provider: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    retry_429: bool  # an upstream 429 may go on (a retry, another provider or model)
-    strip_usage: bool = False  # this body asks for usage the client did not
-    drain: tuple[float, int] | None = None  # (seconds, bytes): read on after a hang-up
-    deadline: float = math.inf  # the first-byte deadline, on the router's clock
-    context_fallback: bool = False  # a 400 saying the context is too long may go on
 
 
 class AttemptLog(Protocol):
@@ -178,41 +75,6 @@ class AttemptLog(Protocol):
     retry_after: int | None
 
     def mark(self, event: str) -> None: ...
-
-
-def target_for(
-    request: UpstreamRequest,
-    member: Member,
-    retry_429: bool,
-    deadline: float = math.inf,
-    context_fallback: bool = False,
-) -> Target:
-    spec = member.provider.spec
-    forwarded = request.headers
-    if not spec.forward_headers.issuperset(BILLING_HEADERS.intersection(forwarded)):
-        forwarded = {
-            k: v for k, v in forwarded.items()
-            if k not in BILLING_HEADERS or k in spec.forward_headers
-        }  # fmt: skip
-    headers = {
-        **dialects.default_headers(spec.kind),
-        **forwarded,
-        **spec.headers,
-        **dialects.credential_headers(spec.kind, member.provider.credential),
-    }
-    body, strip, drain = request.body, request.strip_usage, None
-    model = member.upstream_model
-    if request.body_json is not None and model is not None and model != request.body_json["model"]:
-        body = orjson.dumps({**request.body_json, "model": model})
-    if spec.on_client_disconnect == "drain":
-        drain = (spec.drain_max_seconds, spec.drain_max_bytes)
-        if request.usage_json is not None:  # an OpenAI stream whose client did not ask
-            asked = {**request.usage_json, "model": model or request.usage_json["model"]}
-            body, strip = orjson.dumps(asked), True
-    url = spec.base_url + dialects.upstream_path(spec.kind, request.path)
-    return Target(
-        spec.name, url, headers, body, retry_429, strip, drain, deadline, context_fallback
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +112,7 @@ async def with_failover(
             if router.clock() >= deadline:
                 break
             try:
-                plan = router.pool(request.kind, model).plan(request.session)
+                plan = router.pool(request.kinds, model).plan(request.session)
             except NotFound:
                 log.warning("fallback model %r is served by no provider", model)
                 continue

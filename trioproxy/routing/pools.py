@@ -1,8 +1,9 @@
 """Routing a model to a pool of providers, and choosing the order to try them.
 
 Rules:
-- A (kind, model) pair resolves to a :class:`Pool`: every provider of that kind
-  whose ``models``/``aliases`` serve the name, with the name it knows it by.
+- A (kinds, model) pair resolves to a :class:`Pool`: every provider of those
+  kinds whose ``models``/``aliases`` serve the name, with the name it knows it
+  by (a route that translates reaches every kind: :mod:`trioproxy.translate`).
   Resolutions are cached (bounded: clients choose model names); an empty pool is
   a 404 in the route's dialect.
 - Priority tiers: a provider's ``priority`` (default 0) is its tier; a plan
@@ -105,14 +106,14 @@ class _Tier:
 class Pool:
     def __init__(
         self,
-        kind: str,
+        kinds: tuple[str, ...],
         model: str | None,
         members: list[Member],
         strategy: str,
         clock: Callable[[], float],
     ) -> None:
         self.clock = clock
-        self.kind = kind
+        self.kinds = kinds
         self.model = model
         self.members = members
         self.strategy = strategy
@@ -168,7 +169,7 @@ class Plan:
             return chosen
         if self._tried:
             return None
-        what = f"model {self.pool.model!r}" if self.pool.model else f"{self.pool.kind} requests"
+        what = f"model {self.pool.model!r}" if self.pool.model else f"{self.pool.kinds[0]} requests"
         raise Overloaded(f"every provider for {what} is at its max_streams", retry_after=1)
 
 
@@ -205,41 +206,52 @@ class Router:
                 self.providers.append(old)
             else:
                 self.providers.append(Provider(spec, credential))
-        self._pools: dict[tuple[str, str | None], Pool] = {}
+        self._pools: dict[tuple[tuple[str, ...], str | None], Pool] = {}
 
     def has(self, kind: str) -> bool:
         return any(p.spec.kind == kind for p in self.providers)
 
-    def pool(self, kind: str, model: str | None) -> Pool:
-        key = (kind, model)
+    def pool(self, kinds: tuple[str, ...], model: str | None) -> Pool:
+        """The providers of ``kinds`` (the route's own kind first) that serve
+        ``model``, in the config's order. A provider of another kind serves it
+        when it names it (in ``models`` or ``aliases``); by a pattern only when
+        no provider of the route's own kind serves it: a catch-all of each kind
+        keeps each route on its own."""
+        key = (kinds, model)
         pool = self._pools.get(key)
         if pool is not None:
             return pool
-        members = []
+        members, by_pattern, own = [], [], False
         for provider in self.providers:
-            if provider.spec.kind != kind:
+            spec = provider.spec
+            if spec.kind not in kinds:
                 continue
-            upstream = model if model is None else provider.spec.upstream_model(model)
+            upstream = model if model is None else spec.upstream_model(model)
             if model is None or upstream is not None:
+                if spec.kind == kinds[0]:
+                    own = True
+                elif model not in spec.aliases and model not in spec.models:
+                    by_pattern.append(provider)
                 members.append(Member(provider, upstream))
+        if own and by_pattern:
+            members = [m for m in members if m.provider not in by_pattern]
         if not members:
-            if not self.has(kind):
-                raise NotFound(f"no {kind} provider is configured on this gateway")
+            if not any(self.has(kind) for kind in kinds):
+                raise NotFound(f"no {kinds[0]} provider is configured on this gateway")
             raise NotFound(f"model {model!r} is not served by this gateway")
-        pool = Pool(kind, model, members, self.strategy, self.clock)
+        pool = Pool(kinds, model, members, self.strategy, self.clock)
         if len(self._pools) >= MAX_CACHED_POOLS:
             self._pools.pop(next(iter(self._pools)))  # oldest first
         self._pools[key] = pool
         return pool
 
-    def listed_models(self, kind: str) -> list[str] | None:
-        """Every model name the providers of ``kind`` declare, aliases included,
-        sorted; None if one of them serves a pattern (only it knows its models)."""
+    def listed_models(self) -> list[str] | None:
+        """Every model name the providers declare, aliases included, sorted
+        (the chat and messages routes reach every kind); None if one of them
+        serves a pattern (only it knows its models)."""
         names: set[str] = set()
         for provider in self.providers:
             spec = provider.spec
-            if spec.kind != kind:
-                continue
             if any(any(c in m for c in "*?[") for m in spec.models):
                 return None
             names.update(spec.models, spec.aliases)

@@ -2,7 +2,8 @@
 
 Rules:
 - A provider is one ``[[providers]]`` table: ``name``, ``kind`` (``openai`` |
-  ``anthropic``), ``base_url``, ``api_key_env`` (the credential is read from
+  ``anthropic`` | ``gemini``: the API it speaks; a route of another dialect
+  reaches it translated, :mod:`trioproxy.translate`), ``base_url``, ``api_key_env`` (the credential is read from
   that environment variable at start-up, never from the file), ``models``
   (names or ``*`` patterns), ``aliases`` (``client_name = "upstream_name"``),
   ``weight``, ``priority`` (the tier: lower first), ``max_streams``, extra
@@ -48,7 +49,7 @@ __all__ = [
     "parse_providers",
 ]
 
-KINDS = ("openai", "anthropic")
+KINDS = ("openai", "anthropic", "gemini")
 MAX_WEIGHT = 1000  # round robin unrolls one period of sum(weights) turns per pool
 MAX_PRIORITY = 100
 MAX_RETRIES = 10
@@ -168,7 +169,7 @@ def parse_providers(raw: Iterable[Mapping[str, Any]]) -> tuple[ProviderSpec, ...
         name = entry["name"]
         kind = entry.get("kind", "openai")
         if kind not in KINDS:
-            raise ConfigError(f"{label}: kind must be openai or anthropic")
+            raise ConfigError(f"{label}: kind must be openai, anthropic or gemini")
         base_url = entry.get("base_url")
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{label}: base_url must start with http(s)://")

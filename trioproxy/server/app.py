@@ -71,8 +71,8 @@ from ..relay.record import CompletionRecord
 from ..relay.run import Relay
 from ..relay.timeline import traceparent_of
 from ..relay.writer import send_abort, send_error
-from ..routing.failover import UpstreamRequest, upstream_request
 from ..routing.pools import Router
+from ..routing.targets import UpstreamRequest, upstream_request
 from ..upstream.client import Upstream
 from . import endpoints
 from .accounts import Accounts

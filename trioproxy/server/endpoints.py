@@ -149,8 +149,9 @@ async def list_models(
     extra: list[tuple[bytes, bytes]],
 ) -> bool:
     """GET /v1/models from the config when every provider names its models
-    (aliases included, filtered by the key); False: ask an upstream."""
-    names = router.listed_models("openai" if router.has("openai") else "anthropic")
+    (aliases included, filtered by the key; every kind: the chat and messages
+    routes reach them all); False: ask an upstream."""
+    names = router.listed_models()
     if names is None:
         return False
     data: list[dict[str, Any]] = [

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import orjson
 import trio
 
-from .. import dialects
+from .. import dialects, translate
 from ..errors import GatewayError
 from ..routing.pools import Router
 from ..routing.providers import Provider
@@ -80,6 +80,9 @@ async def _probe(router: Router, provider: Provider, upstream: Upstream) -> None
     headers["content-type"] = "application/json"
     for model in provider.ejected_models(router.clock())[:MAX_MODELS_PROBED]:
         body = orjson.dumps({"model": model, "max_tokens": 1, "messages": _PING})
+        if spec.kind == "gemini":  # the model is in the URL, the body is Gemini's own
+            url = spec.base_url + translate.gemini_path(model, stream=False)
+            body = orjson.dumps(translate.request_for("gemini", "openai", orjson.loads(body)))
         if await _passes(upstream, "POST", url, headers, body, bound):
             log.info("health probe of %s passed: model %s answered", spec.name, model)
             provider.probed(router.clock(), model)

@@ -27,6 +27,7 @@ bad<K>    send one malformed event (invalid JSON) after K tokens, then go on
 hb<K>     after K tokens send only ``: ping`` comments, forever (K=0: no data event)
 p<MS>     interval of those pings, milliseconds (default 100)
 x<N>      a tag, otherwise ignored: lets a test or ``chaos`` match its requests
+tool1     end the answer with a tool call (:mod:`trioproxy.testing.mock_tools`)
 shape-S   stream as server shape S does (:mod:`trioproxy.testing.shapes`:
           json_dumps, groq, azure, anthropic, ...), with the timing and faults above
 ========  =====================================================================
@@ -102,10 +103,11 @@ class Fault:
     head_wait_ms: float = 0.0  # nothing at all this long
     no_prefill: int = 0  # 1: refuse to continue a final assistant message
     half_after: int | None = None  # send half an event after this many tokens, then reset
+    tool_call: int = 0  # 1: the answer ends in a tool call (mock_tools.py)
 
 
 _OPTION = re.compile(
-    r"(stall|drop|half|bad|hb|ra|flap|rst|wait|noprefill|t|i|f|e|p|x|n)(\d+(?:\.\d+)?)"
+    r"(stall|drop|half|bad|hb|ra|flap|rst|wait|noprefill|tool|t|i|f|e|p|x|n)(\d+(?:\.\d+)?)"
 )
 _FIELDS = {
     "t": "tokens",
@@ -125,6 +127,7 @@ _FIELDS = {
     "rst": "reset",
     "wait": "head_wait_ms",
     "noprefill": "no_prefill",
+    "tool": "tool_call",
 }
 _FLOATS = {"itl_ms", "ttft_ms", "ping_ms", "flap_s", "head_wait_ms"}
 

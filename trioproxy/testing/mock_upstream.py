@@ -7,7 +7,8 @@ while a stream is paused. Each streaming response runs with a watcher blocked on
 ``receive_some``: an EOF there is the peer hanging up, recorded with its time.
 
 Routes: POST /v1/chat/completions, /v1/completions, /v1/responses,
-/v1/embeddings, /v1/messages; GET /v1/models; GET /mock/stats (counters as JSON), GET /mock/streams (models of the streams
+/v1/embeddings, /v1/messages, Gemini's /v1beta/models/M:streamGenerateContent and
+:generateContent (:mod:`trioproxy.testing.mock_gemini`); GET /v1/models; GET /mock/stats (counters as JSON), GET /mock/streams (models of the streams
 started), GET /mock/peer-closes[?tag=N] (mid-stream hang-ups seen), GET /mock/faults (when
 each fault began).
 Faults are chosen per request by the model name (see :mod:`trioproxy.testing.mock_scripts`).
@@ -26,8 +27,10 @@ import orjson
 import trio
 
 from .mock_answers import Refusals, err, healthy, prefilled, send_bytes, send_json
+from .mock_gemini import gemini_route, gemini_script
 from .mock_scripts import Fault, FaultSpecError, parse_fault, script_for, shaped
 from .mock_stream import Emitter, write_stream
+from .mock_tools import with_tool_call
 
 __all__ = ["MockStatistics", "MockUpstream", "serve_mock"]
 
@@ -166,11 +169,16 @@ class MockUpstream:
             await send_json(stream, 200, {"object": "list", "data": models}, keep)
             return keep
         route = _ROUTES.get(path)
+        gemini = gemini_route(path)
+        if gemini is not None:
+            route = "gemini"
         if route is None or method != "POST":
             await send_json(stream, 404, err(route, f"no route {method} {path}"), keep)
             return keep
         try:
             obj: Any = orjson.loads(body)
+            if gemini is not None:  # the model and streaming are in the URL
+                obj["model"], obj["stream"] = gemini
             model = obj["model"]
             fault = parse_fault(model, self.defaults)
         except (orjson.JSONDecodeError, KeyError, TypeError, FaultSpecError) as exc:
@@ -194,7 +202,12 @@ class MockUpstream:
         opts = obj.get("stream_options")
         usage_on = isinstance(opts, dict) and bool(opts.get("include_usage"))
         skip = prefilled(route, obj) or 0
-        script = script_for(route, model, fault.tokens, usage_on, next(self._seq), skip)
+        if route == "gemini":
+            script = gemini_script(model, fault.tokens, next(self._seq), bool(fault.tool_call))
+        else:
+            script = script_for(route, model, fault.tokens, usage_on, next(self._seq), skip)
+            if fault.tool_call:
+                script = with_tool_call(script, route)
         if fault.shape is not None:
             script = shaped(script, fault.shape, fault.tokens)
         if obj.get("stream") is not True:

@@ -1,0 +1,279 @@
+"""Reading an upstream's stream: one event block in, the events it holds out (sans-IO).
+
+Rules:
+- One decoder per upstream dialect, fed the blocks the SSE framer finds, in
+  order; each block is parsed once (``orjson``), and only the fields that make
+  an :mod:`event <trioproxy.translate.events>` are read. A block that is not a
+  JSON object says nothing (no event).
+- The first block with an id gives :class:`Start`, before anything else.
+- :meth:`Decoder.close` is called when the upstream ended its body cleanly: a
+  stream whose stop reason came but whose final event did not (a server that
+  writes no ``[DONE]``, and Gemini, which has no final event) ends there.
+  A stream with no stop reason ends with nothing: it was cut.
+- Tool calls are numbered from 0 in the order they start, whatever index the
+  upstream gave them (Anthropic numbers its content blocks, text included).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..dialects import event_data
+from .events import (
+    End,
+    Error,
+    Event,
+    Finish,
+    Reasoning,
+    Start,
+    Stop,
+    Text,
+    ToolArgs,
+    ToolStart,
+    Usage,
+    count,
+    stop_from,
+)
+
+__all__ = ["AnthropicDecoder", "Decoder", "GeminiDecoder", "OpenAIDecoder", "decoder_for"]
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _error(error: dict[str, Any]) -> Error:
+    kind = error.get("type") or error.get("status") or error.get("code") or "api_error"
+    return Error(str(kind)[:64], _str(error.get("message"))[:2000])
+
+
+class Decoder:
+    """What every decoder keeps: whether it started, finished, ended."""
+
+    __slots__ = ("ended", "finished", "started")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.finished = False  # the upstream gave its stop reason
+        self.ended = False  # the upstream's final event came
+
+    def feed(self, block: bytes) -> list[Event]:
+        raise NotImplementedError
+
+    def close(self) -> list[Event]:
+        """The upstream's body ended cleanly here: :class:`End` if it had finished."""
+        if self.finished and not self.ended:
+            self.ended = True
+            return [End()]
+        return []
+
+
+class OpenAIDecoder(Decoder):
+    """OpenAI chat completion chunks (vLLM, SGLang, OpenAI and their kin)."""
+
+    __slots__ = ()
+
+    def feed(self, block: bytes) -> list[Event]:
+        if block.startswith((b"data: [DONE]", b"data:[DONE]")):
+            self.ended = True
+            return [End()]
+        obj = event_data(block)
+        if obj is None:
+            return []
+        if isinstance(obj.get("error"), dict):
+            return [_error(obj["error"])]
+        out: list[Event] = []
+        if not self.started and _str(obj.get("id")):
+            self.started = True
+            out.append(Start(obj["id"], _str(obj.get("model"))))
+        choices = obj.get("choices")
+        choice = _dict(choices[0]) if isinstance(choices, list) and choices else {}
+        delta = _dict(choice.get("delta"))
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            out.append(Reasoning(reasoning))
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            out.append(Text(content))
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            call = _dict(call)
+            index = call.get("index", 0)
+            index = index if isinstance(index, int) else 0
+            function = _dict(call.get("function"))
+            if call.get("id") or function.get("name"):
+                out.append(ToolStart(index, _str(call.get("id")), _str(function.get("name"))))
+            arguments = function.get("arguments")
+            if isinstance(arguments, str) and arguments:
+                out.append(ToolArgs(index, arguments))
+        finish = choice.get("finish_reason")
+        if isinstance(finish, str) and finish:
+            self.finished = True
+            out.append(Finish(stop_from("openai", finish)))
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            prompt = _dict(usage.get("prompt_tokens_details"))
+            completion = _dict(usage.get("completion_tokens_details"))
+            out.append(
+                Usage(
+                    count(usage, "prompt_tokens"),
+                    count(usage, "completion_tokens"),
+                    cache_read=count(prompt, "cached_tokens"),
+                    cache_write=count(usage, "cache_creation_input_tokens"),
+                    reasoning=count(completion, "reasoning_tokens"),
+                )
+            )
+        return out
+
+
+class AnthropicDecoder(Decoder):
+    """Anthropic's Messages stream: named events, each a JSON object with its ``type``."""
+
+    __slots__ = ("_input", "_tools")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tools: dict[int, int] = {}  # content block index -> tool call number
+        self._input = Usage()  # the prompt's counts, from message_start
+
+    def feed(self, block: bytes) -> list[Event]:
+        obj = event_data(block)
+        if obj is None:
+            return []
+        kind = obj.get("type")
+        if kind == "content_block_delta":
+            delta = _dict(obj.get("delta"))
+            what = delta.get("type")
+            if what == "text_delta":
+                text = _str(delta.get("text"))
+                return [Text(text)] if text else []
+            if what == "thinking_delta":
+                thinking = _str(delta.get("thinking"))
+                return [Reasoning(thinking)] if thinking else []
+            if what == "input_json_delta":
+                piece = _str(delta.get("partial_json"))
+                tool = self._tools.get(obj.get("index", -1))
+                return [ToolArgs(tool, piece)] if piece and tool is not None else []
+            return []  # signature_delta, citations_delta: nothing a client of another API reads
+        if kind == "content_block_start":
+            content = _dict(obj.get("content_block"))
+            what = content.get("type")
+            if what == "tool_use":
+                number = len(self._tools)
+                index = obj.get("index")
+                self._tools[index if isinstance(index, int) else -1] = number
+                return [ToolStart(number, _str(content.get("id")), _str(content.get("name")))]
+            if what == "text" and _str(content.get("text")):
+                return [Text(content["text"])]
+            return []
+        if kind == "message_start":
+            message = _dict(obj.get("message"))
+            self._input = _input_usage(_dict(message.get("usage")))
+            self.started = True
+            return [Start(_str(message.get("id")), _str(message.get("model")))]
+        if kind == "message_delta":
+            out: list[Event] = []
+            delta = _dict(obj.get("delta"))
+            reason = delta.get("stop_reason")
+            if isinstance(reason, str) and reason:
+                self.finished = True
+                sequence = delta.get("stop_sequence")
+                out.append(
+                    Finish(
+                        stop_from("anthropic", reason),
+                        sequence if isinstance(sequence, str) else None,
+                    )
+                )
+            usage = obj.get("usage")
+            if isinstance(usage, dict):
+                given = _input_usage(usage)  # a newer API repeats the prompt's counts here
+                counts = given if given.input else self._input
+                counts.output = count(usage, "output_tokens")
+                out.append(counts)
+            return out
+        if kind == "message_stop":
+            self.ended = True
+            return [End()]
+        if kind == "error":
+            return [_error(_dict(obj.get("error")))]
+        return []
+
+
+def _input_usage(usage: dict[str, Any]) -> Usage:
+    read, write = (
+        count(usage, "cache_read_input_tokens"),
+        count(usage, "cache_creation_input_tokens"),
+    )
+    return Usage(count(usage, "input_tokens") + read + write, 0, read, write)
+
+
+class GeminiDecoder(Decoder):
+    """Gemini's ``streamGenerateContent?alt=sse``: each event a whole
+    ``GenerateContentResponse``; the last holds ``finishReason`` and the usage.
+    A function call comes whole, in one part: its start and all its arguments."""
+
+    __slots__ = ("_id", "_tools")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tools = 0
+        self._id = ""
+
+    def feed(self, block: bytes) -> list[Event]:
+        obj = event_data(block)
+        return [] if obj is None else self.feed_object(obj)
+
+    def feed_object(self, obj: dict[str, Any]) -> list[Event]:
+        """One ``GenerateContentResponse``: a stream's event, or a whole answer."""
+        if isinstance(obj.get("error"), dict):
+            return [_error(obj["error"])]
+        out: list[Event] = []
+        if not self.started:
+            self.started = True
+            self._id = _str(obj.get("responseId"))
+            out.append(Start(self._id, _str(obj.get("modelVersion"))))
+        candidates = obj.get("candidates")
+        candidate = _dict(candidates[0]) if isinstance(candidates, list) and candidates else {}
+        parts = _dict(candidate.get("content")).get("parts")
+        for part in parts if isinstance(parts, list) else ():
+            part = _dict(part)
+            text = part.get("text")
+            if isinstance(text, str) and text:
+                out.append(Reasoning(text) if part.get("thought") is True else Text(text))
+            call = part.get("functionCall")
+            if isinstance(call, dict):
+                number, self._tools = self._tools, self._tools + 1
+                ident = _str(call.get("id")) or f"call_{self._id}_{number}"
+                out.append(ToolStart(number, ident, _str(call.get("name"))))
+                out.append(ToolArgs(number, orjson.dumps(call.get("args") or {}).decode()))
+        reason = candidate.get("finishReason")
+        blocked = _dict(obj.get("promptFeedback")).get("blockReason")
+        if (isinstance(reason, str) and reason) or blocked:
+            self.finished = True
+            stop = stop_from("gemini", reason) if isinstance(reason, str) else Stop.FILTERED
+            out.append(Finish(Stop.TOOL if stop is Stop.STOP and self._tools else stop))
+            usage = _dict(obj.get("usageMetadata"))
+            thoughts = count(usage, "thoughtsTokenCount")
+            out.append(
+                Usage(
+                    count(usage, "promptTokenCount") + count(usage, "toolUsePromptTokenCount"),
+                    count(usage, "candidatesTokenCount") + thoughts,
+                    cache_read=count(usage, "cachedContentTokenCount"),
+                    reasoning=thoughts,
+                )
+            )
+        return out
+
+
+def decoder_for(kind: str) -> Decoder:
+    if kind == "anthropic":
+        return AnthropicDecoder()
+    if kind == "gemini":
+        return GeminiDecoder()
+    return OpenAIDecoder()
