@@ -116,7 +116,7 @@ class OpenAIDecoder(Decoder):
         if isinstance(finish, str) and finish:
             self.finished = True
             out.append(Finish(stop_from("openai", finish)))
-        usage = obj.get("usage")
+        usage = obj.get("usage") or _dict(obj.get("x_groq")).get("usage")  # Groq's place
         if isinstance(usage, dict):
             prompt = _dict(usage.get("prompt_tokens_details"))
             completion = _dict(usage.get("completion_tokens_details"))

@@ -6,6 +6,8 @@ Rules:
   encoder (:mod:`~trioproxy.translate.decode`, :mod:`~trioproxy.translate.encode`).
   Every block it returns is whole, and is returned for the block that caused it:
   nothing waits for a later event but what the client's dialect places later.
+- An upstream's error event ends the client's answer: nothing it sends after
+  it (a ``[DONE]``) is translated.
 - Heartbeats stay heartbeats: an SSE comment passes as it is; Anthropic's
   ``event: ping`` is a comment (``: ping``) for an OpenAI client.
 - :class:`TranslatingFramer` is the SSE framer the relay reads a translated
@@ -23,6 +25,7 @@ from typing import Protocol
 
 from .decode import Decoder, decoder_for
 from .encode import AnthropicEncoder, Encoder, OpenAIEncoder
+from .events import Error
 
 __all__ = ["StreamTranslator", "TranslatingFramer"]
 
@@ -33,7 +36,7 @@ class StreamTranslator:
     """One upstream stream of ``kind`` (openai, anthropic, gemini) for a client of
     ``dialect`` (openai, anthropic). ``created``: the Unix time OpenAI chunks carry."""
 
-    __slots__ = ("_decoder", "_encoder", "_openai_client")
+    __slots__ = ("_decoder", "_encoder", "_failed", "_openai_client")
 
     def __init__(self, kind: str, dialect: str, created: int = 0) -> None:
         self._decoder: Decoder = decoder_for(kind)
@@ -41,6 +44,7 @@ class StreamTranslator:
         self._encoder: Encoder = (
             OpenAIEncoder(created) if self._openai_client else AnthropicEncoder()
         )
+        self._failed = False  # the upstream's error event came: the answer ended there
 
     def feed(self, block: bytes) -> list[bytes]:
         if block[:1] == b":":  # a comment: a heartbeat in any dialect
@@ -50,13 +54,16 @@ class StreamTranslator:
         out: list[bytes] = []
         encode = self._encoder.feed
         for event in self._decoder.feed(block):
+            if self._failed:
+                break
             out += encode(event)
+            self._failed = type(event) is Error
         return out
 
     def close(self) -> list[bytes]:
         """The upstream's body ended cleanly: the client's final events if it had finished."""
         out: list[bytes] = []
-        for event in self._decoder.close():
+        for event in () if self._failed else self._decoder.close():
             out += self._encoder.feed(event)
         return out
 
