@@ -225,6 +225,32 @@ def test_a_drain_past_its_bound_is_caught() -> None:
     assert failed == ["drains_bounded"]
 
 
+async def test_campaign_across_dialects_holds_every_invariant() -> None:
+    """``chaos --translate``: chat to an Anthropic provider, messages to an
+    OpenAI-compatible one; every invariant of the pass-through relay holds."""
+    report = await run_campaign(
+        None, runs=200, concurrency=16, seed=20261204, translate=True, cancel_p99_ms=P99_MS
+    )
+    text = format_report(report)
+    assert report["passed"], text
+    (translated,) = [i for i in report["invariants"] if i["name"] == "streams_translated"]
+    assert (
+        "anthropic->openai" in translated["detail"] and "openai->anthropic" in translated["detail"]
+    )
+
+
+def test_a_stream_that_was_not_translated_is_caught() -> None:
+    runs = plan(40, 3, LIMITS, translate=True)
+    assert all("-x1-x" in r.model if r.route == "chat" else "-x2-x" in r.model for r in runs)
+    observed = _healthy(runs)
+    for record in observed.records:
+        record.update(events=3, translated="anthropic->openai")
+    assert all(inv.ok for inv in check_invariants(runs, observed))
+    observed.records[0]["translated"] = None  # one stream passed as it came
+    failed = [i.name for i in check_invariants(runs, observed) if not i.ok]
+    assert failed == ["streams_translated"]
+
+
 async def test_campaign_with_redis_killed_at_random_holds_every_invariant() -> None:
     """``chaos --redis``: the gateway's receipts and usage live in a Redis that is
     killed and restarted under the runs; no run fails for it, no receipt is lost."""

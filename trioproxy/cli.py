@@ -86,6 +86,7 @@ def _chaos(args: argparse.Namespace) -> int:
             functools.partial(
                 run_campaign, args.gateway, args.runs, args.concurrency, seed, progress,
                 args.providers, args.redis, args.drain, cancel_p99_ms=args.cancel_p99_ms,
+                translate=args.translate,
             )
         )  # fmt: skip
     except CampaignError as exc:

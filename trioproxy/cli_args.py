@@ -118,6 +118,10 @@ def _chaos(sub: Any) -> None:
     chaos.add_argument("--redis", action="store_true",
                        help="without --gateway: keep the gateway's receipts and usage in a "
                        "redis-server started here and killed at random (default: no Redis)")  # fmt: skip
+    chaos.add_argument("--translate", action="store_true",
+                       help="every request crosses dialects: chat to an Anthropic provider, "
+                       "messages to an OpenAI-compatible one (the local gateway's providers, "
+                       "or a --gateway configured so; default: off)")  # fmt: skip
     chaos.add_argument("--routing", action="store_true",
                        help="the routing campaign instead: 15 fault families plus a flapping "
                        "primary, each judged pass/safe/fail (--runs a family, default 3; "

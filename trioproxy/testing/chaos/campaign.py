@@ -23,7 +23,7 @@ import trio
 
 from ..rawclient import request
 from .latency import P99_BOUND_MS
-from .plan import Limits, RunResult, execute_all, plan, poll_peer_closed
+from .plan import TRANSLATE_TAGS, Limits, RunResult, execute_all, plan, poll_peer_closed
 from .redis_chaos import ChaosRedis, check_redis_invariants
 from .report import Observed, build_report
 
@@ -52,6 +52,11 @@ name = "anthropic-{i}"
 kind = "anthropic"
 base_url = "{mock}"
 """
+# --translate: each kind serves the other route's tagged model names only.
+TRANSLATED_MODELS = {
+    "openai": 'models = ["*-' + TRANSLATE_TAGS["messages"] + '-x*"]\n',
+    "anthropic": 'models = ["*-' + TRANSLATE_TAGS["chat"] + '-x*"]\n',
+}
 
 
 class CampaignError(Exception):
@@ -105,11 +110,12 @@ def _free_port() -> int:
 
 @asynccontextmanager
 async def open_local_gateway(
-    providers: int = 1, redis_url: str = "", drain: float = 0.0
+    providers: int = 1, redis_url: str = "", drain: float = 0.0, translate: bool = False
 ) -> AsyncIterator[str]:
     """A mock upstream and a gateway (debug endpoints on) as child processes,
     with ``providers`` providers of each kind (and its state in ``redis_url``);
-    ``drain``: the providers drain after a hang-up, for at most that many seconds."""
+    ``drain``: the providers drain after a hang-up, for at most that many seconds;
+    ``translate``: each route reaches only providers of the other kind."""
     python = [sys.executable, "-m", "trioproxy"]
     mock_port, gw_port = _free_port(), _free_port()
     mock_url = f"http://127.0.0.1:{mock_port}"
@@ -126,6 +132,10 @@ async def open_local_gateway(
             policy = f'on_client_disconnect = "drain"\ndrain_max_seconds = {drain}\n'
             tables = tables.replace('base_url = "{mock}/v1"\n', 'base_url = "{mock}/v1"\n' + policy)
             tables = tables.replace('base_url = "{mock}"\n', 'base_url = "{mock}"\n' + policy)
+        if translate:
+            for kind, models in TRANSLATED_MODELS.items():
+                line = 'base_url = "{mock}/v1"\n' if kind == "openai" else 'base_url = "{mock}"\n'
+                tables = tables.replace(line, line + models)
         for i in range(providers):
             f.write(tables.format(mock=mock_url, i=i))
     try:
@@ -193,28 +203,33 @@ async def run_campaign(
     redis: bool = False,
     drain: float = 0.0,
     cancel_p99_ms: float = P99_BOUND_MS,
+    translate: bool = False,
 ) -> dict[str, Any]:
     """``redis``: the local gateway keeps its state in a Redis killed at random
     (:mod:`.redis_chaos`); ``drain``: its providers drain after a hang-up
-    (``on_client_disconnect = "drain"``, ``drain_max_seconds = drain``)."""
+    (``on_client_disconnect = "drain"``, ``drain_max_seconds = drain``);
+    ``translate``: every request crosses dialects (chat to an Anthropic
+    provider, messages to an OpenAI-compatible one)."""
     if gateway is None and redis:
         chaos_redis = ChaosRedis()
         await chaos_redis.start()
         try:
-            async with open_local_gateway(providers, chaos_redis.url, drain) as url:
+            async with open_local_gateway(providers, chaos_redis.url, drain, translate) as url:
                 return await _campaign(
-                    url, runs, concurrency, seed, progress, chaos_redis, drain, cancel_p99_ms
-                )
+                    url, runs, concurrency, seed, progress, chaos_redis, drain, cancel_p99_ms,
+                    translate,
+                )  # fmt: skip
         finally:
             await chaos_redis.aclose()
     if gateway is None:
-        async with open_local_gateway(providers, drain=drain) as url:
+        async with open_local_gateway(providers, drain=drain, translate=translate) as url:
             return await _campaign(
-                url, runs, concurrency, seed, progress, None, drain, cancel_p99_ms
+                url, runs, concurrency, seed, progress, None, drain, cancel_p99_ms, translate
             )
     return await _campaign(
-        gateway.rstrip("/"), runs, concurrency, seed, progress, None, 0.0, cancel_p99_ms
-    )
+        gateway.rstrip("/"), runs, concurrency, seed, progress, None, 0.0, cancel_p99_ms,
+        translate,
+    )  # fmt: skip
 
 
 async def _campaign(
@@ -226,6 +241,7 @@ async def _campaign(
     redis: ChaosRedis | None = None,
     drain: float = 0.0,
     cancel_p99_ms: float = P99_BOUND_MS,
+    translate: bool = False,
 ) -> dict[str, Any]:
     state = await _get(url, "/debug/state")
     cfg = state["config"]
@@ -246,11 +262,12 @@ async def _campaign(
     # Warm up (pool connections, imports), then take the baseline.
     async with trio.open_nursery() as nursery:
         for i in range(min(concurrency, 16)):
-            body = {"model": f"mock-t2-i0-x{10**9 + i}", "messages": [], "stream": True}
+            tag = f"-{TRANSLATE_TAGS['chat']}" if translate else ""
+            body = {"model": f"mock-t2-i0{tag}-x{10**9 + i}", "messages": [], "stream": True}
             nursery.start_soon(request, url, "POST", "/v1/chat/completions", body)
     baseline = await _settle(url)
 
-    planned = plan(runs, seed, limits)
+    planned = plan(runs, seed, limits, translate=translate)
     started = time.monotonic()
     counted: list[RunResult] = []
 

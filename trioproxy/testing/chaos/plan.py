@@ -32,6 +32,7 @@ __all__ = [
     "FAULTS",
     "FAULT_OUTCOME",
     "RACE_S",
+    "TRANSLATE_TAGS",
     "Limits",
     "Run",
     "RunResult",
@@ -72,6 +73,11 @@ _RACE_MS = 25
 RACE_S = _RACE_MS / 1000
 _HEAD_EVENTS = {"chat": 1, "messages": 3}  # data events before the first token
 _TAIL_EVENTS = {"chat": 2, "messages": 3}
+# --translate: each route's model names carry a tag (ignored by the mock) that only a
+# provider of the other kind serves, so every request crosses dialects. A translated
+# Anthropic stream has no ping before its first token, and a malformed event is dropped.
+TRANSLATE_TAGS = {"chat": "x1", "messages": "x2"}
+_TRANSLATED_HEAD = {"chat": 1, "messages": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,7 @@ class Run:
     k: int  # disconnect after k events (disconnect_after)
     expected: frozenset[str]
     client: str = "keep-alive"  # one of CLIENTS
+    translated: bool = False  # the route's provider speaks the other dialect (--translate)
 
 
 @dataclass(slots=True)
@@ -113,7 +120,11 @@ class RunResult:
 
 
 def plan(
-    runs: int, seed: int, limits: Limits, routes: tuple[str, ...] = ("chat", "messages")
+    runs: int,
+    seed: int,
+    limits: Limits,
+    routes: tuple[str, ...] = ("chat", "messages"),
+    translate: bool = False,
 ) -> list[Run]:
     rng = random.Random(seed)
     clients = random.Random(f"clients-{seed}")
@@ -122,7 +133,8 @@ def plan(
         fault, behaviour = rng.choice(FAULTS), rng.choice(BEHAVIOURS)
         route = rng.choice(routes)
         n, itl, k_fault = rng.randint(20, 40), rng.choice((5, 10)), rng.randint(3, 12)
-        head, tail = _HEAD_EVENTS[route], _TAIL_EVENTS[route]
+        head, tail = (_TRANSLATED_HEAD if translate else _HEAD_EVENTS)[route], _TAIL_EVENTS[route]
+        bad = 0 if translate else 1  # a translated stream drops a malformed event
         spec = {
             "none": (f"t{n}-i{itl}", head + n + tail),
             "stall": (f"t{n}-i{itl}-stall{k_fault}", head + k_fault),
@@ -130,7 +142,7 @@ def plan(
             "slow_ttft": (f"t5-f{int(limits.ttft_timeout * 1000) + 400}", 0),
             "e500": ("e500", 0),
             "e429": ("e429", 0),
-            "malformed": (f"t{n}-i{itl}-bad{k_fault}", head + n + 1 + tail),
+            "malformed": (f"t{n}-i{itl}-bad{k_fault}", head + n + bad + tail),
             "heartbeat_only": ("hb0-p50", 0),
         }
         options, available = spec[fault]
@@ -159,11 +171,14 @@ def plan(
                 route=route,
                 fault=fault,
                 behaviour=behaviour,
-                model=f"mock-{options}-x{i}",
+                model=f"mock-{options}-{TRANSLATE_TAGS[route]}-x{i}"
+                if translate
+                else f"mock-{options}-x{i}",
                 events_available=available,
                 k=k,
                 expected=frozenset(expected),
                 client=clients.choice(CLIENTS),
+                translated=translate,
             )
         )
     return out

@@ -96,6 +96,8 @@ def check_invariants(
     limiter, detached, mock = final["limiter"], final["detached"] or {}, observed.mock_stats
     provider_streams = sum(p["in_flight"] for p in final.get("providers", []))
     invariants = [_drains_bounded(observed.records, drain)] if drain else []
+    if any(r.translated for r in runs):
+        invariants.append(_translated(runs, observed.records))
     return [
         *invariants,
         Invariant(
@@ -156,6 +158,17 @@ def _raced(observed: Observed, results: Sequence[RunResult]) -> set[int]:
         and (at := began.get(str(r.run.index))) is not None
         and r.closed_mono > at - RACE_S
     }
+
+
+def _translated(runs: Sequence[Run], records: Sequence[dict[str, Any]]) -> Invariant:
+    """--translate: every stream the gateway read was translated (none passed as it came)."""
+    ids = {r.request_id for r in runs}
+    read = [r for r in records if r["request_id"] in ids and r["events"]]
+    passed = [r["request_id"] for r in read if not r.get("translated")]
+    pairs = dict(collections.Counter(r.get("translated") for r in read))
+    return Invariant(
+        "streams_translated", not passed, "; ".join(passed[:10]) or f"{len(read)} streams {pairs}"
+    )
 
 
 def _drains_bounded(records: Sequence[dict[str, Any]], drain: float) -> Invariant:
