@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import headline, report, rig, sustained
+from . import ab, headline, report, rig, sustained
 from .idle import run_idle
 from .procs import (
     CORES,
@@ -39,7 +39,7 @@ def _progress(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--scenario", action="append", choices=[*SCENARIOS, "sweep", "sustained"],
+    parser.add_argument("--scenario", action="append", choices=[*SCENARIOS, "sweep", "sustained", "translated"],
                         help="repeatable; default: all")  # fmt: skip
     parser.add_argument("--target", action="append", default=[], metavar="NAME=URL",
                         help="measure this proxy (its upstream must be a trioproxy mock-upstream); "
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ladder", help="sustained: the concurrencies to try, e.g. 50,100,200")
     parser.add_argument("--out", default="bench/out", type=Path)
     args = parser.parse_args(argv)
-    names = args.scenario or [*SCENARIOS, "sweep", "sustained"]
+    names = args.scenario or [*SCENARIOS, "sweep", "sustained", "translated"]
 
     procs: list[Proc] = []
     try:
@@ -139,6 +139,16 @@ def main(argv: list[str] | None = None) -> int:
                         lambda text, t=target: _progress(f"{t} {text}"),
                         tuple(int(c) for c in args.ladder.split(",")) if args.ladder else None,
                     )
+                continue
+            if name == "translated":  # passing through and translating, rounds interleaved
+                results["translated"] = {}
+                for shape in ("paced", "overhead"):  # CPU per token; one stream's TTFT
+                    sc = shaped(SCENARIOS[shape])
+                    _progress(f"translated: {shape}, passing through and translating")
+                    results["translated"][shape] = ab.compare(
+                        None, shape, max(6, 2 * args.repeats), sc.requests, sc.warmup,
+                        translated=True, mock_url=mock.url,
+                    )  # fmt: skip
                 continue
             if name == "sweep":
                 base = shaped(SCENARIOS["throughput"])

@@ -1,6 +1,12 @@
 """Two trioproxy trees side by side: this checkout against another, interleaved.
 
     .venv/bin/python -m bench.ab --base /path/to/other/checkout [--rounds 10] [--requests 1000]
+    .venv/bin/python -m bench.ab --translated --scenario paced
+
+``--translated``: this checkout twice instead, passing through (the mock as an
+OpenAI server: ``base``) and translating (the mock as an Anthropic server, the
+client speaking OpenAI chat: ``this``); the summary adds the CPU per token and
+the TTFT p50 that translation adds.
 
 Both gateways run at once, pinned to the proxy core, on one mock upstream; the
 rounds alternate base, this, this, base, ... so the machine's drift hits both
@@ -29,7 +35,9 @@ from .scenarios import SCENARIOS, measure
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, required=True, help="the other checkout's root")
+    parser.add_argument("--base", type=Path, help="the other checkout's root")
+    parser.add_argument("--translated", action="store_true",
+                        help="this checkout passing through against it translating")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument(
@@ -39,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
                         default="throughput", help="the shape of each run")  # fmt: skip
     parser.add_argument("--out", default="bench/out", type=Path)
     args = parser.parse_args(argv)
-    summary = compare(args.base, args.scenario, args.rounds, args.requests, args.warmup)
+    if (args.base is None) == (not args.translated):
+        parser.error("one of --base and --translated")
+    summary = compare(
+        args.base, args.scenario, args.rounds, args.requests, args.warmup, args.translated
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ab.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
@@ -47,20 +59,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compare(
-    base: Path, scenario: str, rounds: int, requests: int, warmup: int | None = None
+    base: Path | None,
+    scenario: str,
+    rounds: int,
+    requests: int,
+    warmup: int | None = None,
+    translated: bool = False,
+    mock_url: str | None = None,
 ) -> dict[str, Any]:
-    """``rounds`` interleaved runs of the ``base`` tree and this one; their summary."""
+    """``rounds`` interleaved runs of the ``base`` tree and this one (or this one
+    passing through and translating); their summary. ``mock_url``: a running mock."""
     sc = dataclasses.replace(SCENARIOS[scenario], requests=requests)
     if warmup is not None:
         sc = dataclasses.replace(sc, warmup=warmup)
     procs: list[Proc] = []
     runs: dict[str, list[dict[str, Any]]] = {"base": [], "this": []}
     try:
-        mock = start_mock()
-        procs.append(mock)
+        mock = Proc("mock", mock_url) if mock_url else start_mock()
+        if not mock_url:
+            procs.append(mock)
+        this = Path(__file__).parent.parent.resolve()
         gateways = {
-            "base": start_trioproxy(mock.url, tree=base.resolve()),
-            "this": start_trioproxy(mock.url, tree=Path(__file__).parent.parent.resolve()),
+            "base": start_trioproxy(mock.url, tree=this if base is None else base.resolve()),
+            "this": start_trioproxy(mock.url, tree=this, translated=translated),
         }
         procs += gateways.values()
         for i in range(rounds):
@@ -94,6 +115,14 @@ def compare(
     ]
     return {
         "scenario": scenario,
+        "compared": "passing through (base) and translating (this)" if translated else "trees",
+        # s per 1k tokens -> µs per token: x 1000
+        "cpu_us_per_token_added": round(
+            (med("this", "proxy_cpu_s_per_1k_tokens") - med("base", "proxy_cpu_s_per_1k_tokens"))
+            * 1000,
+            2,
+        ),
+        "ttft_p50_ms_added": round(med("this", "ttft_ms.p50") - med("base", "ttft_ms.p50"), 3),
         "rounds": rounds,
         "requests_per_run": requests,
         "warmup_per_run": sc.warmup,

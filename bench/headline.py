@@ -9,7 +9,12 @@ Rules:
     ``PER_REQUEST`` times the Hypercorn floor's, and streams sustained at least the Hypercorn
     floor's ÷ ``PER_REQUEST``;
   - per token: proxy CPU per token on ``paced`` within ``PER_TOKEN`` times the trio floor's;
-  - full speed: ``throughput`` tokens/s at least ``FULL_SPEED`` times nginx's.
+  - full speed: ``throughput`` tokens/s at least ``FULL_SPEED`` times nginx's;
+  - translation (``translated``: passing through and translating, rounds interleaved):
+    at most ``TRANSLATION_CPU_US`` of proxy CPU per token added (``paced``) and
+    ``TRANSLATION_TTFT_MS`` of TTFT p50 added to one paced stream (``overhead``: under
+    ``paced`` the rig's cores are saturated, and TTFT there is queueing behind every
+    token's CPU, reported beside it).
 
   A target whose reference was not measured is reported as not checked.
 """
@@ -21,6 +26,8 @@ from typing import Any
 PER_REQUEST = 1.2
 PER_TOKEN = 2.0
 FULL_SPEED = 0.8
+TRANSLATION_CPU_US = 10.0
+TRANSLATION_TTFT_MS = 0.3
 # Reading order of the columns; targets a run has that are not listed come last.
 ORDER = ("direct", "nginx", "trio floor", "hypercorn floor", "trioproxy", "trioproxy x2",
          "naive relay", "litellm")  # fmt: skip
@@ -120,6 +127,15 @@ def targets(
     out.append((f"full speed ≥ {FULL_SPEED}x nginx",
                 "not measured" if full is None else f"{full:.2f}x",
                 None if full is None else full >= FULL_SPEED))  # fmt: skip
+    translated = results.get("translated") or {}
+    cpu_added = (translated.get("paced") or {}).get("cpu_us_per_token_added")
+    ttft_added = (translated.get("overhead") or {}).get("ttft_p50_ms_added")
+    out.append((f"translation adds ≤ {TRANSLATION_CPU_US:g} µs of CPU per token (paced)",
+                "not measured" if cpu_added is None else f"{cpu_added:+.1f} µs",
+                None if cpu_added is None else cpu_added <= TRANSLATION_CPU_US))  # fmt: skip
+    out.append((f"translation adds ≤ {TRANSLATION_TTFT_MS:g} ms to TTFT p50 (one paced stream)",
+                "not measured" if ttft_added is None else f"{ttft_added:+.2f} ms",
+                None if ttft_added is None else ttft_added <= TRANSLATION_TTFT_MS))  # fmt: skip
     return out
 
 

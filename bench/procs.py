@@ -133,16 +133,20 @@ def start_trioproxy(
     tree: Path | None = None,
     extra_config: str = "",
     workers: int = 1,
+    translated: bool = False,
 ) -> Proc:
     """A gateway on the proxy core; ``tree``: run the trioproxy of another
     checkout (its root first on PYTHONPATH), e.g. to compare two commits;
     ``extra_config``: TOML lines appended to its config. ``workers > 1``: that
-    many worker processes, on every core (their CPU is summed)."""
+    many worker processes, on every core (their CPU is summed). ``translated``:
+    its only upstream is the mock as an Anthropic server, so a chat request is
+    translated both ways (trioproxy.translate)."""
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="trioproxy-bench-"))
     config = workdir / "trioproxy.toml"
+    upstreams = "" if translated else f'openai_upstreams = ["{mock_url}/v1"]\n'
     config.write_text(
-        f'openai_upstreams = ["{mock_url}/v1"]\nanthropic_upstreams = ["{mock_url}"]\n'
+        upstreams + f'anthropic_upstreams = ["{mock_url}"]\n'
         "access_log = false\nmax_streams = 4096\ndebug_endpoints = true\n"
         # The load client is one peer with up to 1,000 connections: lift the per-peer cap.
         "max_connections_per_ip = 4096\n"
@@ -158,7 +162,8 @@ def start_trioproxy(
     )  # fmt: skip
     wait_port(port)
     if workers == 1:
-        return Proc("trioproxy", f"http://127.0.0.1:{port}", popen, workdir)
+        name = "trioproxy translated" if translated else "trioproxy"
+        return Proc(name, f"http://127.0.0.1:{port}", popen, workdir)
     deadline = time.monotonic() + 20
     while len(children := _children(popen.pid)) < workers and time.monotonic() < deadline:
         time.sleep(0.1)

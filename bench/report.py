@@ -88,6 +88,37 @@ def _rows_md(results: dict[str, Any], scenario: str) -> list[str]:
     return lines + ["| " + " | ".join(r[1:]) + " |" for r in rows(mine)]
 
 
+def translated_page(shapes: dict[str, dict[str, Any]], head: str) -> str:
+    """The ``translated`` scenario: shapes passing through and translating."""
+    rows = [
+        ("tokens/s", "tokens_per_s", "{:,.0f}"),
+        ("proxy CPU per token, µs", "cpu_s_per_1k_tokens", "{:.0f}", 1000),
+        ("TTFT p50, ms", "ttft_p50_ms", "{:.1f}"),
+        ("TTFT p99, ms", "ttft_p99_ms", "{:.1f}"),
+        ("gap p99, ms", "gap_p99_ms", "{:.1f}"),
+    ]
+    lines = [
+        "# translated (an OpenAI chat client; the upstream OpenAI, or Anthropic translated)\n",
+        head,
+    ]
+    for shape, ab in shapes.items():
+        lines += [
+            f"## {shape}\n",
+            f"{ab['rounds']} rounds of {ab['requests_per_run']} requests, interleaved; medians.\n",
+            "| same run | passing through | translated |", "|---|---|---|",
+        ]  # fmt: skip
+        for label, key, fmt, *scale in rows:
+            k = scale[0] if scale else 1
+            base, this = fmt.format(ab[key]["base"] * k), fmt.format(ab[key]["this"] * k)
+            lines.append(f"| {label} | {base} | {this} |")
+        lines += [
+            "",
+            f"Added by translation: {ab['cpu_us_per_token_added']:+.1f} µs of CPU per token, "
+            f"{ab['ttft_p50_ms_added']:+.2f} ms of TTFT p50.\n",
+        ]
+    return "\n".join(lines)
+
+
 def scenario_pages(results: dict[str, Any]) -> dict[str, str]:
     """One markdown page per scenario of the run (and the headline), by file name."""
     head = f"{results['machine']}\n\nCommand: `{results.get('command', 'python -m bench')}`\n"
@@ -115,6 +146,8 @@ def scenario_pages(results: dict[str, Any]) -> dict[str, str]:
         pages["sustained.md"] = (
             "\n".join(["# streams sustained\n", head, sustained.table(results["sustained"])]) + "\n"
         )
+    if results.get("translated"):
+        pages["translated.md"] = translated_page(results["translated"], head)
     lines = ["# headline\n", head, headline.table(results), "", "Targets:", ""]
     pages["headline.md"] = (
         "\n".join(lines + [f"- {t}" for t in headline.target_lines(results)]) + "\n"
