@@ -61,6 +61,9 @@ HOW = {
     ),
     "python: from openai import OpenAI": "test_make_run_serves_the_mock_to_curl_and_the_sdks",
     "python: import anthropic": "test_make_run_serves_the_mock_to_curl_and_the_sdks",
+    "trioproxy serve --anthropic-upstream http://127.0.0.1:8000": (
+        "test_the_sdk_examples_reach_a_model_of_the_other_api"
+    ),
     'make run ARGS="--upstream http://127.0.0.1:8000/v1"': "test_the_cancellation_study_runs",
     ".venv/bin/python examples/failover_demo.py": (
         "tests/test_examples.py::test_the_failover_demo_shows_failover_and_ejection_live"
@@ -167,6 +170,26 @@ def test_make_run_serves_the_mock_to_curl_and_the_sdks(tmp_path: pathlib.Path) -
             script.write_text(_ports(block, port, 0))
             text = _run(f"{sys.executable} {script}", env)
             assert len(text.split()) == 20, text  # the 20 tokens of mock-t20-i50
+
+
+def test_the_sdk_examples_reach_a_model_of_the_other_api(tmp_path: pathlib.Path) -> None:
+    """Any client, any model: the mock speaking Anthropic's API behind the gateway;
+    both SDK examples, the OpenAI one translated."""
+    env, gateway, mock = _env(tmp_path), _free_port(), _free_port()
+    (serve,) = [c for c in HOW if c.startswith("trioproxy serve --anthropic-upstream")]
+    with (
+        _background(f"trioproxy mock-upstream --bind 127.0.0.1:{mock}", env,
+                    f"http://127.0.0.1:{mock}/mock/stats"),
+        _background(_ports(serve, gateway, mock) + f" --bind 127.0.0.1:{gateway}", env,
+                    f"http://127.0.0.1:{gateway}/healthz"),
+    ):  # fmt: skip
+        for block in _python_blocks():
+            script = tmp_path / "readme_sdk.py"
+            script.write_text(_ports(block, gateway, mock))
+            text = _run(f"{sys.executable} {script}", env)
+            assert len(text.split()) == 20, text  # the 20 tokens of mock-t20-i50
+        streams = urllib.request.urlopen(f"http://127.0.0.1:{mock}/mock/streams", timeout=10)
+        assert streams.read().count(b"mock-t20-i50") == 2  # its one upstream: Anthropic's API
 
 
 def test_keys_new_and_every_commands_help(tmp_path: pathlib.Path) -> None:

@@ -310,3 +310,13 @@ def test_an_upstream_error_answer_takes_the_clients_shape(body: bytes) -> None:
         json.loads(error_answer(404, b"<html>", "openai"))["error"]["message"]
         == "the upstream answered 404"
     )
+
+
+def test_a_field_name_in_a_refusal_is_bounded_and_printable() -> None:
+    """The attack: a key of 100,000 characters with a newline, to flood the log and the record."""
+    hostile = "x\n" * 50_000
+    with pytest.raises(BadRequest) as refused:
+        request_for("anthropic", "openai", {"model": "m", "messages": [], hostile: 1})
+    message = refused.value.message
+    assert len(message) < 200 and "\n" not in message
+    assert message.startswith("'x?x?") and "...' cannot be translated" in message

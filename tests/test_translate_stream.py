@@ -306,3 +306,31 @@ def test_heartbeats_stay_heartbeats_and_a_cut_stream_gets_no_end() -> None:
     assert not any(is_final(b) for b in translate("openai", "anthropic", cut))
     finished = [_chunk({"content": "x"}), _chunk({}, "stop")]  # a server that writes no [DONE]
     assert is_final(translate("openai", "anthropic", finished)[-1])
+
+
+def test_an_upstream_starting_endless_tool_calls_is_cut_off_with_an_error() -> None:
+    """The attack: an upstream that starts tool calls without end; the state kept per answer is bounded."""
+    from trioproxy.translate.events import MAX_TOOL_CALLS
+
+    start = {"type": "message_start", "message": {"id": "msg_1", "model": "m", "usage": {}}}
+    events = _anthropic(("message_start", start))
+    for i in range(MAX_TOOL_CALLS + 50):
+        block = {"type": "tool_use", "id": f"t{i}", "name": "f", "input": {}}
+        events += _anthropic(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": i, "content_block": block},
+            )
+        )
+    out = translate("anthropic", "openai", events)
+    read = client_reads("openai", out, whole=False)
+    assert len(read["calls"]) == MAX_TOOL_CALLS and read["error"] == "api_error"
+    assert classify(out[-1]) & ERROR  # the error is the last event: nothing after it
+    chunks = [
+        {"index": i, "id": f"c{i}", "function": {"name": "f", "arguments": ""}}
+        for i in range(MAX_TOOL_CALLS + 50)
+    ]
+    events = [_chunk({"tool_calls": [c]}) for c in chunks]
+    out = translate("openai", "anthropic", events)
+    assert client_reads("anthropic", out, whole=False)["error"] == "api_error"
+    assert sum(b"content_block_start" in b for b in out) == MAX_TOOL_CALLS

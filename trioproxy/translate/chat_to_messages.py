@@ -53,8 +53,17 @@ IGNORED_CHAT: dict[str, Any] = {
 }
 
 
+MAX_FIELD_NAME = 80  # a field's name is the client's: bounded, printable, before it is an error
+
+
 def refuse(field: str, where: str) -> BadRequest:
-    return BadRequest(f"'{field}' cannot be translated for {where}")
+    """The 400 naming ``field``: its name as the client wrote it, at most
+    :data:`MAX_FIELD_NAME` printable ASCII characters (others are ``?``), since the
+    message reaches the log and the record."""
+    name = "".join(c if " " <= c <= "~" else "?" for c in field[: MAX_FIELD_NAME + 1])
+    if len(name) > MAX_FIELD_NAME:
+        name = name[:MAX_FIELD_NAME] + "..."
+    return BadRequest(f"'{name}' cannot be translated for {where}")
 
 
 def _ignored(name: str, value: Any, table: dict[str, Any], where: str) -> None:

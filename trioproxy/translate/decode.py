@@ -22,6 +22,7 @@ import orjson
 
 from ..dialects import event_data
 from .events import (
+    MAX_TOOL_CALLS,
     End,
     Error,
     Event,
@@ -41,6 +42,7 @@ __all__ = ["AnthropicDecoder", "Decoder", "GeminiDecoder", "OpenAIDecoder", "dec
 
 
 _EMPTY: dict[str, Any] = {}
+_TOO_MANY = Error("api_error", f"the upstream started more than {MAX_TOOL_CALLS} tool calls")
 
 
 def _object(block: bytes) -> dict[str, Any] | None:
@@ -192,6 +194,8 @@ class AnthropicDecoder(Decoder):
             what = content.get("type")
             if what == "tool_use":
                 number = len(self._tools)
+                if number >= MAX_TOOL_CALLS:
+                    return [_TOO_MANY]
                 index = obj.get("index")
                 self._tools[index if isinstance(index, int) else -1] = number
                 return [ToolStart(number, _str(content.get("id")), _str(content.get("name")))]
@@ -274,6 +278,8 @@ class GeminiDecoder(Decoder):
                 out.append(Reasoning(text) if part.get("thought") is True else Text(text))
             call = part.get("functionCall")
             if isinstance(call, dict):
+                if self._tools >= MAX_TOOL_CALLS:
+                    return [_TOO_MANY]
                 number, self._tools = self._tools, self._tools + 1
                 ident = _str(call.get("id")) or f"call_{self._id}_{number}"
                 out.append(ToolStart(number, ident, _str(call.get("name"))))

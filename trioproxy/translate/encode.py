@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import orjson
 
 from .events import (
+    MAX_TOOL_CALLS,
     End,
     Error,
     Event,
@@ -61,6 +62,14 @@ def anthropic_usage(usage: Usage) -> dict[str, object]:
 
 
 class Encoder:
+    """Writes events in one client dialect; ``failed`` once it wrote an error
+    event (the answer ended there: nothing after it is written)."""
+
+    __slots__ = ("failed",)
+
+    def __init__(self) -> None:
+        self.failed = False
+
     def feed(self, event: Event) -> list[bytes]:
         raise NotImplementedError
 
@@ -74,6 +83,7 @@ class OpenAIEncoder(Encoder):
     __slots__ = ("_created", "_head", "_id", "_model")
 
     def __init__(self, created: int) -> None:
+        super().__init__()
         self._created = created
         self._begin(Start("chatcmpl-trioproxy", ""))
 
@@ -112,6 +122,7 @@ class OpenAIEncoder(Encoder):
                 + _dumps(openai_usage(event)) + b"}\n\n"
             ]  # fmt: skip
         if isinstance(event, Error):
+            self.failed = True
             error = {"message": event.message, "type": event.type, "param": None, "code": None}
             return [b"data: " + _dumps({"error": error}) + b"\n\n"]
         if isinstance(event, End):
@@ -134,6 +145,7 @@ class AnthropicEncoder(Encoder):
     __slots__ = ("_blocks", "_delta_sent", "_open", "_started", "_stop", "_tools", "_usage")
 
     def __init__(self) -> None:
+        super().__init__()
         self._started = False
         self._blocks = 0  # content blocks opened
         self._open: str | None = None  # the kind of the open block (text, thinking, tool_use)
@@ -183,6 +195,8 @@ class AnthropicEncoder(Encoder):
                 delta = {"type": "input_json_delta", "partial_json": event.json}
                 out.append(self._delta_event(index, delta))
         elif isinstance(event, ToolStart):
+            if len(self._tools) >= MAX_TOOL_CALLS:  # an OpenAI upstream's indexes are its own
+                return out + self.feed(Error("api_error", "too many tool calls"))
             content = {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
             self._block("tool_use", out, content)
             self._tools[event.index] = self._blocks - 1
@@ -196,6 +210,7 @@ class AnthropicEncoder(Encoder):
             if self._stop is not None and not self._delta_sent:
                 out.append(self._message_delta())
         elif isinstance(event, Error):
+            self.failed = True
             error = {"type": "error", "error": {"type": event.type, "message": event.message}}
             out.append(_named(b"error", error))
         elif isinstance(event, End):

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "MAX_TOOL_CALLS",
     "End",
     "Error",
     "Event",
@@ -48,6 +49,11 @@ __all__ = [
     "stop_from",
     "stop_to",
 ]
+
+
+# Tool calls in one answer that a translation keeps state for (every buffer bounded): an
+# upstream that starts more ends the answer with an error event.
+MAX_TOOL_CALLS = 256
 
 
 class Stop(enum.Enum):

@@ -25,7 +25,6 @@ from typing import Protocol
 
 from .decode import Decoder, decoder_for
 from .encode import AnthropicEncoder, Encoder, OpenAIEncoder
-from .events import Error
 
 __all__ = ["StreamTranslator", "TranslatingFramer"]
 
@@ -36,7 +35,7 @@ class StreamTranslator:
     """One upstream stream of ``kind`` (openai, anthropic, gemini) for a client of
     ``dialect`` (openai, anthropic). ``created``: the Unix time OpenAI chunks carry."""
 
-    __slots__ = ("_decoder", "_encoder", "_failed", "_openai_client")
+    __slots__ = ("_decoder", "_encoder", "_openai_client")
 
     def __init__(self, kind: str, dialect: str, created: int = 0) -> None:
         self._decoder: Decoder = decoder_for(kind)
@@ -44,7 +43,6 @@ class StreamTranslator:
         self._encoder: Encoder = (
             OpenAIEncoder(created) if self._openai_client else AnthropicEncoder()
         )
-        self._failed = False  # the upstream's error event came: the answer ended there
 
     def feed(self, block: bytes) -> list[bytes]:
         if block[:1] == b":":  # a comment: a heartbeat in any dialect
@@ -54,16 +52,15 @@ class StreamTranslator:
         out: list[bytes] = []
         encode = self._encoder.feed
         for event in self._decoder.feed(block):
-            if self._failed:
+            if self._encoder.failed:  # an error event ended the answer
                 break
             out += encode(event)
-            self._failed = type(event) is Error
         return out
 
     def close(self) -> list[bytes]:
         """The upstream's body ended cleanly: the client's final events if it had finished."""
         out: list[bytes] = []
-        for event in () if self._failed else self._decoder.close():
+        for event in () if self._encoder.failed else self._decoder.close():
             out += self._encoder.feed(event)
         return out
 
