@@ -77,20 +77,31 @@ async def test_a_stall_after_the_first_byte_ends_with_an_error_event_in_the_clie
 
 
 async def test_failover_before_the_first_byte_crosses_kinds() -> None:
-    """One alias on an OpenAI provider that fails and an Anthropic one that answers."""
+    """One alias on two kinds: the first tier's provider fails, the other kind answers,
+    translated or not, on either route."""
     async with open_mocks(Fault()) as (mock,):
-        providers = (
-            provider("gpt", mock, models=[], aliases={"m": "mock-e500"}),
-            provider(
-                "claude", mock, kind="anthropic", models=[], aliases={"m": "mock-t4"}, priority=1
-            ),
-        )
-        async with running(providers=providers) as (gw, recorder):
-            response = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
-            records = await recorder.wait_for(1)
-    assert response.status == 200 and response.body.endswith(b"data: [DONE]\n\n")
-    assert records[0].failovers == (("gpt", "upstream_broken"),)  # its 500
-    assert records[0].provider == "claude" and records[0].translated == "anthropic->openai"
+        for first, second in (("openai", "anthropic"), ("anthropic", "openai")):
+            providers = (
+                provider(first, mock, kind=first, models=[], aliases={"m": "mock-e500"}),
+                provider(
+                    second, mock, kind=second, models=[], aliases={"m": "mock-t4"}, priority=1
+                ),
+            )
+            async with running(providers=providers) as (gw, recorder):
+                answers = [
+                    await request(gw.url, "POST", "/v1/chat/completions", chat("m")),
+                    await request(gw.url, "POST", "/v1/messages", _messages("m")),
+                ]
+                records = await recorder.wait_for(2)
+            assert answers[0].body.endswith(b"data: [DONE]\n\n")
+            assert answers[1].body.endswith(
+                b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+            )
+            assert all(r.failovers == ((first, "upstream_broken"),) for r in records)  # its 500
+            assert [(r.provider, r.translated) for r in records] == (
+                [(second, "anthropic->openai"), (second, None)] if second == "anthropic"
+                else [(second, None), (second, "openai->anthropic")]
+            )  # fmt: skip
 
 
 async def test_ttft_timeout_on_a_translated_stream_is_an_error_in_the_clients_dialect() -> None:

@@ -2,7 +2,8 @@
 
 The route table is data. Validation parses the request body once (the only
 full JSON parse of a request) and checks only what the gateway relies on; the
-original bytes are forwarded unchanged. Errors are :class:`BadRequest` in the
+original bytes are forwarded unchanged to a provider of the route's own kind
+(one of another kind gets the parsed body translated: :mod:`trioproxy.translate`). Errors are :class:`BadRequest` in the
 route's dialect; nothing is sent upstream for a request that fails here.
 """
 
