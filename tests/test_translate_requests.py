@@ -252,7 +252,9 @@ GEMINI_ANSWER = {
 
 
 def test_whole_answers_in_the_clients_api() -> None:
-    out = json.loads(translate_answer("openai", "anthropic", json.dumps(OPENAI_ANSWER).encode(), 1))
+    out = json.loads(
+        translate_answer("openai", "anthropic", json.dumps(OPENAI_ANSWER).encode(), 1)[0]
+    )
     assert out["content"] == [
         {"type": "text", "text": "ok"},
         {"type": "tool_use", "id": "call_1", "name": "f", "input": {"a": 1}},
@@ -265,7 +267,7 @@ def test_whole_answers_in_the_clients_api() -> None:
         "cache_creation_input_tokens": 0,
     }
     out = json.loads(
-        translate_answer("anthropic", "openai", json.dumps(ANTHROPIC_ANSWER).encode(), 1)
+        translate_answer("anthropic", "openai", json.dumps(ANTHROPIC_ANSWER).encode(), 1)[0]
     )
     message = out["choices"][0]["message"]
     assert (
@@ -278,7 +280,7 @@ def test_whole_answers_in_the_clients_api() -> None:
         and out["usage"]["prompt_tokens_details"]["cached_tokens"] == 8
     )
     out = json.loads(
-        translate_answer("gemini", "openai", json.dumps(GEMINI_ANSWER, indent=2).encode(), 1)
+        translate_answer("gemini", "openai", json.dumps(GEMINI_ANSWER, indent=2).encode(), 1)[0]
     )
     assert (
         out["id"] == "r1"
@@ -291,6 +293,11 @@ def test_whole_answers_in_the_clients_api() -> None:
     ) == (5, 2)
     with pytest.raises(ValueError):
         translate_answer("openai", "anthropic", b'{"id": "x"}', 1)  # not a chat completion
+    bare = {k: v for k, v in OPENAI_ANSWER.items() if k != "usage"}  # a server that reports none
+    out, reported = translate_answer("openai", "anthropic", json.dumps(bare).encode(), 1)
+    assert not reported and json.loads(out)["usage"]["output_tokens"] == 0  # the record estimates
+    assert "usage" not in json.loads(translate_answer("anthropic", "openai", json.dumps(
+        {k: v for k, v in ANTHROPIC_ANSWER.items() if k != "usage"}).encode(), 1)[0])  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -186,3 +186,19 @@ async def test_a_catch_all_of_each_kind_keeps_each_route_on_its_own() -> None:
                 assert (await request(gw.url, "POST", path, body)).status == 200
             records = await recorder.wait_for(2)
     assert [(r.provider, r.translated) for r in records] == [("gpt", None), ("claude", None)]
+
+
+async def test_usage_the_upstream_did_not_report_is_an_estimate_never_a_zero() -> None:
+    """An OpenAI-compatible server that ignores ``include_usage``, to an Anthropic client."""
+    async with open_mocks(Fault()) as (mock,):
+        providers = (provider("gpt", mock, models=["mock-*"]),)
+        async with running(providers=providers) as (gw, recorder):
+            model = "mock-shape-json_dumps_bare-t12"
+            response = await request(gw.url, "POST", "/v1/messages", _messages(model))
+            records = await recorder.wait_for(1)
+    delta = next(e for e in events_of(response.body) if e.startswith(b"event: message_delta"))
+    usage = orjson.loads(delta.split(b"data: ", 1)[1])["usage"]
+    assert usage["output_tokens"] == 12  # the deltas sent, about one token each
+    record = records[0]
+    assert record.translated == "openai->anthropic" and record.usage_source == "estimated"
+    assert record.completion_tokens == 12 and not record.truncated

@@ -104,6 +104,7 @@ class Drains:
             ex.drained = how
             if isinstance(framer, TranslatingFramer):  # the upstream's bytes, to the last read
                 ex.upstream_sha256 = framer.digest.hexdigest()
+                ex.translated_usage = framer.usage_reported
             self._finish(ex)
 
 

@@ -144,6 +144,7 @@ class Exchange:
     committed: bool = False  # the response head is in the channel: no more failover
     translated: str | None = None  # "anthropic->openai": the answer was translated (translate/)
     upstream_sha256: str | None = None  # of the upstream's bytes, when translated
+    translated_usage: bool = False  # a translated stream's upstream reported usage
     retry_after: int | None = None  # an upstream 429's Retry-After (seconds)
     upstream_status: int = 0
     # -- timeline (trio clock) --------------------------------------------------------

@@ -304,6 +304,7 @@ class UpstreamReader:
             ex.partial_event = framer.buffered > 0 and not ex.strip_usage and not translation
             if isinstance(framer, TranslatingFramer):
                 ex.upstream_sha256 = framer.digest.hexdigest()
+                ex.translated_usage = framer.usage_reported
         if read_scope.cancelled_caught:
             if trio.current_time() >= end_by:
                 raise StreamTooLong("stream exceeded max_stream_duration")

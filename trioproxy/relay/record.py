@@ -100,6 +100,8 @@ class CompletionRecord:
                 if second is not None:
                     completion_id = completion_id or dialects.completion_id(second)
                     answered = answered or dialects.response_model(second)
+        if ex.translated is not None and ex.event_stream and not ex.translated_usage:
+            usage = None  # what the client was told is the translation's estimate, not usage
         if completion_id is not None:
             completion_id = completion_id[:256]
         error = ex.error.message if ex.error is not None else None

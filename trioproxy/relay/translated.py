@@ -148,12 +148,16 @@ async def relay_translated_whole(
     ex.translated, ex.upstream_sha256 = translation.name, hashlib.sha256(data).hexdigest()
     if status < 400:
         try:
-            out = translate_answer(translation.kind, translation.dialect, data, int(time.time()))
+            out, reported = translate_answer(
+                translation.kind, translation.dialect, data, int(time.time())
+            )
         except ValueError:  # orjson's decode error is one
             raise UpstreamBroken(
                 "upstream answered with a body that is not a JSON object"
             ) from None
         ex.body_json = orjson.loads(out)
+        if not reported:  # the record estimates, as for any answer without usage
+            ex.body_json.pop("usage", None)
     else:
         out = error_answer(status, data, translation.dialect)
     head = whole_head(ex, response, b"application/json")

@@ -57,16 +57,17 @@ def _openai_events(obj: dict[str, Any]) -> list[Event]:
         out.append(ToolArgs(n, str(function.get("arguments") or "{}")))
     finish = choice.get("finish_reason")
     out.append(Finish(stop_from("openai", finish if isinstance(finish, str) else "stop")))
-    usage = _dict(obj.get("usage"))
-    out.append(
-        Usage(
-            count(usage, "prompt_tokens"),
-            count(usage, "completion_tokens"),
-            count(_dict(usage.get("prompt_tokens_details")), "cached_tokens"),
-            count(usage, "cache_creation_input_tokens"),
-            count(_dict(usage.get("completion_tokens_details")), "reasoning_tokens"),
+    usage = obj.get("usage")
+    if isinstance(usage, dict):  # else none reported: the record estimates
+        out.append(
+            Usage(
+                count(usage, "prompt_tokens"),
+                count(usage, "completion_tokens"),
+                count(_dict(usage.get("prompt_tokens_details")), "cached_tokens"),
+                count(usage, "cache_creation_input_tokens"),
+                count(_dict(usage.get("completion_tokens_details")), "reasoning_tokens"),
+            )
         )
-    )
     return out
 
 
@@ -88,16 +89,14 @@ def _anthropic_events(obj: dict[str, Any]) -> list[Event]:
     reason, sequence = obj.get("stop_reason"), obj.get("stop_sequence")
     stop = stop_from("anthropic", reason if isinstance(reason, str) else "end_turn")
     out.append(Finish(stop, sequence if isinstance(sequence, str) else None))
-    usage = _dict(obj.get("usage"))
-    read, write = (
-        count(usage, "cache_read_input_tokens"),
-        count(usage, "cache_creation_input_tokens"),
-    )
-    out.append(
-        Usage(
-            count(usage, "input_tokens") + read + write, count(usage, "output_tokens"), read, write
+    usage = obj.get("usage")
+    if isinstance(usage, dict):  # else none reported: the record estimates
+        read, write = (
+            count(usage, "cache_read_input_tokens"),
+            count(usage, "cache_creation_input_tokens"),
         )
-    )
+        total = count(usage, "input_tokens") + read + write
+        out.append(Usage(total, count(usage, "output_tokens"), read, write))
     return out
 
 
@@ -109,10 +108,12 @@ def _events(kind: str, obj: dict[str, Any]) -> list[Event]:
     return _openai_events(obj)
 
 
-def _collect(events: list[Event]) -> tuple[Start, str, str, list[list[str]], Finish, Usage]:
+def _collect(
+    events: list[Event],
+) -> tuple[Start, str, str, list[list[str]], Finish, Usage | None]:
     start, text, reasoning = Start("", ""), [], []
     tools: list[list[str]] = []  # [id, name, arguments]
-    finish, usage = Finish(Stop.STOP), Usage()
+    finish, usage = Finish(Stop.STOP), None
     for event in events:
         if isinstance(event, Start):
             start = event
@@ -134,8 +135,10 @@ def _collect(events: list[Event]) -> tuple[Start, str, str, list[list[str]], Fin
 _ANSWER_FIELD = {"openai": "choices", "anthropic": "content", "gemini": "candidates"}
 
 
-def translate_answer(kind: str, dialect: str, body: bytes, created: int) -> bytes:
-    """A whole answer of an upstream of ``kind`` as a client of ``dialect`` reads it.
+def translate_answer(kind: str, dialect: str, body: bytes, created: int) -> tuple[bytes, bool]:
+    """A whole answer of an upstream of ``kind`` as a client of ``dialect`` reads
+    it, and whether the upstream reported its usage (if not, an OpenAI client's
+    answer has none, an Anthropic client's zeros, and the record estimates).
 
     Error handling: raises ``ValueError`` for a body that is not a JSON object
     holding the API's answer (``choices``, ``content``, ``candidates``)."""
@@ -158,14 +161,13 @@ def translate_answer(kind: str, dialect: str, body: bytes, created: int) -> byte
             except orjson.JSONDecodeError:
                 tool_input = {}
             content.append({"type": "tool_use", "id": ident, "name": name, "input": tool_input})
-        return orjson.dumps(
-            {
-                "id": start.id or "msg_trioproxy", "type": "message", "role": "assistant",
-                "model": start.model, "content": content,
-                "stop_reason": stop_to("anthropic", finish.stop), "stop_sequence": finish.sequence,
-                "usage": anthropic_usage(usage),
-            }
-        )  # fmt: skip
+        answer: dict[str, Any] = {
+            "id": start.id or "msg_trioproxy", "type": "message", "role": "assistant",
+            "model": start.model, "content": content,
+            "stop_reason": stop_to("anthropic", finish.stop), "stop_sequence": finish.sequence,
+            "usage": anthropic_usage(usage or Usage()),  # the API's field is required
+        }  # fmt: skip
+        return orjson.dumps(answer), usage is not None
     message: dict[str, Any] = {"role": "assistant", "content": text or (None if tools else "")}
     if reasoning:
         message["reasoning_content"] = reasoning
@@ -180,12 +182,13 @@ def translate_answer(kind: str, dialect: str, body: bytes, created: int) -> byte
         "logprobs": None,
         "finish_reason": stop_to("openai", finish.stop),
     }
-    return orjson.dumps(
-        {
-            "id": start.id or "chatcmpl-trioproxy", "object": "chat.completion", "created": created,
-            "model": start.model, "choices": [choice], "usage": openai_usage(usage),
-        }
-    )  # fmt: skip
+    completion: dict[str, Any] = {
+        "id": start.id or "chatcmpl-trioproxy", "object": "chat.completion", "created": created,
+        "model": start.model, "choices": [choice],
+    }  # fmt: skip
+    if usage is not None:
+        completion["usage"] = openai_usage(usage)
+    return orjson.dumps(completion), usage is not None
 
 
 # An upstream's error status as the type each client's API gives it.

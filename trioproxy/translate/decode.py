@@ -79,9 +79,10 @@ def _error(error: dict[str, Any]) -> Error:
 class Decoder:
     """What every decoder keeps: whether it started, finished, ended."""
 
-    __slots__ = ("ended", "finished", "started")
+    __slots__ = ("ended", "finished", "started", "usage_seen")
 
     def __init__(self) -> None:
+        self.usage_seen = False  # the upstream reported usage (else the record estimates)
         self.started = False
         self.finished = False  # the upstream gave its stop reason
         self.ended = False  # the upstream's final event came
@@ -146,6 +147,7 @@ class OpenAIDecoder(Decoder):
         if usage is None and "x_groq" in obj:  # Groq's place
             usage = _dict(obj["x_groq"]).get("usage")
         if isinstance(usage, dict):
+            self.usage_seen = True
             prompt = _dict(usage.get("prompt_tokens_details"))
             completion = _dict(usage.get("completion_tokens_details"))
             out.append(
@@ -222,6 +224,7 @@ class AnthropicDecoder(Decoder):
                 )
             usage = obj.get("usage")
             if isinstance(usage, dict):
+                self.usage_seen = True
                 given = _input_usage(usage)  # a newer API repeats the prompt's counts here
                 counts = given if given.input else self._input
                 counts.output = count(usage, "output_tokens")
@@ -290,16 +293,18 @@ class GeminiDecoder(Decoder):
             self.finished = True
             stop = stop_from("gemini", reason) if isinstance(reason, str) else Stop.FILTERED
             out.append(Finish(Stop.TOOL if stop is Stop.STOP and self._tools else stop))
-            usage = _dict(obj.get("usageMetadata"))
-            thoughts = count(usage, "thoughtsTokenCount")
-            out.append(
-                Usage(
-                    count(usage, "promptTokenCount") + count(usage, "toolUsePromptTokenCount"),
-                    count(usage, "candidatesTokenCount") + thoughts,
-                    cache_read=count(usage, "cachedContentTokenCount"),
-                    reasoning=thoughts,
+            usage = obj.get("usageMetadata")
+            if isinstance(usage, dict):  # else none reported: the record estimates
+                self.usage_seen = True
+                thoughts = count(usage, "thoughtsTokenCount")
+                out.append(
+                    Usage(
+                        count(usage, "promptTokenCount") + count(usage, "toolUsePromptTokenCount"),
+                        count(usage, "candidatesTokenCount") + thoughts,
+                        cache_read=count(usage, "cachedContentTokenCount"),
+                        reasoning=thoughts,
+                    )
                 )
-            )
         return out
 
 

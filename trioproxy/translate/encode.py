@@ -142,7 +142,9 @@ class AnthropicEncoder(Encoder):
     text, thinking and each tool call; ``message_delta`` once, with the stop
     reason and the usage."""
 
-    __slots__ = ("_blocks", "_delta_sent", "_open", "_started", "_stop", "_tools", "_usage")
+    __slots__ = (
+        "_blocks", "_content", "_delta_sent", "_open", "_started", "_stop", "_tools", "_usage",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         super().__init__()
@@ -153,6 +155,7 @@ class AnthropicEncoder(Encoder):
         self._stop: Finish | None = None
         self._usage: Usage | None = None
         self._delta_sent = False
+        self._content = 0  # text and thinking deltas: the output's estimate when no usage came
 
     def _start(self, start: Start) -> list[bytes]:
         self._started = True
@@ -182,10 +185,12 @@ class AnthropicEncoder(Encoder):
     def feed(self, event: Event) -> list[bytes]:
         out: list[bytes] = [] if self._started else self._start(Start("", ""))
         if type(event) is Text:
+            self._content += 1
             if self._open != "text":
                 self._block("text", out, {"type": "text", "text": ""})
             out.append(_TEXT_DELTA % (self._blocks - 1) + _dumps(event.text) + b"}}\n\n")
         elif isinstance(event, Reasoning):
+            self._content += 1
             self._block("thinking", out, {"type": "thinking", "thinking": ""})
             delta = {"type": "thinking_delta", "thinking": event.text}
             out.append(self._delta_event(self._blocks - 1, delta))
@@ -230,5 +235,7 @@ class AnthropicEncoder(Encoder):
         self._delta_sent = True
         stop = self._stop or Finish(Stop.STOP)
         delta = {"stop_reason": stop_to("anthropic", stop.stop), "stop_sequence": stop.sequence}
-        usage = anthropic_usage(self._usage or Usage())
+        # No usage from the upstream: the deltas sent, about one token each (the record
+        # knows it is an estimate: trioproxy.translate.stream.StreamTranslator.usage_reported).
+        usage = anthropic_usage(self._usage or Usage(output=self._content))
         return _named(b"message_delta", {"type": "message_delta", "delta": delta, "usage": usage})

@@ -57,6 +57,11 @@ class StreamTranslator:
             out += encode(event)
         return out
 
+    @property
+    def usage_reported(self) -> bool:
+        """Did the upstream report usage? (If not, what the client was told is an estimate.)"""
+        return self._decoder.usage_seen
+
     def close(self) -> list[bytes]:
         """The upstream's body ended cleanly: the client's final events if it had finished."""
         out: list[bytes] = []
@@ -100,6 +105,10 @@ class TranslatingFramer:
         for block in blocks:
             out += feed(block)
         return out
+
+    @property
+    def usage_reported(self) -> bool:
+        return self._translator.usage_reported
 
     def close(self) -> list[bytes]:
         return self._translator.close()
