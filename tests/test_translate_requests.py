@@ -112,6 +112,18 @@ def test_anthropic_messages_as_a_chat_request() -> None:
         ),
         ("anthropic", "openai", {"reasoning_effort": "extreme"}, "reasoning_effort"),
         ("gemini", "openai", {"logit_bias": {"1": 2}}, "logit_bias"),
+        (
+            "anthropic",
+            "openai",
+            {"tools": [{"type": "function", "function": {"name": "f", "strict": True}}]},
+            "tools[0].function.strict",
+        ),
+        (
+            "gemini",
+            "openai",
+            {"tools": [{"type": "function", "function": {"name": "f", "strict": True}}]},
+            "tools[0].function.strict",
+        ),
         ("gemini", "openai", {"parallel_tool_calls": False}, "parallel_tool_calls"),
         ("openai", "anthropic", {"container": "c"}, "container"),
         (

@@ -21,7 +21,7 @@ import mimetypes
 from typing import Any
 
 from ..errors import BadRequest
-from .chat_to_messages import arguments_of, chat_messages, refuse, text_of
+from .chat_to_messages import arguments_of, chat_messages, refuse, strict_checked, text_of
 
 __all__ = ["GEMINI_THINKING_BUDGETS", "IGNORED", "chat_to_gemini"]
 
@@ -160,7 +160,7 @@ def _declaration(tool: Any, i: int) -> dict[str, Any]:
         or not isinstance(tool.get("function"), dict)
     ):
         raise refuse(f"tools[{i}].type", _GEMINI)
-    function = tool["function"]
+    function = strict_checked(tool["function"], i, _GEMINI)
     out: dict[str, Any] = {"name": function.get("name")}
     if function.get("description"):
         out["description"] = function["description"]

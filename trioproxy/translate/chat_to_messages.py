@@ -31,6 +31,7 @@ __all__ = [
     "arguments_of",
     "chat_messages",
     "refuse",
+    "strict_checked",
     "text_of",
 ]
 
@@ -109,6 +110,14 @@ def chat_messages(body: dict[str, Any], where: str) -> Iterator[tuple[str, dict[
             if name not in ("role", "content", "tool_calls", "tool_call_id", "name"):
                 raise refuse(f"{field}.{name}", where)
         yield field, message
+
+
+def strict_checked(function: dict[str, Any], i: int, where: str) -> dict[str, Any]:
+    """A tool's function, unless it asks for ``strict`` schema adherence, which the
+    other APIs do not promise (``strict: false`` is what they do anyway)."""
+    if function.get("strict") is True:
+        raise refuse(f"tools[{i}].function.strict", where)
+    return function
 
 
 # -- OpenAI chat -> Anthropic messages ----------------------------------------
@@ -258,7 +267,7 @@ def _tool_to_anthropic(tool: Any, i: int) -> dict[str, Any]:
         or not isinstance(tool.get("function"), dict)
     ):
         raise refuse(f"tools[{i}].type", _ANTHROPIC)
-    function = tool["function"]
+    function = strict_checked(tool["function"], i, _ANTHROPIC)
     out = {
         "name": function.get("name"),
         "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
