@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.shapes import SHAPES
@@ -334,3 +334,45 @@ def test_an_upstream_starting_endless_tool_calls_is_cut_off_with_an_error() -> N
     out = translate("openai", "anthropic", events)
     assert client_reads("anthropic", out, whole=False)["error"] == "api_error"
     assert sum(b"content_block_start" in b for b in out) == MAX_TOOL_CALLS
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+_KEYS = ["id", "model", "choices", "delta", "content", "tool_calls", "index", "function", "usage",
+         "type", "message", "content_block", "text", "partial_json", "stop_reason", "candidates",
+         "parts", "functionCall", "finishReason", "usageMetadata", "error"]  # fmt: skip
+_events = st.dictionaries(st.sampled_from(_KEYS), _json, max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["openai", "anthropic", "gemini"]), objs=st.lists(_events, max_size=6))
+@example(  # an index a dict cannot be keyed by
+    kind="anthropic",
+    objs=[
+        {
+            "type": "content_block_delta",
+            "index": [1],
+            "delta": {"type": "input_json_delta", "partial_json": "x"},
+        }
+    ],
+)
+@example(
+    kind="openai",
+    objs=[{"id": "c", "choices": [{"delta": {"tool_calls": [{"index": [0], "id": "x"}]}}]}],
+)
+def test_no_upstream_event_crashes_a_translation(kind: str, objs: list[dict[str, Any]]) -> None:
+    """Any JSON an upstream writes, in its fields' places, gives events or nothing, never an exception."""
+    names = [b"content_block_delta", b"content_block_start", b"message_start", b"message_delta"]
+    for dialect in ("openai", "anthropic"):
+        translator = StreamTranslator(kind, dialect)
+        for i, obj in enumerate(objs):
+            data = b"data: " + json.dumps(obj).encode() + b"\n\n"
+            block = b"event: " + names[i % 4] + b"\n" + data if kind == "anthropic" else data
+            for out in translator.feed(block):
+                assert out.endswith(b"\n\n")
+        translator.close()

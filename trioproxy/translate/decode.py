@@ -188,7 +188,8 @@ class AnthropicDecoder(Decoder):
                 return [Reasoning(thinking)] if thinking else []
             if what == "input_json_delta":
                 piece = _str(delta.get("partial_json"))
-                tool = self._tools.get(obj.get("index", -1))
+                index = obj.get("index")
+                tool = self._tools.get(index) if isinstance(index, int) else None
                 return [ToolArgs(tool, piece)] if piece and tool is not None else []
             return []  # signature_delta, citations_delta: nothing a client of another API reads
         if kind == "content_block_start":
