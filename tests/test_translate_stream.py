@@ -302,6 +302,13 @@ def test_heartbeats_stay_heartbeats_and_a_cut_stream_gets_no_end() -> None:
     translator = StreamTranslator("anthropic", "openai")
     assert translator.feed(b": keep-alive\n\n") == [b": keep-alive\n\n"]
     assert translator.feed(b'event: ping\ndata: {"type": "ping"}\n\n') == [b": ping\n\n"]
+    commented = b": a comment\n" + _chunk({"content": "x"})  # comments and data in one event
+    assert (
+        client_reads(
+            "anthropic", StreamTranslator("openai", "anthropic").feed(commented), whole=False
+        )["text"]
+        == "x"
+    )
     cut = [_chunk({"content": "x"})]  # no stop reason: a clean end here is no end
     assert not any(is_final(b) for b in translate("openai", "anthropic", cut))
     finished = [_chunk({"content": "x"}), _chunk({}, "stop")]  # a server that writes no [DONE]

@@ -8,7 +8,8 @@ Rules:
   nothing waits for a later event but what the client's dialect places later.
 - An upstream's error event ends the client's answer: nothing it sends after
   it (a ``[DONE]``) is translated.
-- Heartbeats stay heartbeats: an SSE comment passes as it is; Anthropic's
+- Heartbeats stay heartbeats: an event of SSE comments only passes as it is
+  (one with data too is translated, its comments dropped); Anthropic's
   ``event: ping`` is a comment (``: ping``) for an OpenAI client.
 - :class:`TranslatingFramer` is the SSE framer the relay reads a translated
   stream with: the same ``feed``/``buffered`` (so the relay's loop is one for
@@ -45,7 +46,7 @@ class StreamTranslator:
         )
 
     def feed(self, block: bytes) -> list[bytes]:
-        if block[:1] == b":":  # a comment: a heartbeat in any dialect
+        if block[:1] == b":" and b"\ndata:" not in block:  # comments only: a heartbeat
             return [block]
         if block.startswith(_PING):
             return [b": ping\n\n"] if self._openai_client else [block]
