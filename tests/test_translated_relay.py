@@ -202,3 +202,18 @@ async def test_usage_the_upstream_did_not_report_is_an_estimate_never_a_zero() -
     record = records[0]
     assert record.translated == "openai->anthropic" and record.usage_source == "estimated"
     assert record.completion_tokens == 12 and not record.truncated
+
+
+async def test_a_fallback_model_of_another_kind_gets_the_request_translated() -> None:
+    """The model's pool is OpenAI's only; its fallback's is Anthropic's: translated then."""
+    async with open_mocks(Fault()) as (mock,):
+        providers = (
+            provider("gpt", mock, models=[], aliases={"m": "mock-e500"}),
+            provider("claude", mock, kind="anthropic", models=[], aliases={"fb": "mock-t4"}),
+        )
+        async with running(providers=providers, fallbacks={"m": ["fb"]}) as (gw, recorder):
+            response = await request(gw.url, "POST", "/v1/chat/completions", chat("m"))
+            records = await recorder.wait_for(1)
+    assert response.status == 200 and response.body.endswith(b"data: [DONE]\n\n")
+    assert (records[0].provider, records[0].translated) == ("claude", "anthropic->openai")
+    assert orjson.loads(mock.last_body)["max_tokens"] == 4096  # Anthropic's form of the request

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -62,7 +62,7 @@ class UpstreamRequest:
     stream: bool = False
     # A route that translates (trioproxy.translate): the client's body for each
     # other kind in its pools, and whether an OpenAI client asked for usage.
-    translated: dict[str, dict[str, Any]] | None = None
+    translated: dict[str, dict[str, Any]] = field(default_factory=dict)
     usage_asked: bool = True
 
 
@@ -88,7 +88,7 @@ def upstream_request(
     dialect = translate.ROUTES.get(route.name)
     kinds = (kind,) if dialect is None else (kind, *(k for k in KINDS if k != kind))
     pool = router.pool(kinds, parsed.model)
-    translated = None
+    translated: dict[str, dict[str, Any]] = {}
     if dialect is not None and parsed.json is not None:
         others = {m.provider.spec.kind for m in pool.members} - {kind}
         translated = {k: translate.request_for(k, dialect, parsed.json) for k in sorted(others)}
@@ -192,8 +192,7 @@ def _translated(
 ) -> Target:
     """An attempt on a provider of another kind: the translated body, the kind's path."""
     spec, model = member.provider.spec, member.upstream_model or request.model or ""
-    dialect = translate.ROUTES["chat" if request.dialect is Dialect.OPENAI else "messages"]
-    translated = request.translated if request.translated is not None else {}
+    dialect, translated = request.dialect.value, request.translated
     if spec.kind not in translated:  # a fallback model's pool brought a new kind
         translated[spec.kind] = translate.request_for(
             spec.kind, dialect, orjson.loads(request.body)

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from .decode import GeminiDecoder
+from .decode import GeminiDecoder, as_dict
 from .encode import anthropic_usage, openai_usage
 from .events import (
     Event,
@@ -36,15 +36,11 @@ from .events import (
 __all__ = ["error_answer", "translate_answer"]
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _openai_events(obj: dict[str, Any]) -> list[Event]:
     out: list[Event] = [Start(str(obj.get("id") or ""), str(obj.get("model") or ""))]
     choices = obj.get("choices")
-    choice = _dict(choices[0]) if isinstance(choices, list) and choices else {}
-    message = _dict(choice.get("message"))
+    choice = as_dict(choices[0]) if isinstance(choices, list) and choices else {}
+    message = as_dict(choice.get("message"))
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
         out.append(Reasoning(reasoning))
@@ -52,7 +48,7 @@ def _openai_events(obj: dict[str, Any]) -> list[Event]:
         out.append(Text(message["content"]))
     calls = message.get("tool_calls")
     for n, call in enumerate(calls if isinstance(calls, list) else ()):
-        function = _dict(_dict(call).get("function"))
+        function = as_dict(as_dict(call).get("function"))
         out.append(ToolStart(n, str(call.get("id") or ""), str(function.get("name") or "")))
         out.append(ToolArgs(n, str(function.get("arguments") or "{}")))
     finish = choice.get("finish_reason")
@@ -63,9 +59,9 @@ def _openai_events(obj: dict[str, Any]) -> list[Event]:
             Usage(
                 count(usage, "prompt_tokens"),
                 count(usage, "completion_tokens"),
-                count(_dict(usage.get("prompt_tokens_details")), "cached_tokens"),
+                count(as_dict(usage.get("prompt_tokens_details")), "cached_tokens"),
                 count(usage, "cache_creation_input_tokens"),
-                count(_dict(usage.get("completion_tokens_details")), "reasoning_tokens"),
+                count(as_dict(usage.get("completion_tokens_details")), "reasoning_tokens"),
             )
         )
     return out
@@ -76,7 +72,7 @@ def _anthropic_events(obj: dict[str, Any]) -> list[Event]:
     content = obj.get("content")
     tools = 0
     for block in content if isinstance(content, list) else ():
-        block = _dict(block)
+        block = as_dict(block)
         kind = block.get("type")
         if kind == "text" and block.get("text"):
             out.append(Text(str(block["text"])))

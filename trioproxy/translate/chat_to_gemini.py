@@ -21,7 +21,14 @@ import mimetypes
 from typing import Any
 
 from ..errors import BadRequest
-from .chat_to_messages import arguments_of, chat_messages, refuse, strict_checked, text_of
+from .chat_to_messages import (
+    arguments_of,
+    chat_messages,
+    data_url,
+    refuse,
+    strict_checked,
+    text_of,
+)
 
 __all__ = ["GEMINI_THINKING_BUDGETS", "IGNORED", "chat_to_gemini"]
 
@@ -55,9 +62,9 @@ def _part(part: Any, field: str) -> dict[str, Any]:
         return {"text": str(part.get("text", ""))}
     if kind == "image_url" and isinstance(part.get("image_url"), dict):
         url = str(part["image_url"].get("url", ""))
-        if url.startswith("data:"):
-            head, _, data = url.partition(",")
-            return {"inlineData": {"mimeType": head[5:].split(";", 1)[0], "data": data}}
+        inline = data_url(url)
+        if inline is not None:
+            return {"inlineData": {"mimeType": inline[0], "data": inline[1]}}
         mime = mimetypes.guess_type(url.split("?", 1)[0])[0] or "image/jpeg"
         return {"fileData": {"mimeType": mime, "fileUri": url}}
     raise refuse(f"{field}.type", _GEMINI)

@@ -30,6 +30,7 @@ __all__ = [
     "chat_to_messages",
     "arguments_of",
     "chat_messages",
+    "data_url",
     "refuse",
     "strict_checked",
     "text_of",
@@ -124,11 +125,19 @@ def strict_checked(function: dict[str, Any], i: int, where: str) -> dict[str, An
 _ANTHROPIC = "an Anthropic model"
 
 
+def data_url(url: str) -> tuple[str, str] | None:
+    """(media type, base64 data) of a ``data:`` URL, else None (a URL to fetch)."""
+    if not url.startswith("data:"):
+        return None
+    head, _, data = url.partition(",")
+    return head[5:].split(";", 1)[0], data
+
+
 def _image(url: str) -> dict[str, Any]:
-    if url.startswith("data:"):
-        head, _, data = url.partition(",")
-        media = head[5:].split(";", 1)[0]
-        return {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
+    inline = data_url(url)
+    if inline is not None:
+        source = {"type": "base64", "media_type": inline[0], "data": inline[1]}
+        return {"type": "image", "source": source}
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 

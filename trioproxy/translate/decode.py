@@ -38,7 +38,14 @@ from .events import (
     stop_from,
 )
 
-__all__ = ["AnthropicDecoder", "Decoder", "GeminiDecoder", "OpenAIDecoder", "decoder_for"]
+__all__ = [
+    "AnthropicDecoder",
+    "Decoder",
+    "GeminiDecoder",
+    "OpenAIDecoder",
+    "as_dict",
+    "decoder_for",
+]
 
 
 _EMPTY: dict[str, Any] = {}
@@ -63,7 +70,8 @@ def _object(block: bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one."""
     return value if isinstance(value, dict) else {}
 
 
@@ -130,10 +138,10 @@ class OpenAIDecoder(Decoder):
             out.append(Text(content))
         calls = delta.get("tool_calls")
         for call in calls if type(calls) is list else ():
-            call = _dict(call)
+            call = as_dict(call)
             index = call.get("index", 0)
             index = index if isinstance(index, int) else 0
-            function = _dict(call.get("function"))
+            function = as_dict(call.get("function"))
             if call.get("id") or function.get("name"):
                 out.append(ToolStart(index, _str(call.get("id")), _str(function.get("name"))))
             arguments = function.get("arguments")
@@ -145,11 +153,11 @@ class OpenAIDecoder(Decoder):
             out.append(Finish(stop_from("openai", finish)))
         usage = obj.get("usage")
         if usage is None and "x_groq" in obj:  # Groq's place
-            usage = _dict(obj["x_groq"]).get("usage")
+            usage = as_dict(obj["x_groq"]).get("usage")
         if isinstance(usage, dict):
             self.usage_seen = True
-            prompt = _dict(usage.get("prompt_tokens_details"))
-            completion = _dict(usage.get("completion_tokens_details"))
+            prompt = as_dict(usage.get("prompt_tokens_details"))
+            completion = as_dict(usage.get("completion_tokens_details"))
             out.append(
                 Usage(
                     count(usage, "prompt_tokens"),
@@ -178,7 +186,7 @@ class AnthropicDecoder(Decoder):
             return []
         kind = obj.get("type")
         if kind == "content_block_delta":
-            delta = _dict(obj.get("delta"))
+            delta = as_dict(obj.get("delta"))
             what = delta.get("type")
             if what == "text_delta":
                 text = _str(delta.get("text"))
@@ -193,7 +201,7 @@ class AnthropicDecoder(Decoder):
                 return [ToolArgs(tool, piece)] if piece and tool is not None else []
             return []  # signature_delta, citations_delta: nothing a client of another API reads
         if kind == "content_block_start":
-            content = _dict(obj.get("content_block"))
+            content = as_dict(obj.get("content_block"))
             what = content.get("type")
             if what == "tool_use":
                 number = len(self._tools)
@@ -206,13 +214,13 @@ class AnthropicDecoder(Decoder):
                 return [Text(content["text"])]
             return []
         if kind == "message_start":
-            message = _dict(obj.get("message"))
-            self._input = _input_usage(_dict(message.get("usage")))
+            message = as_dict(obj.get("message"))
+            self._input = _input_usage(as_dict(message.get("usage")))
             self.started = True
             return [Start(_str(message.get("id")), _str(message.get("model")))]
         if kind == "message_delta":
             out: list[Event] = []
-            delta = _dict(obj.get("delta"))
+            delta = as_dict(obj.get("delta"))
             reason = delta.get("stop_reason")
             if isinstance(reason, str) and reason:
                 self.finished = True
@@ -235,7 +243,7 @@ class AnthropicDecoder(Decoder):
             self.ended = True
             return [End()]
         if kind == "error":
-            return [_error(_dict(obj.get("error")))]
+            return [_error(as_dict(obj.get("error")))]
         return []
 
 
@@ -273,10 +281,10 @@ class GeminiDecoder(Decoder):
             self._id = _str(obj.get("responseId"))
             out.append(Start(self._id, _str(obj.get("modelVersion"))))
         candidates = obj.get("candidates")
-        candidate = _dict(candidates[0]) if isinstance(candidates, list) and candidates else {}
-        parts = _dict(candidate.get("content")).get("parts")
+        candidate = as_dict(candidates[0]) if isinstance(candidates, list) and candidates else {}
+        parts = as_dict(candidate.get("content")).get("parts")
         for part in parts if isinstance(parts, list) else ():
-            part = _dict(part)
+            part = as_dict(part)
             text = part.get("text")
             if isinstance(text, str) and text:
                 out.append(Reasoning(text) if part.get("thought") is True else Text(text))
@@ -289,7 +297,7 @@ class GeminiDecoder(Decoder):
                 out.append(ToolStart(number, ident, _str(call.get("name"))))
                 out.append(ToolArgs(number, orjson.dumps(call.get("args") or {}).decode()))
         reason = candidate.get("finishReason")
-        blocked = _dict(obj.get("promptFeedback")).get("blockReason")
+        blocked = as_dict(obj.get("promptFeedback")).get("blockReason")
         if (isinstance(reason, str) and reason) or blocked:
             self.finished = True
             stop = stop_from("gemini", reason) if isinstance(reason, str) else Stop.FILTERED
